@@ -1,0 +1,23 @@
+"""COCO-format data: the dataset class, the embedded generator, the COCO subset builder and ``check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compresskit.data.dataset import CocoDetection, LabelMap, collate_fn, detection_transforms, load_coco
+from compresskit.data.embedded import CATEGORIES, EmbeddedConfig, embedded_dataset_dir, generate_embedded
+
+__all__ = ["CATEGORIES", "CocoDetection", "EmbeddedConfig", "LabelMap", "collate_fn", "detection_transforms",
+           "embedded_dataset_dir", "generate_embedded", "load_coco", "load_split"]
+
+
+def load_split(split: str, root: Path | str | None = None, train_transforms: bool | None = None,
+               label_map: LabelMap | None = None) -> CocoDetection:
+    """The ``train`` or ``val`` split of a kit-layout dataset folder (default: the cached embedded dataset).
+
+    A kit-layout folder holds ``annotations/instances_{split}.json`` with ``file_name`` relative to the folder.
+    """
+    root = Path(root) if root is not None else embedded_dataset_dir()
+    annotations = root / "annotations" / f"instances_{split}.json"
+    augment = split.startswith("train") if train_transforms is None else train_transforms
+    return CocoDetection(root, annotations, transforms=detection_transforms(augment), label_map=label_map)

@@ -1,0 +1,390 @@
+"""`compresskit data check`: validate a user's COCO-format dataset before any training run touches it.
+
+Every data problem becomes a :class:`Problem` that names the file, the record and the fix (DESIGN §8), so a
+user sees all of them at once instead of the first ``KeyError`` deep inside pycocotools or a DataLoader worker.
+Nothing here raises for bad data; only programmer errors (wrong argument types) propagate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from compresskit.errors import DatasetError
+
+# COCO's area buckets (pycocotools COCOeval.areaRng): small < 32², medium < 96², large the rest.
+SMALL_AREA = 32**2
+LARGE_AREA = 96**2
+# Annotation tools round corners outwards, so a box may poke slightly past the border without being wrong.
+BOX_TOLERANCE_PX = 1.0
+REQUIRED_KEYS = {
+    "images": ("id", "file_name", "width", "height"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+}
+_SINGULAR = {"images": "image", "annotations": "annotation", "categories": "category"}
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the dataset; ``kind`` groups problems for capped printing and for tests."""
+
+    file: str
+    record: str
+    what: str
+    fix: str
+    severity: str = "error"
+    kind: str = "other"
+
+    def __str__(self) -> str:
+        marker = "" if self.severity == "error" else f"{self.severity}: "
+        return f"{self.file}: {self.record}: {marker}{self.what} — fix: {self.fix}"
+
+
+@dataclass
+class CheckReport:
+    """Everything ``check_dataset`` found: all problems (uncapped) and summary counts."""
+
+    annotation_file: Path
+    images_dir: Path
+    problems: list[Problem] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity != "error"]
+
+    @property
+    def ok(self) -> bool:
+        """True when there are no errors; warnings (e.g. grayscale images) do not stop training."""
+        return not self.errors
+
+    def raise_for_errors(self, limit: int = 5) -> None:
+        """Raise DatasetError listing the first ``limit`` errors per kind, for code that must not go on."""
+        if not self.ok:
+            shown = CheckReport(self.annotation_file, self.images_dir, self.errors).format_problems(limit)
+            raise DatasetError(f"{len(self.errors)} problem(s) in {self.annotation_file}:\n{shown}")
+
+    def format_summary(self) -> str:
+        """Counts, COCO area histogram and annotations per category, as a few lines of text."""
+        s = self.summary
+        lines = [
+            # Names, not full paths: the summary is pasted into notebooks and issue reports.
+            f"dataset {Path(self.annotation_file).name} (images in {Path(self.images_dir).name}/)",
+            f"  images: {s.get('images', 0)}   annotations: {s.get('annotations', 0)}   "
+            f"categories: {s.get('categories', 0)}   crowd annotations: {s.get('crowd', 0)}",
+            f"  box areas: small (<32²) {s.get('small', 0)}   medium {s.get('medium', 0)}   "
+            f"large (>96²) {s.get('large', 0)}",
+        ]
+        names = s.get("category_names", {})
+        per_category = sorted(s.get("per_category", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        items = [f"{names.get(cid, cid)} {count}" for cid, count in per_category if count]
+        empty = sum(1 for _, count in per_category if not count)
+        if items:  # COCO has 80 categories: wrap between items rather than print one 800-character line
+            lines.append("  per category:")
+            for item in items + ([f"({empty} categories with none)"] if empty else []):
+                if len(lines[-1]) + len(item) > 110:
+                    lines.append("   ")
+                lines[-1] += f" {item},"
+            lines[-1] = lines[-1].rstrip(",")
+        return "\n".join(lines)
+
+    def format_problems(self, limit: int = 50) -> str:
+        """One line per problem, errors first.
+
+        Args:
+            limit: lines shown per kind, then a count of the rest, so 10,000 bad boxes stay readable.
+        Returns:
+            The text, empty when there are no problems.
+        """
+        by_kind: dict[tuple[bool, str], list[Problem]] = {}
+        for problem in self.problems:  # dicts keep first-seen order, so kinds print in the order found
+            by_kind.setdefault((problem.severity != "error", problem.kind), []).append(problem)
+        lines = []
+        for (_, kind), problems in sorted(by_kind.items(), key=lambda kv: kv[0][0]):
+            lines.extend(str(p) for p in problems[:limit])
+            if len(problems) > limit:
+                lines.append(f"... and {len(problems) - limit} more '{kind}' problems like these")
+        return "\n".join(lines)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not an id
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Checker:
+    """Holds the problem list while the sections are checked in dependency order."""
+
+    def __init__(self, annotation_file: Path, images_dir: Path) -> None:
+        self.annotation_file, self.images_dir = annotation_file, images_dir
+        self.file = str(annotation_file)
+        self.problems: list[Problem] = []
+        # Ids of records dropped for missing keys: references to them are not reported again as unknown.
+        self.incomplete_ids: dict[str, set] = {key: set() for key in REQUIRED_KEYS}
+
+    def add(self, kind: str, record: str, what: str, fix: str, severity: str = "error", file: str = "") -> None:
+        self.problems.append(Problem(file or self.file, record, what, fix, severity, kind))
+
+    def load_json(self) -> Any:
+        try:
+            text = self.annotation_file.read_bytes()
+        except OSError as exc:
+            self.add("unreadable_file", "-", f"cannot read the annotation file ({exc.strerror or exc})",
+                     "check the path and permissions")
+            return None
+        if not text.strip():
+            self.add("invalid_json", "-", f"the file is empty ({len(text)} bytes)",
+                     "the download or export was interrupted; write the COCO json again")
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.add("invalid_json", "-", f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                     "repair the file there (often a truncated write or a trailing comma) or export it again")
+        except UnicodeDecodeError as exc:
+            self.add("invalid_json", "-", f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                     "save the annotation file as UTF-8 JSON")
+        return None
+
+    def section(self, data: dict, key: str) -> list[dict] | None:
+        """The list under ``key`` with non-dict entries and records missing keys reported and dropped."""
+        if key not in data:
+            self.add("missing_key", "-", f"top-level key '{key}' is missing",
+                     f"a COCO detection file needs 'images', 'annotations' and 'categories'; add '{key}'")
+            return None
+        if not isinstance(data[key], list):
+            self.add("wrong_type", "-", f"'{key}' is a {type(data[key]).__name__}, not a list",
+                     f"make '{key}' a JSON list of objects")
+            return None
+        if not data[key]:
+            self.add("empty", "-", f"'{key}' is empty", f"the dataset needs at least one entry in '{key}'")
+        kept = []
+        for index, record in enumerate(data[key]):
+            where = f"{key}[{index}]"
+            if not isinstance(record, dict):
+                self.add("wrong_type", where, f"entry is a {type(record).__name__}, not an object",
+                         "each entry must be a JSON object")
+                continue
+            missing = [k for k in REQUIRED_KEYS[key] if k not in record]
+            if missing:
+                self.add("missing_key", self.record(key, record, index), f"missing key(s) {', '.join(missing)}",
+                         f"every {_SINGULAR[key]} needs {', '.join(REQUIRED_KEYS[key])}")
+                if _is_int(record.get("id")):
+                    self.incomplete_ids[key].add(record["id"])
+            elif not _is_int(record["id"]):
+                self.add("wrong_type", where, f"id {record['id']!r} is not an integer", "use integer ids as COCO does")
+            else:
+                kept.append(record)
+        return kept
+
+    @staticmethod
+    def record(key: str, record: dict, index: int) -> str:
+        if "id" not in record:
+            return f"{key}[{index}]"
+        name = f"{_SINGULAR[key]} id={record['id']}"
+        return f"{name} (file_name={record['file_name']})" if key == "images" and "file_name" in record else name
+
+    def unique_ids(self, key: str, records: list[dict]) -> dict[int, dict]:
+        """Index by id, reporting every record that reuses an id (the first one wins, as in pycocotools' index)."""
+        by_id: dict[int, dict] = {}
+        for index, record in enumerate(records):
+            if record["id"] in by_id:
+                self.add("duplicate_id", self.record(key, record, index), f"duplicate {_SINGULAR[key]} id",
+                         f"give each {_SINGULAR[key]} its own id (pycocotools silently keeps only one)")
+            else:
+                by_id[record["id"]] = record
+        return by_id
+
+    def check_images(self, images: list[dict]) -> dict[int, dict]:
+        by_id = self.unique_ids("images", images)
+        seen_names: dict[str, int] = {}
+        for image in by_id.values():
+            where = self.record("images", image, 0)
+            if not isinstance(image["file_name"], str) or not image["file_name"]:
+                self.add("wrong_type", where, "file_name is not a non-empty string", "set it to the image's path")
+            elif image["file_name"] in seen_names:
+                self.add("duplicate_file_name", where, f"same file as image id={seen_names[image['file_name']]}",
+                         "each image record needs its own file; remove the duplicate and merge its annotations")
+            else:
+                seen_names[image["file_name"]] = image["id"]
+            for key in ("width", "height"):
+                if not (_is_int(image[key]) and image[key] > 0):
+                    self.add("wrong_type", where, f"{key} {image[key]!r} is not a positive integer",
+                             f"set {key} to the image's size in pixels")
+        return by_id
+
+    def check_annotations(self, annotations: list[dict], images: dict[int, dict] | None,
+                          categories: dict[int, str] | None) -> dict:
+        """Check every annotation and count what the summary shows."""
+        summary = {"crowd": 0, "small": 0, "medium": 0, "large": 0,
+                   "per_category": {cid: 0 for cid in categories or {}}}
+        for ann in self.unique_ids("annotations", annotations).values():
+            where = self.record("annotations", ann, 0)
+            bad_refs = [k for k in ("image_id", "category_id") if not _is_int(ann[k])]
+            if bad_refs:  # also keeps unhashable values (lists) away from the dict lookups below
+                self.add("wrong_type", where, "; ".join(f"{k} {ann[k]!r} is not an integer" for k in bad_refs),
+                         "refer to images and categories by their integer id")
+                continue
+            image = (images or {}).get(ann["image_id"])
+            # Only cross-check when the other section is usable, so one missing section is one problem, not 10,000.
+            if images and image is None and ann["image_id"] not in self.incomplete_ids["images"]:
+                self.add("unknown_image", where, f"image_id {ann['image_id']!r} is not in 'images'",
+                         "add the image record or remove the annotation")
+            if ann["category_id"] in summary["per_category"]:
+                summary["per_category"][ann["category_id"]] += 1
+            elif categories and ann["category_id"] not in self.incomplete_ids["categories"]:
+                self.add("unknown_category", where, f"category_id {ann['category_id']!r} is not in 'categories'",
+                         "add the category or map the annotation to an existing one")
+            box_area = self.check_box(ann, where, image)
+            if "iscrowd" in ann and not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
+                self.add("bad_iscrowd", where, f"iscrowd is {ann['iscrowd']!r}, not 0 or 1", "set iscrowd to 0 or 1")
+            elif ann.get("iscrowd") == 1:
+                summary["crowd"] += 1
+            area = self.check_area(ann, where)
+            area = area if area is not None else box_area
+            if area is not None:
+                summary["small" if area < SMALL_AREA else "medium" if area < LARGE_AREA else "large"] += 1
+        return summary
+
+    def check_box(self, ann: dict, where: str, image: dict | None) -> float | None:
+        """Report a malformed, empty or out-of-image box; return its area when the box is usable."""
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            self.add("wrong_type", where, f"bbox {bbox!r} is not 4 finite numbers [x, y, width, height]",
+                     "write the box as [x, y, width, height] in pixels")
+            return None
+        x, y, w, h = bbox
+        if w <= 0 or h <= 0:
+            self.add("box_nonpositive", where, f"box {bbox} has non-positive width or height",
+                     "remove the annotation or give it a positive width and height")
+            return None
+        if image is not None and _is_int(image["width"]) and _is_int(image["height"]):
+            width, height, tol = image["width"], image["height"], BOX_TOLERANCE_PX
+            if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+                self.add("box_outside", where, f"box {bbox} extends outside the {width}x{height} image "
+                         f"id={image['id']}", "clip the box to the image or correct its coordinates")
+        return w * h
+
+    def check_area(self, ann: dict, where: str) -> float | None:
+        if "area" not in ann:
+            self.add("missing_area", where, "no 'area'", "none needed: the loader computes it from the box",
+                     severity="warning")
+            return None
+        if not _is_number(ann["area"]):
+            self.add("wrong_type", where, f"area {ann['area']!r} is not a finite number", "set area in pixels²")
+        elif ann["area"] < 0:
+            self.add("bad_area", where, f"area {ann['area']} is negative", "set area to the object's pixel area")
+        else:
+            return float(ann["area"])
+        return None
+
+    def check_files(self, images: dict[int, dict], check_pixels: bool, progress: bool) -> None:
+        """Existence always (cheap); decoding, size and colour mode only when ``check_pixels``."""
+        if not self.images_dir.is_dir():  # one problem instead of one per image
+            self.add("missing_image", "-", f"images folder {self.images_dir} does not exist",
+                     "pass the folder that the json's file_name entries are relative to")
+            return
+        records = [im for im in images.values() if isinstance(im["file_name"], str) and im["file_name"]]
+        for image in tqdm(records, desc="checking images", unit="img", disable=not (progress and check_pixels)):
+            path = self.images_dir / image["file_name"]
+            where = self.record("images", image, 0)
+            if not path.is_file():
+                self.add("missing_image", where, f"image file {path} does not exist",
+                         "restore the file, fix file_name (relative to the images folder) or remove the record",
+                         file=self.file)
+            elif check_pixels:
+                self.check_pixels(path, image, where)
+
+    def check_pixels(self, path: Path, image: dict, where: str) -> None:
+        try:
+            with Image.open(path) as im:
+                im.verify()  # cheap structural check; catches broken PNG chunks
+            with Image.open(path) as im:
+                size, mode = im.size, im.mode
+                # JPEG draft decodes at 1/8 scale: every byte is still read (truncation is caught), ~2x faster.
+                im.draft(mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+                im.load()
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, struct.error...
+            self.add("corrupt_image", where, f"cannot decode ({type(exc).__name__}: {exc})",
+                     "replace the file with an intact copy or remove the record", file=str(path))
+            return
+        expected = (image["width"], image["height"])
+        if all(_is_int(v) for v in expected) and size != expected:
+            swapped = " (swapped: EXIF rotation?)" if size == expected[::-1] else ""
+            self.add("size_mismatch", where, f"file is {size[0]}x{size[1]}, json says {expected[0]}x{expected[1]}"
+                     f"{swapped}", "set width/height to the file's size (boxes must match the pixels on disk)",
+                     file=str(path))
+        if mode != "RGB":
+            self.add("non_rgb", where, f"image mode is {mode}, not RGB",
+                     "none needed: the loader converts to RGB (convert the file if other tools need RGB)",
+                     severity="warning", file=str(path))
+
+
+def check_dataset(annotation_file: Path, images_dir: Path, *, check_pixels: bool = True,
+                  progress: bool = True) -> CheckReport:
+    """Validate a COCO-format detection dataset; never raises for bad data.
+
+    Args:
+        annotation_file: the ``instances_*.json`` file.
+        images_dir: folder that ``file_name`` entries are relative to.
+        check_pixels: open and decode every image (catches corrupt files, wrong sizes, non-RGB modes).
+        progress: show a tqdm bar while images are decoded.
+    Returns:
+        A CheckReport with every problem found and the summary counts.
+    """
+    annotation_file, images_dir = Path(annotation_file), Path(images_dir)
+    checker = _Checker(annotation_file, images_dir)
+    report = CheckReport(annotation_file, images_dir, checker.problems)
+    data = checker.load_json()
+    if data is None:
+        return report
+    if not isinstance(data, dict):
+        checker.add("not_object", "-", f"top level is a JSON {type(data).__name__}, not an object",
+                    "a COCO file is an object with 'images', 'annotations' and 'categories'")
+        return report
+    categories = checker.section(data, "categories")
+    images = checker.section(data, "images")
+    annotations = checker.section(data, "annotations")
+    category_names = {cid: c["name"] for cid, c in checker.unique_ids("categories", categories or []).items()}
+    images_by_id = checker.check_images(images) if images is not None else None
+    summary = checker.check_annotations(annotations or [], images_by_id, category_names)
+    if images_by_id:
+        checker.check_files(images_by_id, check_pixels=check_pixels, progress=progress)
+    report.summary = {"images": len(images or []), "annotations": len(annotations or []),
+                      "categories": len(categories or []), "category_names": category_names, **summary}
+    return report
+
+
+def main_check(annotation_file: Path | str, images_dir: Path | str, *, check_pixels: bool = True,
+               progress: bool = True) -> int:
+    """What ``compresskit data check`` runs: print the summary or the problems, one line each.
+
+    Args:
+        annotation_file, images_dir, check_pixels, progress: as for ``check_dataset``.
+    Returns:
+        The exit code: 0 when there are no errors (warnings allowed), 1 otherwise.
+    """
+    report = check_dataset(Path(annotation_file), Path(images_dir), check_pixels=check_pixels, progress=progress)
+    if report.problems:
+        print(report.format_problems())
+    if report.ok:
+        print(report.format_summary())
+        print(f"OK with {len(report.warnings)} warning(s)" if report.warnings else "OK")
+        return 0
+    print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s) in {annotation_file}; fix the errors "
+          "above and run `compresskit data check` again")
+    return 1

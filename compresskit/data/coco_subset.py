@@ -1,0 +1,312 @@
+"""A pinned subset of COCO 2017, built from the official sources (or a local COCO install) by a JSON recipe.
+
+The recipe says which split, how many images, which categories and which seed; the selection rule turns that
+into the same image ids on every machine. The first build writes ``manifest.json`` beside the data with the
+picked ids and every file's sha256, so later runs (and ``verify_subset``) can prove the data is unchanged.
+Introduced in ``00_setup_and_data.ipynb`` (the ``coco`` profile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+import compresskit
+from compresskit.data.download import download, extract_zip_member
+from compresskit.data.files import atomic_write_json, sha256_file
+from compresskit.errors import DatasetError, DownloadError
+from compresskit.settings import data_root
+
+OFFICIAL_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
+OFFICIAL_IMAGES_BASE_URL = "http://images.cocodataset.org"
+SPLITS = ("train2017", "val2017")
+SELECTION_RULE = (
+    "Candidates are the images with at least one non-crowd annotation of the requested categories (all "
+    "categories when none are given), sorted by image id; random.Random(seed).sample(candidates, images) picks "
+    "the subset, and the picked ids are sorted. Only the requested categories and their annotations are kept, "
+    "with COCO's original category ids.")
+IMAGE_DOWNLOAD_THREADS = 8  # many small files: a few parallel connections hide the per-request latency
+
+
+@dataclass
+class SubsetRecipe:
+    """What to take from COCO 2017. Round-trips through JSON (``to_json``/``from_json``)."""
+
+    split: str  # "train2017" | "val2017"
+    images: int
+    categories: list[str] | None = None  # COCO category names; None keeps all 80
+    seed: int = 0
+    selection: str = SELECTION_RULE  # recorded so a changed rule never matches an old cached build
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise DatasetError(f"Recipe split {self.split!r} is not one of {', '.join(SPLITS)}.")
+        if int(self.images) < 1:
+            raise DatasetError(f"Recipe asks for {self.images} images; ask for at least 1.")
+        if self.categories is not None and not self.categories:
+            raise DatasetError("Recipe has an empty category list; leave it out (null) to keep all categories.")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "SubsetRecipe":
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise DatasetError(f"Unknown recipe keys {unknown}; valid keys are {sorted(known)}.")
+        return cls(**doc)
+
+    @property
+    def name(self) -> str:
+        """A folder name that differs whenever the selection does, e.g. ``coco-val2017-500``."""
+        name = f"coco-{self.split}-{self.images}"
+        if self.seed:
+            name += f"-seed{self.seed}"
+        if self.categories:
+            name += "-cats" + hashlib.sha1("\n".join(self.categories).encode()).hexdigest()[:8]
+        return name
+
+
+DEFAULT_RECIPES = {
+    "val2017": SubsetRecipe(split="val2017", images=500),  # evaluation
+    "train2017": SubsetRecipe(split="train2017", images=2000),  # fine-tuning, distillation, calibration
+}
+
+
+def load_recipe(name_or_path: str | Path) -> SubsetRecipe:
+    """A recipe by name (``val2017``, ``train2017``, ``coco-val2017-500``, ``coco-train2017-2000``) or JSON path.
+
+    Args:
+        name_or_path: a default recipe's split or name, or the path of a recipe JSON file.
+
+    Returns:
+        The recipe.
+    """
+    key = str(name_or_path)
+    by_name = {recipe.name: recipe for recipe in DEFAULT_RECIPES.values()}
+    if key in DEFAULT_RECIPES or key in by_name:
+        return SubsetRecipe.from_json((DEFAULT_RECIPES.get(key) or by_name[key]).to_json())  # a copy
+    path = Path(name_or_path)
+    try:
+        return SubsetRecipe.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as error:
+        raise DatasetError(f"Cannot read recipe {key!r} ({error}); give one of "
+                           f"{sorted([*DEFAULT_RECIPES, *by_name])} or a recipe JSON file.") from error
+
+
+def default_subset_dir(recipe: SubsetRecipe) -> Path:
+    """Where a subset lives by default: ``<data_root()>/<recipe.name>``."""
+    return data_root() / recipe.name
+
+
+def select_subset(document: dict, recipe: SubsetRecipe) -> dict:
+    """Apply the recipe's selection rule to a full COCO annotation document.
+
+    Args:
+        document: a COCO instances JSON (info, licenses, images, annotations, categories).
+        recipe: what to keep.
+
+    Returns:
+        A new COCO document with the picked images (file_name still as in ``document``), the kept categories
+        (original ids) and their annotations.
+
+    Raises:
+        DatasetError: unknown category names, or fewer matching images than requested.
+    """
+    categories = document["categories"]
+    if recipe.categories is not None:
+        valid = {category["name"] for category in categories}
+        unknown = [name for name in recipe.categories if name not in valid]
+        if unknown:
+            raise DatasetError(f"Unknown COCO categories {unknown}; valid names are: "
+                               f"{', '.join(category['name'] for category in categories)}.")
+        categories = [category for category in categories if category["name"] in recipe.categories]
+    kept_ids = {category["id"] for category in categories}
+    annotations = [ann for ann in document["annotations"] if ann["category_id"] in kept_ids]
+    candidates = sorted({ann["image_id"] for ann in annotations if not ann.get("iscrowd", 0)})
+    if len(candidates) < recipe.images:
+        raise DatasetError(f"The recipe asks for {recipe.images} images, but only {len(candidates)} images of "
+                           f"{recipe.split} have a non-crowd annotation of the requested categories; "
+                           f"ask for at most {len(candidates)}.")
+    picked = set(random.Random(recipe.seed).sample(candidates, recipe.images))
+    images = sorted((image for image in document["images"] if image["id"] in picked), key=lambda im: im["id"])
+    info = dict(document.get("info") or {})
+    info["compresskit_subset"] = recipe.to_json()
+    return {"info": info, "licenses": document.get("licenses", []), "images": images,
+            "annotations": [ann for ann in annotations if ann["image_id"] in picked], "categories": categories}
+
+
+def verify_subset(out: Path) -> list[str]:
+    """Check a built subset against its manifest.
+
+    Args:
+        out: the subset folder (holding ``manifest.json``).
+
+    Returns:
+        Human-readable problems (missing files, checksum mismatches); empty when the subset is intact.
+    """
+    out = Path(out)
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        expected = [(manifest["annotations_file"]["path"], manifest["annotations_file"]["sha256"])]
+        expected += [(image["file_name"], image["sha256"]) for image in manifest["images"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return [f"{out / 'manifest.json'}: missing or unreadable ({error}); rebuild the subset."]
+    problems = []
+    for relative, sha256 in expected:
+        path = out / relative
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif sha256_file(path) != sha256:
+            problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+    return problems
+
+
+def _is_built(out: Path, recipe: SubsetRecipe) -> bool:
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return manifest.get("recipe") == recipe.to_json() and not verify_subset(out)
+
+
+def _source_annotations(work: Path, recipe: SubsetRecipe, annotations_url: str, annotations_sha256: str | None,
+                        coco_root: Path | None, cache_dir: Path | None, progress: bool) -> tuple[Path, dict]:
+    """The full annotation JSON of the split (a local file or extracted from the official zip) and its provenance."""
+    member = f"annotations/instances_{recipe.split}.json"
+    if coco_root is not None:
+        path = Path(coco_root) / member
+        if not path.is_file():
+            raise DatasetError(f"{path} not found: --coco-root must hold annotations/ and {recipe.split}/ as in "
+                               f"the official COCO 2017 layout.")
+        return path, {"path": str(path.resolve()), "member": member, "sha256": sha256_file(path)}
+    # One cache for every subset: train and val come from the same ~250 MB zip. The URL hash keeps mirrors apart.
+    cache = Path(cache_dir) if cache_dir is not None else data_root() / "downloads"
+    url_key = hashlib.sha1(annotations_url.encode()).hexdigest()[:10]
+    archive = download(annotations_url, cache / f"{url_key}-{Path(annotations_url).name or 'annotations.zip'}",
+                       expected_sha256=annotations_sha256, progress=progress)
+    extracted = extract_zip_member(archive, member, work / ".source" / Path(member).name)
+    return extracted, {"url": annotations_url, "member": member, "sha256": sha256_file(extracted),
+                       "annotations_zip_sha256": sha256_file(archive)}
+
+
+def _fetch_images(images: list[dict], target: Path, split: str, images_base_url: str, coco_root: Path | None,
+                  progress: bool) -> None:
+    """Copy (coco_root) or download every image into ``target``; raises on the first failure."""
+    def fetch(image: dict) -> None:
+        name = image["file_name"]
+        destination = target / name
+        if coco_root is not None:
+            source = Path(coco_root) / split / name
+            if not source.is_file():
+                raise DatasetError(f"{source} (image id {image['id']}) is missing from the local COCO install.")
+            shutil.copyfile(source, destination)
+            return
+        url = image.get("coco_url") or f"{OFFICIAL_IMAGES_BASE_URL}/{split}/{name}"
+        if url.startswith(OFFICIAL_IMAGES_BASE_URL):
+            url = images_base_url.rstrip("/") + url[len(OFFICIAL_IMAGES_BASE_URL):]
+        download(url, destination, progress=False)
+
+    target.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=IMAGE_DOWNLOAD_THREADS) as pool, \
+            tqdm(total=len(images), desc=f"{split} images", unit="img", disable=not progress) as bar:
+        futures = [pool.submit(fetch, image) for image in images]
+        try:
+            for future in futures:
+                future.result()
+                bar.update()
+        except BaseException:
+            for future in futures:  # do not start the rest once one image has failed
+                future.cancel()
+            raise
+
+
+def _swap_into_place(work: Path, out: Path) -> None:
+    """Move the finished ``work`` folder to ``out``, replacing an old ``out`` with as small a gap as renames allow."""
+    old = out.with_name(f"{out.name}.old-{uuid.uuid4().hex[:8]}")
+    if out.exists():
+        out.rename(old)
+    try:
+        work.rename(out)
+    except BaseException:
+        if old.exists():
+            old.rename(out)  # put the previous subset back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build_coco_subset(out: Path, recipe: SubsetRecipe, *, annotations_url: str = OFFICIAL_ANNOTATIONS_URL,
+                      images_base_url: str = OFFICIAL_IMAGES_BASE_URL, coco_root: Path | None = None,
+                      annotations_sha256: str | None = None, cache_dir: Path | None = None,
+                      progress: bool = True) -> Path:
+    """Build (or reuse) the COCO 2017 subset described by ``recipe`` in ``out``.
+
+    Layout: ``annotations/instances_{split}.json`` (file_name relative to ``out``), images in ``{split}/``,
+    and ``manifest.json`` (recipe, sources, per-file sha256). Everything is built in a temporary sibling folder
+    and moved into place only on success; on failure ``out`` is left as it was.
+
+    Args:
+        out: the subset folder.
+        recipe: what to select.
+        annotations_url: the annotations zip (official by default; a mirror works too).
+        images_base_url: replaces ``http://images.cocodataset.org`` in the images' ``coco_url``.
+        coco_root: a local COCO 2017 install to copy from instead of downloading.
+        annotations_sha256: pin for the annotations zip (e.g. from an earlier manifest).
+        cache_dir: where the zip is cached (default ``data_root()/downloads``, shared by all subsets).
+        progress: show tqdm bars.
+
+    Returns:
+        The path of the written (or already present) ``manifest.json``.
+
+    Raises:
+        DownloadError: offline, failed or corrupt downloads. DatasetError: bad recipe or local COCO install.
+    """
+    out = Path(out)
+    if _is_built(out, recipe):
+        return out / "manifest.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp-"))
+    try:
+        source_file, source = _source_annotations(work, recipe, annotations_url, annotations_sha256, coco_root,
+                                                  cache_dir, progress)
+        try:
+            document = json.loads(source_file.read_text(encoding="utf-8"))
+        except ValueError as error:
+            kind = DatasetError if coco_root is not None else DownloadError
+            raise kind(f"{source_file} is not valid JSON ({error}); replace it (or delete the cached zip) and "
+                       f"retry.") from error
+        subset = select_subset(document, recipe)
+        del document  # the train2017 JSON is ~450 MB of Python objects
+        for image in subset["images"]:
+            name = Path(image["file_name"]).name
+            if name != image["file_name"] or name in ("", ".", ".."):
+                raise DatasetError(f"Image id {image['id']} has an unexpected file_name {image['file_name']!r}.")
+        _fetch_images(subset["images"], work / recipe.split, recipe.split, images_base_url, coco_root, progress)
+        for image in subset["images"]:
+            image["file_name"] = f"{recipe.split}/{image['file_name']}"
+        annotations_path = f"annotations/instances_{recipe.split}.json"
+        atomic_write_json(work / annotations_path, subset)
+        shutil.rmtree(work / ".source", ignore_errors=True)
+        zip_sha256 = source.pop("annotations_zip_sha256", None)
+        manifest = {"recipe": recipe.to_json(), "source_annotations": source,
+                    **({"annotations_zip_sha256": zip_sha256} if zip_sha256 else {}),
+                    "annotations_file": {"path": annotations_path, "sha256": sha256_file(work / annotations_path)},
+                    "images": [{"id": image["id"], "file_name": image["file_name"],
+                                "sha256": sha256_file(work / image["file_name"])} for image in subset["images"]],
+                    "created_by": f"compresskit {compresskit.__version__}"}
+        atomic_write_json(work / "manifest.json", manifest, indent=1)  # written last: its presence means complete
+        _swap_into_place(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out / "manifest.json"

@@ -1,0 +1,141 @@
+"""Split a single-stage detector into an exportable tensor **core** and its eager pre/post-processing.
+
+The core is ``backbone + FPN + head``: an image batch tensor in, head tensors out — all the convolutions, so it
+is what pruning, quantization and ONNX export act on. :class:`CoreDetector` puts any core (the eager module, an
+ONNX Runtime session, a quantized graph) back between torchvision's own transform and post-processing, so every
+variant is evaluated end to end by the same evaluator. Works for torchvision's FCOS, RetinaNet and SSD classes.
+Introduced in ``01_baseline_detectors.ipynb``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.ssd import SSD
+
+_HEAD_OUTPUTS = {FCOS: ("cls_logits", "bbox_regression", "bbox_ctrness"),
+                 RetinaNet: ("cls_logits", "bbox_regression"), SSD: ("bbox_regression", "cls_logits")}
+
+
+def head_output_names(detector: nn.Module) -> tuple[str, ...]:
+    for cls, names in _HEAD_OUTPUTS.items():
+        if isinstance(detector, cls):
+            return names
+    raise TypeError(f"{type(detector).__name__} is not a single-stage torchvision detector (FCOS, RetinaNet, SSD); "
+                    "two-stage detectors such as Faster R-CNN keep proposals in eager code and have no single core")
+
+
+class DetectorCore(nn.Module):
+    """``backbone`` + ``head`` of a single-stage detector: normalised, padded batch ``(N, 3, H, W)`` -> tuple of
+    head tensors (names in ``output_names``). Shares its modules with the detector (no copy)."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.output_names = head_output_names(detector)
+        self.backbone = detector.backbone
+        self.head = detector.head
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.backbone(batch)
+        features = list(features.values()) if isinstance(features, dict) else [features]
+        outputs = self.head(features)
+        return tuple(outputs[name] for name in self.output_names)
+
+
+class CoreDetector(nn.Module):
+    """A detector evaluated through a replaceable core: ``transform -> core -> anchors + post-processing``.
+
+    Args:
+        detector: the float torchvision detector; its transform, anchor generator and post-processing are reused,
+            and its backbone tells the feature-map sizes (probed once per input size).
+        core: any callable ``batch -> tuple of tensors`` (default: the detector's own :class:`DetectorCore`).
+    """
+
+    def __init__(self, detector: nn.Module, core: Callable | None = None) -> None:
+        super().__init__()
+        self.detector = detector
+        self.output_names = head_output_names(detector)
+        self.core = core if core is not None else DetectorCore(detector)
+        self._feature_shapes: dict[tuple[int, int], list[tuple[int, int]]] = {}
+
+    def feature_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
+        if (height, width) not in self._feature_shapes:
+            with torch.inference_mode():
+                features = self.detector.backbone(torch.zeros(1, 3, height, width))
+            features = features.values() if isinstance(features, dict) else [features]
+            self._feature_shapes[(height, width)] = [tuple(f.shape[-2:]) for f in features]
+        return self._feature_shapes[(height, width)]
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        detector = self.detector
+        original_sizes = [tuple(image.shape[-2:]) for image in images]
+        image_list, _ = detector.transform(images)
+        head_outputs = dict(zip(self.output_names, self.core(image_list.tensors)))
+        # The anchor generators only read each feature map's size, so empty tensors of the right shape suffice.
+        shapes = self.feature_shapes(*image_list.tensors.shape[-2:])
+        empty_maps = [torch.empty(1, 0, h, w, dtype=image_list.tensors.dtype) for h, w in shapes]
+        anchors = detector.anchor_generator(image_list, empty_maps)
+        if isinstance(detector, SSD):
+            detections = detector.postprocess_detections(head_outputs, anchors, image_list.image_sizes)
+        else:
+            locations = [h * w for h, w in shapes]
+            per_location = head_outputs["cls_logits"].size(1) // sum(locations)
+            sizes = [n * per_location for n in locations]
+            split_outputs = {k: list(v.split(sizes, dim=1)) for k, v in head_outputs.items()}
+            split_anchors = [list(a.split(sizes)) for a in anchors]
+            detections = detector.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
+        return detector.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+
+
+def example_batch(image_size: int | Sequence[int] = 320, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """A fixed random input for the core (export, latency): the same tensor on both sides of a comparison."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def export_core_onnx(core: nn.Module, path: Path | str, example: torch.Tensor | None = None,
+                     opset: int = 18) -> Path:
+    """Export ``core`` to ONNX at a fixed input shape (batch 1, 320x320 by default); returns the path.
+
+    Uses torch's TorchScript-based exporter, which is the most tolerant of quantized and pruned graphs.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = example if example is not None else example_batch()
+    tmp = path.with_name(path.name + ".part")
+    core.eval()
+    torch.onnx.export(core, (example,), str(tmp), input_names=["images"],
+                      output_names=list(getattr(core, "output_names", [])) or None, opset_version=opset,
+                      dynamo=False)
+    tmp.replace(path)
+    return path
+
+
+class OnnxCore:
+    """An ONNX Runtime session behind the core interface: ``batch tensor -> tuple of torch tensors``."""
+
+    def __init__(self, path: Path | str, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(batch.numpy(), dtype=np.float32)})
+        return tuple(torch.from_numpy(output) for output in outputs)
+
+
+def export_core_program(core: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
+    """``torch.export`` of the core at a fixed input shape (the entry point of PT2E quantization)."""
+    example = example if example is not None else example_batch()
+    return torch.export.export(core.eval(), (example,))
