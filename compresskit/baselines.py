@@ -119,19 +119,21 @@ def baseline_records(val_loader=None, runs: int = 30, progress: bool = True,
     The teacher's eager record is the baseline of every other record here.
     """
     from compresskit.bench import measure_variant
-    from compresskit.models import load_preset
+    from compresskit.data import profile_split
+    from compresskit.models import load_detector
 
     records = []
     for name in ("teacher", "student"):
-        model, label_map, meta = load_preset(name)
-        loader = val_loader or make_loader(load_split("val", label_map=label_map), batch_size=8, train=False)
+        model, label_map, meta = load_detector(name)
+        loader = val_loader or make_loader(profile_split("val", label_map=label_map), batch_size=8, train=False)
         for runtime, suffix in (("torch-eager", "eager"), ("onnxruntime", "ort-fp32")):
             record_id = f"baseline/{name}/{suffix}"
             baseline = None if record_id == "baseline/teacher/eager" else "baseline/teacher/eager"
             records.append(measure_variant(
                 model, record_id=record_id, lesson=lesson, technique="baseline", model=name, val_loader=loader,
                 label_map=label_map, runtime=runtime, variant=f"shipped {name}, fp32, {runtime}", baseline=baseline,
-                runs=runs, train_seconds=meta.get("train_seconds"), config={"checkpoint": f"{name}.pt"},
+                runs=runs, train_seconds=meta.get("train_seconds"), config={"preset": name, "source": meta.get(
+                    "command") or "torchvision COCO weights"},
                 progress=progress))
     return records
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from compresskit.data.dataset import CocoDetection, LabelMap, collate_fn, detection_transforms, load_coco
 from compresskit.data.embedded import CATEGORIES, EmbeddedConfig, embedded_dataset_dir, generate_embedded
 
-__all__ = ["CATEGORIES", "CocoDetection", "EmbeddedConfig", "LabelMap", "collate_fn", "detection_transforms",
+__all__ = ["CATEGORIES", "CocoDetection", "EmbeddedConfig", "LabelMap", "collate_fn", "detection_transforms", "profile_split",
            "embedded_dataset_dir", "generate_embedded", "load_coco", "load_split"]
 
 
@@ -21,3 +21,21 @@ def load_split(split: str, root: Path | str | None = None, train_transforms: boo
     annotations = root / "annotations" / f"instances_{split}.json"
     augment = split.startswith("train") if train_transforms is None else train_transforms
     return CocoDetection(root, annotations, transforms=detection_transforms(augment), label_map=label_map)
+
+
+def profile_split(split: str, profile: str | None = None, label_map: LabelMap | None = None) -> CocoDetection:
+    """The ``train`` or ``val`` split of a data profile (default: ``COMPRESSKIT_PROFILE``).
+
+    ``embedded`` gives the generated dataset; ``coco`` builds (once, then reuses) the pinned COCO 2017 subset of
+    ``data/recipes`` — downloaded, or copied from ``COMPRESSKIT_COCO_ROOT`` — and reads it with the same class.
+    """
+    from compresskit import settings
+    from compresskit.data.coco_subset import DEFAULT_RECIPES, build_coco_subset, default_subset_dir
+
+    if (profile or settings.profile()) == "embedded":
+        return load_split(split, label_map=label_map)
+    recipe = DEFAULT_RECIPES["train2017" if split == "train" else "val2017"]
+    out = default_subset_dir(recipe)
+    build_coco_subset(out, recipe, coco_root=settings.coco_root())
+    return CocoDetection(out, out / "annotations" / f"instances_{recipe.split}.json",
+                         transforms=detection_transforms(split == "train"), label_map=label_map)

@@ -148,7 +148,9 @@ def download(url: str, dest: Path, *, expected_sha256: str | None = None, retrie
             error = transfer_error
         after = part.stat().st_size if part.exists() else 0
         failures = 1 if after > before else failures + 1  # a resumable file that grew is not a hopeless case
-        if failures > retries:
+        # A host that was never reached is most likely offline: one retry, not a minute of back-off.
+        never_reached = _is_unreachable(error) and after == 0 and failures >= 2
+        if failures > retries or never_reached:
             if _is_unreachable(error):
                 raise DownloadError(offline_message(url, getattr(error, "reason", error))) from error
             kept = f" The partial file {part} is kept: run again to resume." if part.exists() else ""

@@ -164,3 +164,17 @@ def load_coco_pretrained(name: str) -> tuple[nn.Module, LabelMap]:
     names = weights.meta["categories"]  # index = COCO category id; "N/A" marks the holes
     categories = [{"id": i, "name": n} for i, n in enumerate(names) if i > 0 and n != "N/A"]
     return model, LabelMap.identity(categories)
+
+
+def load_detector(name: str, profile: str | None = None) -> tuple[nn.Module, LabelMap, dict]:
+    """Preset ``name`` (``teacher``/``student``) of a data profile (default: ``COMPRESSKIT_PROFILE``), in eval mode.
+
+    ``embedded``: the shipped checkpoint, its label map and training metadata. ``coco``: torchvision's
+    COCO-pretrained detector, the identity label map and empty metadata (torchvision documents its training).
+    """
+    from compresskit.settings import profile as active_profile
+
+    if (profile or active_profile()) == "embedded":
+        return load_preset(name)
+    model, label_map = load_coco_pretrained(name)
+    return model, label_map, {}

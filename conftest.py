@@ -1,0 +1,31 @@
+"""Test-run environment for unit tests and notebooks alike (nbval's kernels inherit this process's environment).
+
+Results go to a temporary reports folder, so a test run never writes into the working tree, and the lessons find
+the small real COCO fixture, when it is available, as a local COCO install.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_RUN_DIR = Path(tempfile.mkdtemp(prefix="compresskit-tests-"))
+
+
+def pytest_configure(config):
+    os.environ.setdefault("COMPRESSKIT_REPORTS", str(_RUN_DIR / "reports"))
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for people; logs stay readable
+    fixture = coco_tiny_path()
+    if fixture is not None:  # tests serve it over HTTP; the lessons read it as a local COCO install
+        os.environ.setdefault("COMPRESSKIT_COCO_TINY", str(fixture))
+        os.environ.setdefault("COMPRESSKIT_COCO_ROOT", str(fixture))
+
+
+def coco_tiny_path() -> Path | None:
+    """16 real COCO train2017 images with their annotations: ``COMPRESSKIT_COCO_TINY``, or ``shared/coco-tiny``
+    beside the checkout when present. Never copied into the repository."""
+    env = os.environ.get("COMPRESSKIT_COCO_TINY")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "shared" / "coco-tiny"
+    return path if (path / "annotations" / "instances_train2017.json").exists() else None
