@@ -70,38 +70,3 @@ def predictions_vs_truth(models: dict, dataset, indices: Sequence[int], label_ma
     figure.tight_layout()
     return figure
 
-
-def metric_bars(records: Sequence[dict], keys: Sequence[str] = ("map", "map_small", "map_medium", "map_large"),
-                label_key: str = "id", title: str | None = None) -> Figure:
-    """Grouped bars of mAP-type metrics (shown x100) for each record; a missing value is left out."""
-    figure = Figure(figsize=(7, 3.2))
-    ax = figure.add_subplot(1, 1, 1)
-    width = 0.8 / len(records)
-    for slot, record in enumerate(records):
-        values = [100 * record[k] if record.get(k) is not None else 0.0 for k in keys]
-        bars = ax.bar([i + slot * width for i in range(len(keys))], values, width, label=record[label_key])
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks([i + width * (len(records) - 1) / 2 for i in range(len(keys))], list(keys))
-    ax.set_ylabel("COCO AP x 100")
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title)
-    figure.tight_layout()
-    return figure
-
-
-def training_curves(metadata: dict[str, dict]) -> Figure:
-    """Validation mAP over epochs, from the ``history`` stored in each checkpoint's metadata."""
-    figure = Figure(figsize=(5, 3))
-    ax = figure.add_subplot(1, 1, 1)
-    for name, meta in metadata.items():
-        points = [(entry["epoch"], 100 * entry["metrics"]["map"]) for entry in meta.get("history", [])
-                  if entry.get("metrics")]
-        if points:
-            ax.plot(*zip(*points), marker="o", label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val mAP@[.5:.95] x 100")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    figure.tight_layout()
-    return figure

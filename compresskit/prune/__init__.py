@@ -1,1 +1,23 @@
-"""tmp"""
+"""Pruning detectors: unstructured zeros, structured channel removal, sensitivity, recovery, safe persistence.
+
+- ``unstructured``: ``torch.nn.utils.prune`` on every Conv2d (global or per layer), made permanent; the file
+  only shrinks once compressed, and MACs do not move.
+- ``structured``: torch-pruning's dependency graph on the detector's core with the prediction layers ignored;
+  channels really disappear, so MACs and latency drop.
+- ``schedule``: per-part sensitivity scans, ratio choice under an mAP budget, iterative prune + fine-tune.
+- ``persist``: architecture (channel counts) + state_dict, loaded with ``weights_only=True``.
+
+Introduced in ``02_pruning.ipynb``.
+"""
+
+from compresskit.prune.persist import architecture_of, load_pruned, save_pruned
+from compresskit.prune.schedule import choose_part_ratios, iterative_prune, plot_sensitivity, sensitivity_scan
+from compresskit.prune.structured import (ChannelPruner, StructuredConfig, channel_report, core_macs,
+                                          detector_parts, prediction_layers, prunable_core, prune_structured_)
+from compresskit.prune.unstructured import (UnstructuredConfig, conv_sparsity, make_permanent_,
+                                            prune_unstructured_, whole_model_l1_call)
+
+__all__ = ["ChannelPruner", "StructuredConfig", "UnstructuredConfig", "architecture_of", "channel_report",
+           "choose_part_ratios", "conv_sparsity", "core_macs", "detector_parts", "iterative_prune", "load_pruned",
+           "make_permanent_", "plot_sensitivity", "prediction_layers", "prunable_core", "prune_structured_",
+           "prune_unstructured_", "save_pruned", "sensitivity_scan", "whole_model_l1_call"]

@@ -143,11 +143,16 @@ def prunable_core(detector: nn.Module) -> nn.Module:
     """The tensor module structured pruning acts on: the :class:`DetectorCore` of a single-stage detector,
     the backbone (trunk + FPN) of a two-stage one. It shares its modules with ``detector``."""
     if isinstance(detector, SINGLE_STAGE):
-        return DetectorCore(detector)
-    if isinstance(detector, FasterRCNN):
-        return _BackboneCore(detector.backbone)
-    raise TypeError(f"structured pruning supports FCOS, RetinaNet, SSD and Faster R-CNN, not "
+        core = DetectorCore(detector)
+    elif isinstance(detector, FasterRCNN):
+        core = _BackboneCore(detector.backbone)
+    else:
+        raise TypeError(f"structured pruning supports FCOS, RetinaNet, SSD and Faster R-CNN, not "
                     f"{type(detector).__name__}")
+    # A new module starts in training mode; mirror the detector's flag (only the flag: the modules are shared)
+    # so that helpers which switch to eval and back (count_macs) restore the detector's own mode.
+    core.training = detector.training
+    return core
 
 
 def core_macs(detector: nn.Module, image_size: int = 320) -> int:
@@ -253,63 +258,67 @@ def _ratio_dict(detector: nn.Module, part_ratios: dict[str, float] | None) -> di
     return {tuple(parts[name]): float(ratio) for name, ratio in part_ratios.items()}
 
 
-def build_pruner(detector: nn.Module, config: StructuredConfig,
-                 schedule: list[float] | None = None) -> tp.pruner.BasePruner:
-    """A torch-pruning ``BasePruner`` over the detector's :func:`prunable_core` with detection-aware ignores.
+class ChannelPruner:
+    """A torch-pruning ``BasePruner`` over the detector's :func:`prunable_core`, with detection-aware ignores,
+    GroupNorm pruned in whole groups, and ``step()`` callable once per entry of ``schedule``.
 
     Args:
-        detector: the detector to prune (modules are pruned in place by ``prune_step``).
+        detector: the detector to prune (its modules are pruned in place by :meth:`step`).
         config: ratios, rounding, importance, example size.
-        schedule: cumulative ratios *relative to the original widths*, one per call of :func:`prune_step`
-            (default: ``[config.ratio]``); part ratios are scaled by the same fractions.
-
-    Returns:
-        The pruner; call :func:`prune_step` on it once per entry of ``schedule``.
+        schedule: cumulative ratios *relative to the original widths*, one per :meth:`step` (default:
+            ``[config.ratio]``); part ratios are scaled by the same fractions of the last entry.
     """
-    if config.importance not in _IMPORTANCES:
-        raise ValueError(f"unknown importance {config.importance!r}; choose one of {sorted(_IMPORTANCES)}")
-    ratios = [config.ratio, *(config.part_ratios or {}).values(), *(schedule or [])]
-    if not all(0.0 <= r < 1.0 for r in ratios):
-        raise ValueError(f"pruning ratios must lie in [0, 1), got {ratios}")
-    final = schedule[-1] if schedule else config.ratio
-    fractions = [s / final if final else 0.0 for s in schedule] if schedule else [1.0]
 
-    def scheduler(pruning_ratio: float, steps: int) -> list[float]:
-        # torch-pruning indexes this list by step (entry 0 = before the first step) and, reusing one pruner,
-        # measures every step against the widths it first saw, so cumulative targets do not compound.
-        return [0.0] + [pruning_ratio * f for f in fractions]
+    def __init__(self, detector: nn.Module, config: StructuredConfig, schedule: list[float] | None = None) -> None:
+        if config.importance not in _IMPORTANCES:
+            raise ValueError(f"unknown importance {config.importance!r}; choose one of {sorted(_IMPORTANCES)}")
+        ratios = [config.ratio, *(config.part_ratios or {}).values(), *(schedule or [])]
+        if not all(0.0 <= r < 1.0 for r in ratios):
+            raise ValueError(f"pruning ratios must lie in [0, 1), got {ratios}")
+        final = schedule[-1] if schedule else config.ratio
+        fractions = [s / final if final else 0.0 for s in schedule] if schedule else [1.0]
 
-    was_training = detector.training
-    core = prunable_core(detector)
-    # Tracing follows autograd: parameters frozen by a pretrained recipe would drop out of the graph.
-    frozen_grads = [p for p in core.parameters() if not p.requires_grad]
-    for param in frozen_grads:
-        param.requires_grad_(True)
-    try:
-        pruner = tp.pruner.BasePruner(
-            core, example_batch(config.image_size), importance=_IMPORTANCES[config.importance](),
-            global_pruning=config.global_pruning, pruning_ratio=final,
-            pruning_ratio_dict=_ratio_dict(detector, config.part_ratios), iterative_steps=len(fractions),
-            iterative_pruning_ratio_scheduler=scheduler, ignored_layers=_frozen_layers(detector),
-            round_to=config.round_to if config.round_to > 1 else None,
-            customized_pruners={nn.GroupNorm: _WholeGroupNormPruner(), FrozenBatchNorm2d: _FrozenBatchNormPruner()},
-            # torch-pruning's defaults for these are shared mutable dicts: fresh ones keep pruners independent.
-            in_channel_groups={}, out_channel_groups={}, num_heads={})
-    finally:
-        for param in frozen_grads:
-            param.requires_grad_(False)
-        detector.train(was_training)  # tracing switched the shared modules to eval mode
-    return pruner
+        def scheduler(pruning_ratio: float, steps: int) -> list[float]:
+            # torch-pruning indexes this list by step (entry 0 = before the first step) and, as one pruner is
+            # reused, measures every step against the widths it first saw, so cumulative targets do not compound.
+            return [0.0] + [pruning_ratio * fraction for fraction in fractions]
 
+        self.detector, self.round_to, self.steps = detector, config.round_to, len(fractions)
+        self.core = prunable_core(detector)
+        was_training = detector.training
+        # Tracing follows autograd: parameters frozen by a pretrained recipe would drop out of the graph.
+        self._frozen = {name for name, p in self.core.named_parameters() if not p.requires_grad}
+        for param in self.core.parameters():
+            param.requires_grad_(True)
+        try:
+            self.pruner = tp.pruner.BasePruner(
+                self.core, example_batch(config.image_size), importance=_IMPORTANCES[config.importance](),
+                global_pruning=config.global_pruning, pruning_ratio=final,
+                pruning_ratio_dict=_ratio_dict(detector, config.part_ratios), iterative_steps=len(fractions),
+                iterative_pruning_ratio_scheduler=scheduler, ignored_layers=_frozen_layers(detector),
+                round_to=config.round_to if config.round_to > 1 else None,
+                customized_pruners={nn.GroupNorm: _WholeGroupNormPruner(),
+                                    FrozenBatchNorm2d: _FrozenBatchNormPruner()},
+                # torch-pruning's defaults for these are shared mutable dicts: fresh ones keep pruners apart.
+                in_channel_groups={}, out_channel_groups={}, num_heads={})
+        finally:
+            self._refreeze()
+            detector.train(was_training)  # tracing switched the shared modules to eval mode
 
-def prune_step(pruner: tp.pruner.BasePruner, round_to: int = 8) -> None:
-    """Run one step of ``pruner``, removing GroupNorm channels only in whole groups (see ``_WholeGroupNormPruner``)."""
-    for group in pruner.step(interactive=True):
-        if any(isinstance(dep.target.module, nn.GroupNorm) for dep, _ in group):
-            group = _whole_groups(pruner, group, round_to)
-            if group is None:
-                continue
-        group.prune()
+    def _refreeze(self) -> None:
+        # By name: pruning replaces the Parameter objects, so references taken earlier would go stale.
+        for name, param in self.core.named_parameters():
+            param.requires_grad_(name not in self._frozen)
+
+    def step(self) -> None:
+        """Prune to the next entry of the schedule (GroupNorm channels only in whole groups)."""
+        for group in self.pruner.step(interactive=True):
+            if any(isinstance(dep.target.module, nn.GroupNorm) for dep, _ in group):
+                group = _whole_groups(self.pruner, group, self.round_to)
+                if group is None:
+                    continue
+            group.prune()
+        self._refreeze()
 
 
 def prune_structured_(detector: nn.Module, config: StructuredConfig | None = None) -> nn.Module:
@@ -328,6 +337,5 @@ def prune_structured_(detector: nn.Module, config: StructuredConfig | None = Non
         ``detector`` itself, pruned.
     """
     config = config or StructuredConfig()
-    pruner = build_pruner(detector, config)
-    prune_step(pruner, round_to=config.round_to)
+    ChannelPruner(detector, config).step()
     return detector

@@ -1,4 +1,4 @@
-"""Results records (DESIGN §5, a contract): build, read, merge-write atomically, compare, tabulate, plot.
+"""Results records (DESIGN §5, a contract): build, read, merge-write atomically, compare, tabulate.
 
 Every measured variant becomes one record keyed by ``id``; a rerun replaces its own records and never
 touches others. Ratios are only ever computed against the record named by ``baseline``, which must be
@@ -20,8 +20,6 @@ from compresskit.errors import CompressKitError
 
 if TYPE_CHECKING:  # heavy optional imports, only for annotations
     import pandas
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 SCHEMA = 1
 RESULTS_NAME = "results.json"
@@ -245,7 +243,7 @@ def write_records(records: Sequence[Mapping[str, Any]], reports_dir: str | os.Pa
     return path
 
 
-def _records_of(doc_or_records: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def records_of(doc_or_records: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     if isinstance(doc_or_records, Mapping):
         return list(doc_or_records.get("records", []))
     return list(doc_or_records)
@@ -262,7 +260,7 @@ def records_frame(doc_or_records: Mapping[str, Any] | Sequence[Mapping[str, Any]
     """
     import pandas as pd  # installed with seaborn; imported lazily so the kit loads without it
 
-    records = _records_of(doc_or_records)
+    records = records_of(doc_or_records)
     frame = pd.DataFrame([{field: record.get(field) for field in RECORD_FIELDS} for record in records],
                          columns=list(RECORD_FIELDS))
     frame["latency_median_ms"] = [(record.get("latency_ms") or {}).get("median") for record in records]
@@ -276,7 +274,7 @@ def _ratio(numerator: Any, denominator: Any) -> float | None:
     return float(numerator) / float(denominator)
 
 
-def _median(record: Mapping[str, Any]) -> float | None:
+def latency_median(record: Mapping[str, Any]) -> float | None:
     return (record.get("latency_ms") or {}).get("median")
 
 
@@ -303,7 +301,7 @@ def compare(record: Mapping[str, Any], baseline_record: Mapping[str, Any]) -> di
         "size_ratio": _ratio(baseline_record.get("size_bytes"), record.get("size_bytes")),
         "gzip_size_ratio": _ratio(baseline_record.get("size_gzip_bytes"), record.get("size_gzip_bytes")),
         "macs_ratio": _ratio(baseline_record.get("macs"), record.get("macs")),
-        "latency_speedup": _ratio(_median(baseline_record), _median(record)),
+        "latency_speedup": _ratio(latency_median(baseline_record), latency_median(record)),
         "map_drop_points": map_drop,
     }
 
@@ -319,94 +317,4 @@ def format_records_table(records: Mapping[str, Any] | Sequence[Mapping[str, Any]
     Returns:
         The table as a string.
     """
-    return measure.format_table(_records_of(records), columns=columns or measure.DEFAULT_COLUMNS)
-
-
-# --------------------------------------------------------------------------------------------- figures
-# x axis name -> (label, value from a record); None values are skipped when plotting.
-_PARETO_X = {
-    "latency": ("CPU latency, median (ms)", _median),
-    "size": ("serialized size (MB)", lambda r: None if r.get("size_bytes") is None else r["size_bytes"] / 1e6),
-    "macs": ("MACs (G)", lambda r: None if r.get("macs") is None else r["macs"] / 1e9),
-}
-
-
-def _new_axes(ax: "Axes | None") -> "Axes":
-    if ax is not None:
-        return ax
-    # A bare Figure (not pyplot) so notebooks show it once and scripts never leak open figures.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(7, 4.5), layout="constrained").add_subplot()
-
-
-def plot_pareto(records: Mapping[str, Any] | Sequence[Mapping[str, Any]], x: str = "latency", y: str = "map",
-                *, baseline_lines: bool = True, ax: "Axes | None" = None, title: str | None = None) -> "Figure":
-    """Accuracy against cost for every record: one colour per technique, points labelled by id.
-
-    Args:
-        records: a results document or a list of records; records lacking x or y are left out.
-        x: ``"latency"`` (median ms), ``"size"`` (MB) or ``"macs"`` (G).
-        y: a metric key (``map``, ``map50``, ...), drawn x100.
-        baseline_lines: draw a dashed line from each record to its baseline when both are plotted.
-        ax: axes to draw into; a new Figure when None.
-        title: optional axes title.
-
-    Returns:
-        The matplotlib Figure.
-    """
-    if x not in _PARETO_X:
-        raise ValueError(f"x must be one of {', '.join(_PARETO_X)}, got {x!r}")
-    if y not in METRIC_KEYS:
-        raise ValueError(f"y must be one of {', '.join(METRIC_KEYS)}, got {y!r}")
-    xlabel, x_of = _PARETO_X[x]
-    points = {r["id"]: (x_of(r), r[y] * 100.0, r) for r in _records_of(records)
-              if x_of(r) is not None and r.get(y) is not None}
-    ax = _new_axes(ax)
-    from matplotlib import colormaps
-
-    palette = colormaps["tab20"].colors  # stable colour per technique across every figure of the kit
-    if baseline_lines:
-        for x_value, y_value, record in points.values():
-            if record.get("baseline") in points:
-                base_x, base_y, _ = points[record["baseline"]]
-                ax.plot([base_x, x_value], [base_y, y_value], linestyle="--", color="0.7", linewidth=0.8, zorder=1)
-    order = {technique: index for index, technique in enumerate(TECHNIQUES)}
-    techniques = sorted({r["technique"] for _, _, r in points.values()}, key=lambda t: order.get(t, len(order)))
-    for technique in techniques:
-        group = [(px, py) for px, py, r in points.values() if r["technique"] == technique]
-        slot = 2 * order.get(technique, len(order))  # tab20's dark shades first, so neighbours differ
-        ax.scatter(*zip(*group), label=technique, zorder=2, color=palette[slot % 20 + (slot // 20) % 2])
-    for record_id, (x_value, y_value, _) in points.items():
-        ax.annotate(record_id, (x_value, y_value), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{y.replace('map', 'mAP')} (x100)")
-    if title:
-        ax.set_title(title)
-    if techniques:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return ax.figure
-
-
-def plot_curve(xs: Sequence[float], ys: Sequence[float], xlabel: str, ylabel: str, label: str | None = None,
-               ax: "Axes | None" = None) -> "Figure":
-    """One line with markers, e.g. mAP against sparsity or calibration size.
-
-    Args:
-        xs, ys: the points.
-        xlabel, ylabel: axis labels.
-        label: legend entry; call again with the same ``ax`` to overlay curves.
-        ax: axes to draw into; a new Figure when None.
-
-    Returns:
-        The matplotlib Figure.
-    """
-    ax = _new_axes(ax)
-    ax.plot(list(xs), list(ys), marker="o", label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if label is not None:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return ax.figure
+    return measure.format_table(records_of(records), columns=columns or measure.DEFAULT_COLUMNS)
