@@ -17,7 +17,7 @@ import torch
 
 from compresskit.data import load_split
 from compresskit.data.files import atomic_write_json
-from compresskit.engine import TrainConfig, evaluate, fit, make_loader
+from compresskit.engine import TrainConfig, evaluate, fit, is_main_process, make_loader
 from compresskit.models import EMBEDDED_PRESETS, build_detector, load_checkpoint, save_checkpoint
 from compresskit.settings import seed_everything
 
@@ -66,6 +66,8 @@ def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = N
                  progress=progress)
     wall_seconds = time.perf_counter() - started
     checkpoint = out_dir / f"{name}.pt"
+    if not is_main_process():  # under torchrun, rank 0 alone evaluates and writes
+        return checkpoint
     meta = {"preset": name, "train_config": asdict(config), "train_seconds": round(result["train_seconds"], 1),
             "wall_seconds_incl_eval": round(wall_seconds, 1), "history": result["history"],
             "command": "compresskit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith(

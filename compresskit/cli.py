@@ -53,6 +53,30 @@ def _train(args) -> int:
     return 0
 
 
+def _prune(args) -> int:
+    from dataclasses import replace
+
+    from compresskit.prune import FINETUNE_RECIPE, PRUNE_RECIPE, prune_and_finetune
+
+    part_ratios = dict(_name_value(item) for item in args.part_ratio) or None
+    prune_config = replace(PRUNE_RECIPE, ratio=args.ratio if args.ratio is not None else PRUNE_RECIPE.ratio,
+                           part_ratios=part_ratios or PRUNE_RECIPE.part_ratios)
+    train_config = replace(FINETUNE_RECIPE, epochs=args.epochs or FINETUNE_RECIPE.epochs)
+    checkpoint = prune_and_finetune(args.out, preset=args.preset, prune_config=prune_config,
+                                    train_config=train_config, data_dir=args.data, name=args.name,
+                                    max_iters_per_epoch=args.max_iters)
+    print(f"pruned checkpoint written to {checkpoint}")
+    return 0
+
+
+def _name_value(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--part-ratio expects NAME=RATIO, e.g. layer4=0.6, got {text!r}") from None
+
+
 def _evaluate(args) -> int:
     from compresskit.baselines import evaluate_preset
 
@@ -108,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="override the recipe's epochs")
     train.add_argument("--max-iters", type=int, help="cap iterations per epoch (smoke runs)")
     train.set_defaults(run=_train)
+
+    prune = commands.add_parser("prune", help="structurally prune a shipped detector and fine-tune it")
+    prune.add_argument("--preset", choices=["teacher", "student"], default="teacher")
+    prune.add_argument("--ratio", type=float, help="fraction of channels to remove (default: the shipped recipe)")
+    prune.add_argument("--part-ratio", action="append", default=[], metavar="PART=RATIO",
+                       help="per-part ratio, e.g. layer4=0.6 (repeatable)")
+    prune.add_argument("--epochs", type=int, help="fine-tune epochs (default: the shipped recipe)")
+    prune.add_argument("--out", default="runs/checkpoints")
+    prune.add_argument("--name", default="teacher_pruned", help="checkpoint file name (without .pt)")
+    prune.add_argument("--data", help="dataset folder (default: the embedded dataset)")
+    prune.add_argument("--max-iters", type=int, help="cap iterations per epoch (smoke runs)")
+    prune.set_defaults(run=_prune)
 
     evaluate = commands.add_parser("evaluate", help="COCO mAP, params and MACs of a detector")
     evaluate.add_argument("--preset", choices=["teacher", "student"], required=True)

@@ -123,14 +123,19 @@ def load_checkpoint(path: Path | str) -> tuple[FCOS, LabelMap, dict]:
 
 
 def shipped_checkpoint(name: str) -> Path:
-    """Path of a checkpoint shipped inside the package (``teacher`` or ``student``)."""
-    if name not in EMBEDDED_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(EMBEDDED_PRESETS)}")
+    """Path of a checkpoint shipped inside the package (``teacher``, ``student``, ``teacher_pruned``)."""
     return Path(str(resources.files("compresskit") / "checkpoints" / f"{name}.pt"))
+
+
+def checkpoint_spec(path: Path | str) -> DetectorSpec:
+    """The architecture spec stored in a checkpoint (safe load, tensors untouched)."""
+    return DetectorSpec(**torch.load(path, map_location="cpu", weights_only=True)["spec"])
 
 
 def load_preset(name: str, checkpoint: Path | str | None = None) -> tuple[FCOS, LabelMap, dict]:
     """The shipped (or the given) embedded detector, in eval mode, with its label map and training metadata."""
+    if name not in EMBEDDED_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(EMBEDDED_PRESETS)}")
     return load_checkpoint(checkpoint or shipped_checkpoint(name))
 
 

@@ -129,7 +129,7 @@ def load_pruned(path: Path | str) -> tuple[nn.Module, LabelMap, dict]:
         detector.load_state_dict(state, strict=True)
         detector.eval()
         with torch.inference_mode():  # catches channel counts that fit the tensors but not each other
-            DetectorCore(detector)(example_batch(64))
+            DetectorCore(detector)(example_batch(256))  # >= 256 px: every level keeps > 1 value per norm group
         label_map = LabelMap.from_json(payload["label_map"])
     except Exception as exc:
         raise CheckpointError(f"{path} does not describe a loadable pruned detector "

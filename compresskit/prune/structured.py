@@ -176,8 +176,9 @@ class _WholeGroupNormPruner(tp.pruner.function.GroupNormPruner):
     """GroupNorm pruning by whole normalisation groups.
 
     torch-pruning's own GroupNorm handling removes the same position from each of the ``num_groups`` groups, so
-    a ``GroupNorm(32, 96)`` can only become 64 or 32 wide, and combined with ``round_to=8`` it finds no legal
-    width at all and silently leaves the head tower unpruned. Removing *whole* groups instead keeps every
+    a ``GroupNorm(32, 96)`` can only become 64 or 32 wide; worse, it ranks the 3 positions per group but applies
+    ``round_to`` against the full 96 channels, asks to remove 8 of the 3 positions (every channel), and then
+    silently skips the group: the head tower keeps its full width. Removing *whole* groups instead keeps every
     surviving channel's group (and so its mean and variance) exactly as before: on the kept channels the pruned
     GroupNorm computes what the original did, just with fewer groups of the same size. This pruner therefore
     reports no channel grouping to torch-pruning (so it ranks plain channels) and refuses indices that split
