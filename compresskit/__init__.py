@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from compresskit import baselines, bench, data, engine, measure, models, prune, report, settings, viz  # noqa: E402
+from compresskit import baselines, bench, data, engine, measure, models, prune, report, settings, studies, viz  # noqa: E402,I001
 
 
 def bootstrap(seed: int = 0, threads: int = 2, verbose: bool = True) -> dict:

@@ -59,3 +59,29 @@ def measure_variant(detector: nn.Module, *, record_id: str, lesson: str, techniq
                        macs=count_macs(float_core, example_batch(tuple(image.shape[-2:]))), size=size,
                        latency=latency.as_record(tuple(image.shape[-2:])), train_seconds=train_seconds,
                        config=config)
+
+
+class Study:
+    """Shared settings of one lesson's measurements, so each variant is one short call.
+
+    The first record measured becomes the baseline of the ones after it (unless a call names another), which is
+    how DESIGN section 5 wants comparisons made: against a baseline measured in the same run, on the same data.
+    """
+
+    def __init__(self, lesson: str, model: str, val_loader, label_map, threads: int = 2, runs: int = 30,
+                 progress: bool = False) -> None:
+        self.lesson, self.model, self.val_loader, self.label_map = lesson, model, val_loader, label_map
+        self.threads, self.runs, self.progress = threads, runs, progress
+        self.baseline: str | None = None
+        self.records: list[dict] = []
+
+    def measure(self, detector: nn.Module, record_id: str, technique: str, runtime: str = "torch-eager",
+                variant: str = "", baseline: str | None = None, **extra) -> dict:
+        """Measure ``detector`` (see :func:`measure_variant`), keep the record, and return it."""
+        record = measure_variant(detector, record_id=record_id, lesson=self.lesson, technique=technique,
+                                 model=self.model, val_loader=self.val_loader, label_map=self.label_map,
+                                 runtime=runtime, variant=variant, baseline=baseline or self.baseline,
+                                 threads=self.threads, runs=self.runs, progress=self.progress, **extra)
+        self.baseline = self.baseline or record_id
+        self.records.append(record)
+        return record

@@ -97,6 +97,14 @@ def _bench(args) -> int:
     return 0
 
 
+def _reproduce(args) -> int:
+    from compresskit.studies import reproduce
+
+    results = reproduce(args.out)
+    print(f"reference results written to {results} (figures beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compresskit", description="Model compression for object detection.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="also write the records to this file")
     bench.add_argument("--reports", help="results folder (default: $COMPRESSKIT_REPORTS or runs/)")
     bench.set_defaults(run=_bench)
+    reproduce = commands.add_parser("reproduce", help="rerun every study on the full val split; write results "
+                                                      "and figures")
+    reproduce.add_argument("--out", default="reports")
+    reproduce.set_defaults(run=_reproduce)
     return parser
 
 

@@ -10,6 +10,7 @@
 Introduced in ``02_pruning.ipynb``.
 """
 
+from compresskit.prune.figures import plot_iterative, plot_unstructured
 from compresskit.prune.persist import architecture_of, load_pruned, save_pruned
 from compresskit.prune.recipe import (FINETUNE_RECIPE, PRUNE_RECIPE, SHIPPED_PRUNED, load_shipped_pruned,
                                       prune_and_finetune)
@@ -22,5 +23,5 @@ from compresskit.prune.unstructured import (UnstructuredConfig, conv_sparsity, m
 __all__ = ["FINETUNE_RECIPE", "PRUNE_RECIPE", "SHIPPED_PRUNED", "load_shipped_pruned", "prune_and_finetune",
            "ChannelPruner", "StructuredConfig", "UnstructuredConfig", "architecture_of", "channel_report",
            "choose_part_ratios", "conv_sparsity", "core_macs", "detector_parts", "iterative_prune", "load_pruned",
-           "make_permanent_", "plot_sensitivity", "prediction_layers", "prunable_core", "prune_structured_",
+           "make_permanent_", "plot_iterative", "plot_sensitivity", "plot_unstructured", "prediction_layers", "prunable_core", "prune_structured_",
            "prune_unstructured_", "save_pruned", "sensitivity_scan", "whole_model_l1_call"]
