@@ -130,7 +130,8 @@ def coco_metrics(coco_gt, detections: list[dict], image_ids: list[int], verbose:
         evaluator.summarize()
     if verbose:
         print(log.getvalue())
-    return {name: (round(float(value), 6) if value >= 0 else None) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
+    stats = evaluator.stats[:6]
+    return {name: (round(float(value), 6) if value >= 0 else None) for name, value in zip(METRIC_NAMES, stats)}
 
 
 def ground_truth_from_boxes(boxes_xywh: list[list[float]], width: int = 100, height: int = 100,

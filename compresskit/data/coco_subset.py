@@ -16,11 +16,11 @@ import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-import compresskit
 from compresskit.data.download import download, extract_zip_member
 from compresskit.data.files import atomic_write_json, sha256_file
 from compresskit.errors import DatasetError, DownloadError
@@ -303,7 +303,7 @@ def build_coco_subset(out: Path, recipe: SubsetRecipe, *, annotations_url: str =
                     "annotations_file": {"path": annotations_path, "sha256": sha256_file(work / annotations_path)},
                     "images": [{"id": image["id"], "file_name": image["file_name"],
                                 "sha256": sha256_file(work / image["file_name"])} for image in subset["images"]],
-                    "created_by": f"compresskit {compresskit.__version__}"}
+                    "created_by": f"compresskit {package_version('compresskit')}"}
         atomic_write_json(work / "manifest.json", manifest, indent=1)  # written last: its presence means complete
         _swap_into_place(work, out)
     except BaseException:

@@ -23,7 +23,7 @@ from compresskit.prune.structured import StructuredConfig, core_macs, prune_stru
 SHIPPED_PRUNED = "teacher_pruned"
 # Recipe of the shipped pruned teacher; rerun with `compresskit prune --preset teacher`.
 PRUNE_RECIPE = StructuredConfig(ratio=0.5)
-FINETUNE_RECIPE = TrainConfig(epochs=6, batch_size=16, lr=1e-3, warmup_iters=50, eval_every=2)
+FINETUNE_RECIPE = TrainConfig(epochs=8, batch_size=16, lr=1e-3, warmup_iters=50, eval_every=2)
 VAL_SUBSET_IMAGES = 100  # same fixed slice as the shipped baselines, for the quick re-check in the tests
 
 
