@@ -24,7 +24,7 @@ from compresskit.settings import seed_everything
 # Recipes that produced the shipped checkpoints; `compresskit train --preset NAME` reruns them exactly.
 TRAIN_RECIPES: dict[str, TrainConfig] = {
     "teacher": TrainConfig(epochs=14, batch_size=16, lr=2e-3, eval_every=2),
-    "student": TrainConfig(epochs=14, batch_size=16, lr=2e-3, eval_every=2),
+    "student": TrainConfig(epochs=8, batch_size=16, lr=2e-3, eval_every=2),
 }
 VAL_SUBSET_IMAGES = 100  # the fixed slice of val the test suite re-checks (the first N image ids)
 
