@@ -124,16 +124,19 @@ def count_macs(model_or_fn: nn.Module | Callable[..., Any], example_inputs: Any)
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = isinstance(model_or_fn, nn.Module) and model_or_fn.training
-    if was_training:
+    # Remember every submodule's own flag: a wrapper such as a detector core shares its modules with the detector,
+    # and a blanket .train() afterwards would leave the detector's BatchNorms updating their statistics.
+    modes = {module: module.training for module in model_or_fn.modules()} if isinstance(model_or_fn, nn.Module) \
+        else {}
+    if any(modes.values()):
         model_or_fn.eval()  # detectors take targets in training mode; MACs are an inference figure
     try:
         counter = FlopCounterMode(display=False)
         with torch.inference_mode(), counter:
             model_or_fn(*_as_args(example_inputs))
     finally:
-        if was_training:
-            model_or_fn.train()
+        for module, training in modes.items():
+            module.training = training
     return int(counter.get_total_flops()) // 2
 
 

@@ -166,3 +166,14 @@ def test_format_table_units_and_missing_values() -> None:
     assert len({len(line) for line in lines[:3]}) == 1  # fixed width
     with pytest.raises(ValueError, match="unknown table columns"):
         measure.format_table(records, columns=("id", "nope"))
+
+
+def test_count_macs_leaves_every_shared_module_in_its_own_mode():
+    from compresskit.models import EMBEDDED_PRESETS, build_detector
+    from compresskit.models.core import DetectorCore, example_batch
+
+    detector = build_detector(EMBEDDED_PRESETS["student"]).eval()
+    wrapper = torch.nn.Sequential(detector.backbone)  # a new wrapper starts in training mode
+    measure.count_macs(wrapper, example_batch(64))
+    measure.count_macs(DetectorCore(detector), example_batch(64))
+    assert not any(module.training for module in detector.modules())

@@ -39,6 +39,7 @@ class DetectorCore(nn.Module):
         self.output_names = head_output_names(detector)
         self.backbone = detector.backbone
         self.head = detector.head
+        self.training = detector.training  # the flag only: mode changes must not reach the shared modules
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.backbone(batch)
@@ -100,7 +101,7 @@ def example_batch(image_size: int | Sequence[int] = 320, batch: int = 1, seed: i
 
 def export_core_onnx(core: nn.Module, path: Path | str, example: torch.Tensor | None = None,
                      opset: int = 18) -> Path:
-    """Export ``core`` to ONNX at a fixed input shape (batch 1, 320x320 by default); returns the path.
+    """Export ``core`` to ONNX, traced on ``example`` (batch 1, 320x320 by default); returns the path.
 
     Uses torch's TorchScript-based exporter, which is the most tolerant of quantized and pruned graphs.
     """
@@ -109,9 +110,12 @@ def export_core_onnx(core: nn.Module, path: Path | str, example: torch.Tensor | 
     example = example if example is not None else example_batch()
     tmp = path.with_name(path.name + ".part")
     core.eval()
-    torch.onnx.export(core, (example,), str(tmp), input_names=["images"],
-                      output_names=list(getattr(core, "output_names", [])) or None, opset_version=opset,
-                      dynamo=False)
+    output_names = list(getattr(core, "output_names", [])) or None
+    # Batch and image size stay free, so one file serves batched evaluation and any padded input size.
+    dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}}
+    dynamic_axes.update({name: {0: "batch", 1: "locations"} for name in output_names or []})
+    torch.onnx.export(core, (example,), str(tmp), input_names=["images"], output_names=output_names,
+                      opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False)
     tmp.replace(path)
     return path
 
