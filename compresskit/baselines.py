@@ -5,7 +5,6 @@ Introduced in ``01_baseline_detectors.ipynb``.
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import sys
@@ -13,11 +12,11 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
 from compresskit.data import load_split
 from compresskit.data.files import atomic_write_json
-from compresskit.engine import TrainConfig, evaluate, fit, is_main_process, make_loader
+from compresskit.engine import (VAL_SUBSET_IMAGES, TrainConfig, evaluate, fit, is_main_process, make_loader,
+                                val_subset)
+from compresskit.measure import environment_stamp
 from compresskit.models import EMBEDDED_PRESETS, build_detector, load_checkpoint, save_checkpoint
 from compresskit.settings import seed_everything
 
@@ -26,23 +25,6 @@ TRAIN_RECIPES: dict[str, TrainConfig] = {
     "teacher": TrainConfig(epochs=14, batch_size=16, lr=2e-3, eval_every=2),
     "student": TrainConfig(epochs=8, batch_size=16, lr=2e-3, eval_every=2),
 }
-VAL_SUBSET_IMAGES = 100  # the fixed slice of val the test suite re-checks (the first N image ids)
-
-
-def val_subset(dataset, images: int = VAL_SUBSET_IMAGES):
-    """The first ``images`` val images: a fixed, quick slice for re-checking shipped checkpoints."""
-    return torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
-
-
-def _versions() -> dict:
-    try:
-        from compresskit.measure import environment_stamp
-
-        return environment_stamp()
-    except ImportError:  # measure is optional for training
-        return {"torch": torch.__version__}
-
-
 def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = None,
                  config: TrainConfig | None = None, max_iters_per_epoch: int | None = None,
                  progress: bool = True) -> Path:
@@ -72,7 +54,7 @@ def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = N
             "wall_seconds_incl_eval": round(wall_seconds, 1), "history": result["history"],
             "command": "compresskit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith(
                 "compresskit") else None,
-            "seed": config.seed, "environment": _versions()}
+            "seed": config.seed, "environment": environment_stamp()}
     save_checkpoint(checkpoint, model, spec, train_set.label_map, meta=meta, half=True)
     shipped, label_map, _ = load_checkpoint(checkpoint)
     meta["val_metrics"] = evaluate(shipped, val_loader, label_map, progress=progress)
@@ -91,12 +73,6 @@ def ship(checkpoint_dir: Path | str, names: tuple[str, ...] = ("teacher", "stude
     for name in names:
         for suffix in (".pt", ".json"):
             shutil.copyfile(Path(checkpoint_dir) / f"{name}{suffix}", target / f"{name}{suffix}")
-
-
-def describe(checkpoint: Path | str) -> str:
-    """One line about a checkpoint's training: mAP, time, seed."""
-    meta = load_checkpoint(checkpoint)[2]
-    return json.dumps({k: meta.get(k) for k in ("preset", "val_metrics", "train_seconds", "seed")})
 
 
 def evaluate_preset(name: str, data_dir: Path | str | None = None, checkpoint: Path | str | None = None,

@@ -31,7 +31,8 @@ def measure_variant(detector: nn.Module, *, record_id: str, lesson: str, techniq
                     val_loader, label_map, runtime: str = "torch-eager", variant: str = "",
                     baseline: str | None = None, threads: int = 2, runs: int = 30, core: Any = None,
                     train_seconds: float | None = None, config: Any = None, progress: bool = True) -> dict:
-    """Evaluate and measure ``detector`` as one record (see module docstring). Does not modify the detector.
+    """Evaluate and measure ``detector`` as one record (see module docstring). Puts it in eval mode; its weights
+    are not touched.
 
     Args:
         runtime: ``torch-eager`` runs the detector's own core; ``onnxruntime`` exports the core to ONNX first

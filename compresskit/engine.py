@@ -106,6 +106,14 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loa
     return {name: total / max(steps, 1) for name, total in totals.items()}
 
 
+VAL_SUBSET_IMAGES = 100  # the fixed val slice shipped checkpoints are re-checked on (the first N images)
+
+
+def val_subset(dataset, images: int = VAL_SUBSET_IMAGES) -> torch.utils.data.Subset:
+    """The first ``images`` items of ``dataset``: a fixed, quick evaluation slice."""
+    return torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
+
+
 def _dataset_and_ids(data_loader) -> tuple:
     dataset = data_loader.dataset
     if isinstance(dataset, torch.utils.data.Subset):

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from compresskit.models.core import onnxruntime_session  # noqa: F401  (one session builder, re-exported here)
+
 GZIP_LEVEL = 6  # gzip's own default: what `gzip file` gives a user, so the reported size is reproducible
 ISA_FLAGS = (
     "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
@@ -250,25 +252,6 @@ def measure_latency(fn: Callable[..., Any], inputs: Any, *, warmup: int = 5, run
     return Latency(median_ms=float(statistics.median(timings_ms)),
                    p90_ms=float(np.percentile(timings_ms, 90)), runs=runs, threads=threads,
                    batch=batch if batch is not None else _infer_batch(args))
-
-
-def onnxruntime_session(path: str | os.PathLike, threads: int = 2) -> Any:
-    """An ONNX Runtime CPU session set up like the torch side of a latency comparison.
-
-    Args:
-        path: the ``.onnx`` file.
-        threads: intra-op threads (inter-op is 1, so the total matches torch's ``threads``).
-
-    Returns:
-        An ``onnxruntime.InferenceSession`` with all graph optimisations enabled.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 # --------------------------------------------------------------------------------------------- environment

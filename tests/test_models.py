@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compresskit.baselines import VAL_SUBSET_IMAGES, val_subset
+from compresskit.engine import VAL_SUBSET_IMAGES, val_subset
 from compresskit.data import load_split
 from compresskit.engine import evaluate, make_loader
 from compresskit.errors import CheckpointError

@@ -290,3 +290,19 @@ def test_prune_and_finetune_recipe_writes_a_loadable_smaller_detector(tiny_embed
     assert meta["macs_after"] < meta["macs_before"] / 2
     assert set(meta["val_metrics"]) >= {"map", "map50"} and meta["val_subset"]["images"] == 100
     assert (tmp_path / "out" / "teacher_pruned.json").exists()
+
+
+def test_shipped_pruned_teacher_reproduces_its_recorded_map():
+    from compresskit.data import load_split
+    from compresskit.engine import evaluate, make_loader, val_subset
+    from compresskit.models import shipped_checkpoint
+    from compresskit.prune import SHIPPED_PRUNED, load_shipped_pruned
+
+    if not shipped_checkpoint(SHIPPED_PRUNED).exists():
+        pytest.skip("no shipped pruned teacher in this checkout")
+    model, label_map, meta = load_shipped_pruned()
+    loader = make_loader(val_subset(load_split("val", label_map=label_map), meta["val_subset"]["images"]),
+                         batch_size=8, train=False)
+    metrics = evaluate(model, loader, label_map, progress=False)
+    assert metrics["map"] == pytest.approx(meta["val_subset"]["metrics"]["map"], abs=0.005)
+    assert meta["macs_before"] / meta["macs_after"] >= 2.0

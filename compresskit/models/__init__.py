@@ -2,8 +2,8 @@
 
 from compresskit.models.presets import (COCO_PRESETS, EMBEDDED_PRESETS, DetectorSpec, build_coco_architecture,
                                         build_detector, load_checkpoint, load_coco_pretrained, load_detector,
-                                        load_preset,
-                                        save_checkpoint, shipped_checkpoint)
+                                        load_preset, save_checkpoint, shipped_checkpoint)
 
 __all__ = ["COCO_PRESETS", "EMBEDDED_PRESETS", "DetectorSpec", "build_coco_architecture", "build_detector",
-           "load_checkpoint", "load_coco_pretrained", "load_detector", "load_preset", "save_checkpoint", "shipped_checkpoint"]
+           "load_checkpoint", "load_coco_pretrained", "load_detector", "load_preset", "save_checkpoint",
+           "shipped_checkpoint"]

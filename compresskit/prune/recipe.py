@@ -13,7 +13,8 @@ from pathlib import Path
 
 from compresskit.data import load_split
 from compresskit.data.files import atomic_write_json
-from compresskit.engine import TrainConfig, evaluate, fit, is_main_process, make_loader
+from compresskit.engine import (VAL_SUBSET_IMAGES, TrainConfig, evaluate, fit, is_main_process, make_loader,
+                                val_subset)
 from compresskit.measure import environment_stamp
 from compresskit.models import load_preset
 from compresskit.models.presets import DetectorSpec, checkpoint_spec, shipped_checkpoint
@@ -24,7 +25,6 @@ SHIPPED_PRUNED = "teacher_pruned"
 # Recipe of the shipped pruned teacher; rerun with `compresskit prune --preset teacher`.
 PRUNE_RECIPE = StructuredConfig(ratio=0.5)
 FINETUNE_RECIPE = TrainConfig(epochs=8, batch_size=16, lr=1e-3, warmup_iters=50, eval_every=2)
-VAL_SUBSET_IMAGES = 100  # same fixed slice as the shipped baselines, for the quick re-check in the tests
 
 
 def prune_and_finetune(out_dir: Path | str, preset: str = "teacher", prune_config: StructuredConfig | None = None,
@@ -66,18 +66,12 @@ def prune_and_finetune(out_dir: Path | str, preset: str = "teacher", prune_confi
     save_pruned(checkpoint, model, spec, label_map, meta=meta, half=True)
     shipped, label_map, _ = load_pruned(checkpoint)
     meta["val_metrics"] = evaluate(shipped, val_loader, label_map, progress=progress)
-    subset = make_loader(_first(val_set, VAL_SUBSET_IMAGES), batch_size=8, train=False)
+    subset = make_loader(val_subset(val_set), batch_size=8, train=False)
     meta["val_subset"] = {"images": VAL_SUBSET_IMAGES, "metrics": evaluate(shipped, subset, label_map,
                                                                            progress=progress)}
     save_pruned(checkpoint, shipped, spec, label_map, meta=meta, half=True)
     atomic_write_json(out_dir / f"{name}.json", meta, indent=1)
     return checkpoint
-
-
-def _first(dataset, images: int):
-    import torch
-
-    return torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
 
 
 def load_shipped_pruned(name: str = SHIPPED_PRUNED):
