@@ -8,6 +8,7 @@ Introduced in ``01_baseline_detectors.ipynb``.
 
 from __future__ import annotations
 
+import io
 import os
 import urllib.error
 from collections import OrderedDict
@@ -94,13 +95,17 @@ def build_detector(spec: DetectorSpec) -> FCOS:
 def save_checkpoint(path: Path | str, model: nn.Module, spec: DetectorSpec, label_map: LabelMap,
                     meta: dict | None = None, half: bool = False) -> Path:
     """Write ``{"spec", "label_map", "meta", "state_dict"}`` atomically; ``half`` stores float weights as fp16."""
+    return write_payload(path, model, {"spec": asdict(spec), "label_map": label_map.to_json(), "meta": meta or {}},
+                         half=half)
+
+
+def write_payload(path: Path | str, model: nn.Module, payload: dict, half: bool = False) -> Path:
+    """``payload`` plus the model's ``state_dict`` (fp16 floats when ``half``), written atomically with torch.save.
+    Every kit checkpoint goes through here, so each one loads with ``weights_only=True``."""
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().clone()
              for k, v in model.state_dict().items()}
-    payload = {"spec": asdict(spec), "label_map": label_map.to_json(), "meta": meta or {}, "state_dict": state}
-    import io
-
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save({**payload, "state_dict": state}, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
 
 

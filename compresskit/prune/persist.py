@@ -9,7 +9,6 @@ Introduced in ``02_pruning.ipynb``.
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,10 +16,9 @@ import torch
 from torch import nn
 
 from compresskit.data.dataset import LabelMap
-from compresskit.data.files import atomic_write_bytes
 from compresskit.errors import CheckpointError
 from compresskit.models.core import DetectorCore, example_batch
-from compresskit.models.presets import DetectorSpec, build_detector
+from compresskit.models.presets import DetectorSpec, build_detector, write_payload
 
 # The attributes that fix each layer type's parameter shapes.
 SHAPE_ATTRIBUTES: dict[type, tuple[str, ...]] = {
@@ -63,12 +61,9 @@ def save_pruned(path: Path | str, detector: nn.Module, spec: DetectorSpec, label
     state = detector.state_dict()
     if any(key.endswith(("_orig", "_mask")) for key in state):
         raise ValueError("the detector still carries torch.nn.utils.prune masks; call make_permanent_ first")
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().clone() for k, v in state.items()}
     payload = {"spec": asdict(spec), "label_map": label_map.to_json(), "architecture": architecture_of(detector),
-               "meta": meta or {}, "state_dict": state}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+               "meta": meta or {}}
+    return write_payload(path, detector, payload, half=half)
 
 
 def _reshape_(module: nn.Module, shape: dict) -> None:
