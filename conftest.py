@@ -23,6 +23,15 @@ def pytest_configure(config):
         os.environ.setdefault("COMPRESSKIT_COCO_ROOT", str(fixture))
 
 
+def pytest_collection_modifyitems(config, items):
+    # Every notebook run is an end-to-end check: `pytest -m "not slow"` is the quick loop without them.
+    import pytest
+
+    for item in items:
+        if item.fspath.ext == ".ipynb":
+            item.add_marker(pytest.mark.slow)
+
+
 def coco_tiny_path() -> Path | None:
     """16 real COCO train2017 images with their annotations: ``COMPRESSKIT_COCO_TINY``, or ``shared/coco-tiny``
     beside the checkout when present. Never copied into the repository."""

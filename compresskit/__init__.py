@@ -1,14 +1,40 @@
 """compresskit: model compression for object detection, measured.
 
 Lessons start with ``import compresskit as ck`` and ``ck.bootstrap()``; everything else is reached from here
-(``ck.data``, ``ck.models``, ``ck.engine``, ``ck.measure``, ``ck.report``, ...).
+(``ck.data``, ``ck.models``, ``ck.engine``, ``ck.measure``, ``ck.report``, ``ck.prune``, ``ck.harness``, ...).
+
+The submodules load on first access, not on ``import compresskit``: most of them pull in torch, torchvision and
+ONNX, which take seconds to import, and the ``compresskit`` command should answer ``--help`` or a bad argument at
+once.
 """
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from compresskit import baselines, bench, data, engine, measure, models, prune, report, settings, studies, viz  # noqa: E402,I001
+SUBMODULES = ("data", "models", "engine", "measure", "report", "prune", "harness", "settings", "viz", "errors")
+
+__all__ = ["__version__", "bootstrap", *SUBMODULES]
+
+if TYPE_CHECKING:  # static analysers and IDEs see the submodules; at run time __getattr__ loads them
+    from compresskit import data, engine, errors, harness, measure, models, prune, report, settings, viz  # noqa: F401
+
+
+def __getattr__(name: str) -> ModuleType:
+    # Only called when normal lookup fails; import_module also binds the submodule on the package, so each
+    # submodule goes through here once.
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The public names only (tab completion in a notebook), submodules included whether loaded or not.
+    return sorted({*__all__, "SUBMODULES"})
 
 
 def bootstrap(seed: int = 0, threads: int = 2, verbose: bool = True) -> dict:
@@ -17,10 +43,13 @@ def bootstrap(seed: int = 0, threads: int = 2, verbose: bool = True) -> dict:
     Args:
         seed: the one seed of the run (data order, initial weights, augmentation).
         threads: torch intra-op threads; latencies are recorded with this count.
+        verbose: print the profile, seed, versions and CPU.
     Returns:
         The environment stamp recorded with every result (versions, CPU model, ISA flags, threads).
     """
     import torch
+
+    from compresskit import measure, settings
 
     _inline_figures()
     settings.seed_everything(seed)

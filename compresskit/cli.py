@@ -1,19 +1,102 @@
-"""The ``compresskit`` console script. Each sub-command is a thin call into the package.
+"""The ``compresskit`` console script: thin sub-commands over the package, arguments checked at the boundary.
 
-Problems a user can fix (bad data, no network, missing weights) print one message and exit 2, not a traceback.
+A problem a user can fix (bad argument, unknown profile, missing path, bad data, no network) prints one message and
+exits 2, never a traceback. Only the standard library and the light ``settings``/``errors`` load at the top, so
+``--help`` answers at once; each command imports torch and friends when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
+from compresskit import settings
 from compresskit.errors import CompressKitError
 
+PRESETS = ("teacher", "student")
+CHECKPOINTS_OUT = Path("runs/checkpoints")
+REPRODUCE_OUT = Path("runs/reproduce")
+# Options that take a path: a missing or unwritable one is the user's to fix, so main prints one line for it.
+PATH_OPTIONS = ("out", "data", "checkpoint", "json", "reports", "annotations", "images", "coco_root")
+# Errors about a path; main reports them only when the path is (inside) one the user gave, else it is a bug.
+PATH_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 
-def _data_embedded(args) -> int:
+
+# --------------------------------------------------------------------------------------------- argument types
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")  # epochs, iterations, runs, images
+non_negative_int = _int_at_least(0, "an integer >= 0")  # seeds
+
+
+def pruning_ratio(text: str) -> float:
+    """argparse type: a fraction of channels to remove, in [0, 1) (1 would remove every channel)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")  # fails the range check below, with the one message
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a pruning ratio is the fraction of channels removed, a number in "
+                                         f"[0, 1); got {text!r}")
+    return value
+
+
+def part_ratio(text: str) -> tuple[str, float]:
+    """argparse type: ``PART=RATIO`` with PART one of the embedded presets' parts and RATIO in [0, 1)."""
+    part, sep, value = text.partition("=")
+    if not sep or not part or not value:
+        raise argparse.ArgumentTypeError(f"expected PART=RATIO, e.g. layer4=0.6, got {text!r}")
+    # Imported here (torch, torch-pruning): only a command that prunes pays for it.
+    from compresskit.prune.structured import EMBEDDED_PARTS
+
+    if part not in EMBEDDED_PARTS:
+        raise argparse.ArgumentTypeError(f"unknown part {part!r}; the parts are {', '.join(EMBEDDED_PARTS)}")
+    return part, pruning_ratio(value)
+
+
+def file_stem(text: str) -> str:
+    """argparse type: a bare file name without suffix (no folder: that is what ``--out`` is for)."""
+    if Path(text).name != text or text in ("", ".", ".."):
+        raise argparse.ArgumentTypeError(f"expected a file name without folders, got {text!r}; use --out for those")
+    return text
+
+
+class LazyChoices:
+    """argparse ``choices`` read from ``module.attribute`` on first use, so building the parser (and ``--help``)
+    does not import the module. argparse only iterates it to check a value or to print that command's help."""
+
+    def __init__(self, module: str, attribute: str) -> None:
+        self.module, self.attribute = module, attribute
+
+    def _values(self) -> tuple[str, ...]:
+        import importlib
+
+        return tuple(getattr(importlib.import_module(self.module), self.attribute))
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+
+# --------------------------------------------------------------------------------------------- commands
+def _data_embedded(args: argparse.Namespace) -> int:
     from compresskit.data.embedded import EmbeddedConfig, generate_embedded
 
     config = EmbeddedConfig(seed=args.seed, train_images=args.train_images, val_images=args.val_images)
@@ -22,30 +105,29 @@ def _data_embedded(args) -> int:
     return 0
 
 
-def _data_coco(args) -> int:
+def _data_coco(args: argparse.Namespace) -> int:
     from compresskit.data.coco_subset import OFFICIAL_ANNOTATIONS_URL, SubsetRecipe, build_coco_subset
 
     recipe = SubsetRecipe(split=args.split, images=args.images, categories=args.categories or None, seed=args.seed)
-    manifest = build_coco_subset(Path(args.out), recipe,
-                                 annotations_url=args.annotations_url or OFFICIAL_ANNOTATIONS_URL,
+    manifest = build_coco_subset(args.out, recipe, annotations_url=args.annotations_url or OFFICIAL_ANNOTATIONS_URL,
                                  images_base_url=args.images_base_url, coco_root=args.coco_root)
     print(f"COCO {args.split} subset of {args.images} images ready; manifest: {manifest}")
     return 0
 
 
-def _data_check(args) -> int:
+def _data_check(args: argparse.Namespace) -> int:
     from compresskit.data.check import main_check
 
-    return main_check(Path(args.annotations), Path(args.images))
+    return main_check(args.annotations, args.images)
 
 
-def _train(args) -> int:
+def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from compresskit.baselines import TRAIN_RECIPES, train_preset
+    from compresskit.engine.recipes import TRAIN_RECIPES, train_preset
 
     config = TRAIN_RECIPES[args.preset]
-    if args.epochs:
+    if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
     checkpoint = train_preset(args.preset, args.out, data_dir=args.data, config=config,
                               max_iters_per_epoch=args.max_iters)
@@ -53,131 +135,254 @@ def _train(args) -> int:
     return 0
 
 
-def _prune(args) -> int:
+def _prune(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from compresskit.prune import FINETUNE_RECIPE, PRUNE_RECIPE, prune_and_finetune
 
-    part_ratios = dict(_name_value(item) for item in args.part_ratio) or None
-    prune_config = replace(PRUNE_RECIPE, ratio=args.ratio if args.ratio is not None else PRUNE_RECIPE.ratio,
-                           part_ratios=part_ratios or PRUNE_RECIPE.part_ratios)
+    prune_config = replace(PRUNE_RECIPE, ratio=PRUNE_RECIPE.ratio if args.ratio is None else args.ratio,
+                           part_ratios=dict(args.part_ratio) or PRUNE_RECIPE.part_ratios)
     train_config = replace(FINETUNE_RECIPE, epochs=args.epochs or FINETUNE_RECIPE.epochs)
     checkpoint = prune_and_finetune(args.out, preset=args.preset, prune_config=prune_config,
                                     train_config=train_config, data_dir=args.data, name=args.name,
-                                    max_iters_per_epoch=args.max_iters)
+                                    max_iters_per_epoch=args.max_iters, checkpoint=args.checkpoint)
     print(f"pruned checkpoint written to {checkpoint}")
     return 0
 
 
-def _name_value(text: str) -> tuple[str, float]:
-    name, _, value = text.partition("=")
-    try:
-        return name, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--part-ratio expects NAME=RATIO, e.g. layer4=0.6, got {text!r}") from None
+_METRIC_LABELS = {"map": "mAP (0-1)", "map50": "mAP@0.5 (0-1)", "map75": "mAP@0.75 (0-1)", "map_small":
+                  "mAP small (0-1)", "map_medium": "mAP medium (0-1)", "map_large": "mAP large (0-1)", "macs": "MACs"}
 
 
-def _evaluate(args) -> int:
-    from compresskit.baselines import evaluate_preset
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """``evaluate``'s output: one ``label  value`` line per metric, mAP as COCOeval's 0-1 numbers (4 decimals)."""
+    lines = [(_METRIC_LABELS.get(key, key), _shown(value)) for key, value in metrics.items()]
+    width = max((len(label) for label, _ in lines), default=0)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in lines)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from compresskit.engine.recipes import evaluate_preset
 
     result = evaluate_preset(args.preset, data_dir=args.data, checkpoint=args.checkpoint)
-    text = json.dumps(result, indent=1)
-    print(text)
+    print(format_metrics(result))
     if args.json:
         from compresskit.data.files import atomic_write_json
 
         atomic_write_json(args.json, result, indent=1)
+        print(f"metrics written to {args.json}")
     return 0
 
 
-def _bench(args) -> int:
-    from compresskit.baselines import bench_baselines
+def _bench(args: argparse.Namespace) -> int:
+    from compresskit.harness.baselines import bench_baselines
 
-    bench_baselines(json_path=args.json, reports=args.reports)
+    bench_baselines(json_path=args.json, reports=args.reports, runs=args.runs)
     return 0
 
 
-def _reproduce(args) -> int:
-    from compresskit.studies import reproduce
+def is_reference_folder(out: Path, reference_dir: Path | None) -> bool:
+    """Whether writing results into ``out`` would overwrite the committed reference results.
 
-    results = reproduce(args.out)
-    print(f"reference results written to {results} (figures beside it)")
+    True when ``out`` is ``reference_dir`` itself, or when ``out/results.json`` holds the same records as the
+    reference (a copy or another path to it).
+    """
+    if reference_dir is None:
+        return False
+    if out.resolve() == reference_dir.resolve():
+        return True
+    try:
+        mine = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        reference = json.loads((reference_dir / "results.json").read_text(encoding="utf-8"))
+        return mine.get("records") == reference.get("records")
+    except (OSError, ValueError, AttributeError):  # no (readable) results there: nothing committed to protect
+        return False
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from compresskit.harness.reproduce import REFERENCE_DIR, reproduce
+
+    if not args.update_reference and is_reference_folder(args.out, REFERENCE_DIR):
+        raise CompressKitError(f"{args.out} holds the committed reference results; write your run elsewhere (the "
+                               f"default is {REPRODUCE_OUT}) or add --update-reference to replace them")
+    results = reproduce(args.out, studies=args.only, runs=args.runs, update_reference=args.update_reference)
+    print(f"results written to {results} (figures beside it)")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compresskit", description="Model compression for object detection.")
-    commands = parser.add_subparsers(dest="command", required=True)
+# --------------------------------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless the help already names its default (options whose
+    default is None say in words what happens without them) or the option is required."""
 
-    data = commands.add_parser("data", help="make, download or check COCO-format datasets")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
-    embedded = data_commands.add_parser("embedded", help="generate the embedded dataset")
-    embedded.add_argument("--out", required=True)
-    embedded.add_argument("--seed", type=int, default=0)
-    embedded.add_argument("--train-images", type=int, default=2000)
-    embedded.add_argument("--val-images", type=int, default=300)
-    embedded.set_defaults(run=_data_embedded)
-    coco = data_commands.add_parser("coco", help="build a COCO 2017 subset (download or local install)")
-    coco.add_argument("--out", required=True)
-    coco.add_argument("--split", choices=["train2017", "val2017"], required=True)
-    coco.add_argument("--images", type=int, required=True)
-    coco.add_argument("--categories", nargs="*", metavar="NAME")
-    coco.add_argument("--seed", type=int, default=0)
-    coco.add_argument("--annotations-url", help="URL of annotations_trainval2017.zip")
-    coco.add_argument("--images-base-url", default="http://images.cocodataset.org",
-                      help="replaces http://images.cocodataset.org in each image's coco_url")
-    coco.add_argument("--coco-root", type=Path, help="an existing local COCO 2017 install to copy from")
-    coco.set_defaults(run=_data_coco)
-    check = data_commands.add_parser("check", help="validate a COCO-format dataset")
-    check.add_argument("annotations")
-    check.add_argument("--images", required=True, help="folder that file_name entries are relative to")
-    check.set_defaults(run=_data_check)
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing_to_show = any(action.default is value for value in (None, False, argparse.SUPPRESS)) or \
+            action.default == []
+        if "default" in text or action.required or not action.option_strings or nothing_to_show:
+            return text
+        return f"{text} (default: %(default)s)"
 
-    train = commands.add_parser("train", help="train a preset detector on the embedded dataset")
-    train.add_argument("--preset", choices=["teacher", "student"], required=True)
-    train.add_argument("--out", default="runs/checkpoints")
-    train.add_argument("--data", help="dataset folder (default: the embedded dataset)")
-    train.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    train.add_argument("--max-iters", type=int, help="cap iterations per epoch (smoke runs)")
-    train.set_defaults(run=_train)
 
-    prune = commands.add_parser("prune", help="structurally prune a shipped detector and fine-tune it")
-    prune.add_argument("--preset", choices=["teacher", "student"], default="teacher")
-    prune.add_argument("--ratio", type=float, help="fraction of channels to remove (default: the shipped recipe)")
-    prune.add_argument("--part-ratio", action="append", default=[], metavar="PART=RATIO",
-                       help="per-part ratio, e.g. layer4=0.6 (repeatable)")
-    prune.add_argument("--epochs", type=int, help="fine-tune epochs (default: the shipped recipe)")
-    prune.add_argument("--out", default="runs/checkpoints")
-    prune.add_argument("--name", default="teacher_pruned", help="checkpoint file name (without .pt)")
-    prune.add_argument("--data", help="dataset folder (default: the embedded dataset)")
-    prune.add_argument("--max-iters", type=int, help="cap iterations per epoch (smoke runs)")
-    prune.set_defaults(run=_prune)
-
-    evaluate = commands.add_parser("evaluate", help="COCO mAP, params and MACs of a detector")
-    evaluate.add_argument("--preset", choices=["teacher", "student"], required=True)
-    evaluate.add_argument("--data", help="dataset folder (default: the embedded dataset)")
-    evaluate.add_argument("--checkpoint", help="a checkpoint instead of the shipped one")
-    evaluate.add_argument("--json", help="also write the metrics to this file")
-    evaluate.set_defaults(run=_evaluate)
-
-    bench = commands.add_parser("bench", help="measure the baseline records (both presets, eager and ONNX Runtime)")
-    bench.add_argument("--json", help="also write the records to this file")
-    bench.add_argument("--reports", help="results folder (default: $COMPRESSKIT_REPORTS or runs/)")
-    bench.set_defaults(run=_bench)
-    reproduce = commands.add_parser("reproduce", help="rerun every study on the full val split; write results "
-                                                      "and figures")
-    reproduce.add_argument("--out", default="reports")
-    reproduce.set_defaults(run=_reproduce)
+def _command(commands: Any, name: str, summary: str, run: Callable[[argparse.Namespace], int] | None = None,
+             description: str | None = None) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=summary, description=description or summary,
+                                 formatter_class=_HelpFormatter)
+    if run is not None:
+        parser.set_defaults(run=run)
     return parser
 
 
+def _add_data_commands(commands: Any) -> None:
+    data = _command(commands, "data", "make, download or check COCO-format datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    embedded = _command(data_commands, "embedded", "generate the embedded dataset (offline, deterministic)",
+                        _data_embedded)
+    embedded.add_argument("--out", type=Path, required=True, help="folder to write the COCO-format dataset into")
+    embedded.add_argument("--seed", type=non_negative_int, default=0, help="one seed gives the same dataset")
+    embedded.add_argument("--train-images", type=positive_int, default=2000, help="images in the train split")
+    embedded.add_argument("--val-images", type=positive_int, default=300, help="images in the val split")
+    coco = _command(data_commands, "coco", "build a COCO 2017 subset (download, or copy from a local install)",
+                    _data_coco)
+    coco.add_argument("--out", type=Path, required=True, help="folder to write the subset into")
+    coco.add_argument("--split", choices=["train2017", "val2017"], required=True, help="COCO split to sample")
+    coco.add_argument("--images", type=positive_int, required=True, help="number of images to take")
+    coco.add_argument("--categories", nargs="+", metavar="NAME",
+                      help="COCO category names to keep (default: all 80)")
+    coco.add_argument("--seed", type=non_negative_int, default=0, help="seed of the image selection")
+    coco.add_argument("--annotations-url", help="URL of annotations_trainval2017.zip (default: the official one)")
+    coco.add_argument("--images-base-url", default="http://images.cocodataset.org",
+                      help="replaces http://images.cocodataset.org in each image's coco_url (a mirror)")
+    coco.add_argument("--coco-root", type=Path,
+                      help="an existing local COCO 2017 install to copy from (default: download)")
+    check = _command(data_commands, "check", "validate a COCO-format dataset; list each problem and its fix",
+                     _data_check, description="Validate a COCO-format dataset. Exit status 0: usable (warnings "
+                                              "allowed); 1: errors, each listed with the record and the fix.")
+    check.add_argument("annotations", type=Path, help="the COCO annotation JSON file")
+    check.add_argument("--images", type=Path, required=True, help="folder that file_name entries are relative to")
+
+
+def _add_model_commands(commands: Any) -> None:
+    train = _command(commands, "train", "train a preset detector with its shipped recipe", _train)
+    train.add_argument("--preset", choices=PRESETS, required=True, help="which detector to train")
+    train.add_argument("--out", type=Path, default=CHECKPOINTS_OUT, help="folder for the checkpoint")
+    train.add_argument("--data", type=Path, help="dataset folder (default: the embedded dataset)")
+    train.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (default: the recipe's)")
+    train.add_argument("--max-iters", type=positive_int,
+                       help="cap iterations per epoch for a smoke run (default: no cap)")
+
+    prune = _command(commands, "prune", "structurally prune a shipped detector and fine-tune it", _prune)
+    prune.add_argument("--preset", choices=PRESETS, default="teacher", help="which shipped detector to prune")
+    prune.add_argument("--ratio", type=pruning_ratio,
+                       help="fraction of channels to remove, in [0, 1) (default: the shipped recipe's)")
+    prune.add_argument("--part-ratio", type=part_ratio, action="append", default=[], metavar="PART=RATIO",
+                       help="ratio for one part of the detector, e.g. layer4=0.6 (a wrong PART lists the valid "
+                            "ones); repeatable (default: --ratio for every part)")
+    prune.add_argument("--epochs", type=positive_int, help="fine-tune epochs (default: the shipped recipe's)")
+    prune.add_argument("--checkpoint", type=Path, help="start from this checkpoint (default: the shipped one)")
+    prune.add_argument("--out", type=Path, default=CHECKPOINTS_OUT, help="folder for the pruned checkpoint")
+    prune.add_argument("--name", type=file_stem, default="teacher_pruned", help="checkpoint file name, without .pt")
+    prune.add_argument("--data", type=Path, help="dataset folder (default: the embedded dataset)")
+    prune.add_argument("--max-iters", type=positive_int,
+                       help="cap iterations per epoch for a smoke run (default: no cap)")
+
+    evaluate = _command(commands, "evaluate", "COCO mAP (0-1), params and MACs of a detector", _evaluate,
+                        description="COCO mAP, params and MACs of a detector on a val split. mAP is printed as "
+                                    "COCOeval's 0-1 numbers, labelled 'mAP (0-1)'; --json writes the same values.")
+    evaluate.add_argument("--preset", choices=PRESETS, required=True, help="which detector")
+    evaluate.add_argument("--data", type=Path, help="dataset folder (default: the embedded dataset)")
+    evaluate.add_argument("--checkpoint", type=Path, help="a checkpoint to load (default: the shipped one)")
+    evaluate.add_argument("--json", type=Path, help="also write the metrics to this file (default: print only)")
+
+
+def _add_study_commands(commands: Any) -> None:
+    bench = _command(commands, "bench", "measure the baseline records of the teacher and student",
+                     _bench, description="Measure the baseline records (teacher and student, torch eager and ONNX "
+                                         "Runtime fp32) and write them into results.json. The printed table shows "
+                                         "mAP x100, as its header says; the records keep COCOeval's 0-1 values.")
+    bench.add_argument("--json", type=Path, help="also write the records to this file (default: none)")
+    bench.add_argument("--reports", type=Path, help="results folder (default: $COMPRESSKIT_REPORTS or runs/)")
+    bench.add_argument("--runs", type=positive_int, default=30, help="timed latency runs per record")
+
+    reproduce = _command(commands, "reproduce", "rerun every study; write results.json and figures",
+                         _reproduce, description="Rerun the lessons' studies whole and write results.json and "
+                                                 "figures/. The committed reports/ folder is written only with "
+                                                 "--update-reference.")
+    reproduce.add_argument("--out", type=Path, default=REPRODUCE_OUT,
+                           help="folder for results.json and figures/; the committed reports/ needs --update-reference")
+    reproduce.add_argument("--only", nargs="+", metavar="STUDY",
+                           choices=LazyChoices("compresskit.harness.reproduce", "STUDIES"),
+                           help="run only these studies, among %(choices)s (default: all)")
+    reproduce.add_argument("--runs", type=positive_int, default=30, help="timed latency runs per record")
+    reproduce.add_argument("--update-reference", action="store_true",
+                           help="allow replacing the committed reference results (default: refuse)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``compresskit`` argument parser: one sub-command per job, every option with its default in its help."""
+    from compresskit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="compresskit", formatter_class=_HelpFormatter,
+        description="Model compression for object detection, measured.",
+        epilog=f"The data profile comes from ${settings.PROFILE_ENV} ({' or '.join(settings.PROFILES)}; default "
+               f"embedded). Exit status 2 means a problem you can fix; the message says which.")
+    parser.add_argument("--version", action="version", version=f"compresskit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(commands)
+    _add_model_commands(commands)
+    _add_study_commands(commands)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------- entry point
+def _is_user_path(exc: OSError, args: argparse.Namespace) -> bool:
+    """Whether the failed path is one the user gave, a file inside it, or a folder above it."""
+    given = [value.resolve() for value in (getattr(args, name, None) for name in PATH_OPTIONS)
+             if isinstance(value, Path)]
+    for filename in (exc.filename, exc.filename2):
+        if isinstance(filename, (str, bytes, os.PathLike)):
+            # A folder above the given path counts too: mkdir(parents=True) fails on the first one it cannot make.
+            failed = Path(os.fsdecode(filename)).resolve()
+            if any(failed == path or path in failed.parents or failed in path.parents for path in given):
+                return True
+    return False
+
+
+def _fail(message: str) -> int:
+    print(f"compresskit: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the ``compresskit`` command line.
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+    Returns:
+        The exit status: 0 done, 1 ``data check`` found errors, 2 a problem the user can fix (one message on
+        stderr), 130 interrupted.
+    """
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help and --version (status 0), argparse's one-line usage errors (status 2)
+        return int(exc.code or 0)
+    try:
+        settings.profile()  # loaders read it deep inside a command; a typo must stop the command before it starts
         return args.run(args)
     except CompressKitError as exc:
-        print(f"compresskit: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except PATH_ERRORS as exc:
+        if not _is_user_path(exc, args):
+            raise  # a path the kit chose itself: a bug, keep its traceback
+        return _fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}; check the path given on the "
+                     "command line")
     except KeyboardInterrupt:
         print("compresskit: interrupted; completed files are kept, partial ones were not written", file=sys.stderr)
         return 130

@@ -5,6 +5,10 @@ class CompressKitError(Exception):
     """Base class: the message says what is wrong and how to fix it."""
 
 
+class ConfigError(CompressKitError, ValueError):
+    """A setting or config value is out of range or unknown (a ValueError too, for callers that catch those)."""
+
+
 class DatasetError(CompressKitError):
     """A dataset on disk is unusable (unreadable file, missing image, bad box, unknown category...)."""
 

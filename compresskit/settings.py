@@ -11,26 +11,45 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
-import torch
+from compresskit.errors import ConfigError
 
 PROFILES = ("embedded", "coco")
 PROFILE_ENV = "COMPRESSKIT_PROFILE"
 REPORTS_ENV = "COMPRESSKIT_REPORTS"
 DATA_ENV = "COMPRESSKIT_DATA"
+COCO_ROOT_ENV = "COMPRESSKIT_COCO_ROOT"
 
 
 def profile() -> str:
-    """The active data profile, from ``COMPRESSKIT_PROFILE`` (default ``embedded``)."""
+    """The active data profile, from ``COMPRESSKIT_PROFILE`` (default ``embedded``; case and spaces ignored).
+
+    Returns:
+        One of :data:`PROFILES`.
+    Raises:
+        ConfigError: the variable names no profile.
+    """
     name = os.environ.get(PROFILE_ENV, "embedded").strip().lower() or "embedded"
     if name not in PROFILES:
-        raise ValueError(f"{PROFILE_ENV}={name!r} is not a profile; use one of {', '.join(PROFILES)}")
+        raise ConfigError(f"{PROFILE_ENV}={name!r} is not a profile; set it to one of {', '.join(PROFILES)} "
+                          f"(or unset it for embedded)")
     return name
 
 
+def repository_root() -> Path | None:
+    """The checkout the package runs from (the folder holding ``pyproject.toml`` beside ``compresskit/``), or None
+    for an installed copy."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
+
+
 def reports_dir() -> Path:
-    """Folder for results records: ``COMPRESSKIT_REPORTS`` or ``runs/`` under the current directory."""
-    return Path(os.environ.get(REPORTS_ENV, "runs")).expanduser()
+    """Folder for results records: ``COMPRESSKIT_REPORTS``, else ``runs/`` at the top of the checkout (so a lesson
+    run from ``notebooks/`` writes beside the others, git-ignored), else ``runs/`` under the current directory."""
+    value = os.environ.get(REPORTS_ENV)
+    if value:
+        return Path(value).expanduser()
+    root = repository_root()
+    return (root if root is not None else Path.cwd()) / "runs"
 
 
 def data_root() -> Path:
@@ -40,7 +59,15 @@ def data_root() -> Path:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so one seed gives the same data, weights and mAP on CPU."""
+    """Seed Python, NumPy and torch so one seed gives the same data, weights and mAP on CPU.
+
+    Args:
+        seed: any non-negative int (NumPy gets it modulo 2**32).
+    """
+    # Imported here, not at the top: the CLI reads the settings before it knows whether it needs torch.
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -49,5 +76,5 @@ def seed_everything(seed: int) -> None:
 def coco_root() -> Path | None:
     """A local COCO 2017 install (``annotations/`` + ``train2017/``/``val2017/``) from ``COMPRESSKIT_COCO_ROOT``,
     or None. Subsets are then copied from it instead of downloaded."""
-    value = os.environ.get("COMPRESSKIT_COCO_ROOT")
+    value = os.environ.get(COCO_ROOT_ENV)
     return Path(value).expanduser() if value else None

@@ -7,14 +7,31 @@ from pathlib import Path
 
 import pytest
 
+from fake_coco import make_fake_coco
+
+COCO_TINY_ENV = "COMPRESSKIT_COCO_TINY"
+_MEMBER = Path("annotations") / "instances_train2017.json"
+
+
+def real_coco_tiny() -> Path | None:
+    """The real COCO fixture (16 train2017 images, original annotations) when this machine has it, else None.
+
+    ``COMPRESSKIT_COCO_TINY`` decides when set (a path without the fixture counts as absent); otherwise
+    ``shared/coco-tiny`` beside the checkout is used when present. It is never copied into the repository.
+    """
+    env = os.environ.get(COCO_TINY_ENV)
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "coco-tiny"
+    return path if (path / _MEMBER).is_file() else None
+
 
 @pytest.fixture(scope="session")
-def coco_tiny() -> Path:
-    """The real COCO fixture (16 train2017 images); never copied into the repository."""
-    path = Path(os.environ.get("COMPRESSKIT_COCO_TINY", ""))
-    if not (path / "annotations" / "instances_train2017.json").is_file():
-        pytest.skip("the coco-tiny fixture is not available (set COMPRESSKIT_COCO_TINY)")
-    return path
+def coco_tiny(tmp_path_factory) -> Path:
+    """A COCO-2017-shaped source in the official layout (``annotations/instances_train2017.json`` and
+    ``train2017/*.jpg``): the real fixture when available, else a synthetic one built once per test run.
+
+    Tests using it must hold for both sources: they derive expected values from the source's own JSON.
+    """
+    return real_coco_tiny() or make_fake_coco(tmp_path_factory.mktemp("fake-coco"))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -47,7 +46,7 @@ def dataset(tmp_path: Path) -> tuple[Path, Path, dict]:
 
 
 def only_kind(annotation_file: Path, images_dir: Path, kind: str, capsys, *, severity: str = "error") -> list[Problem]:
-    """Assert the dataset has problems of exactly one kind and that main_check reports them cleanly."""
+    """Assert the dataset has problems of exactly one kind and that main_check reports them cleanly, on stderr."""
     report = check_dataset(annotation_file, images_dir, progress=False)
     assert {p.kind for p in report.problems} == {kind}, report.format_problems()
     assert {p.severity for p in report.problems} == {severity}
@@ -57,8 +56,12 @@ def only_kind(annotation_file: Path, images_dir: Path, kind: str, capsys, *, sev
     assert code == (1 if severity == "error" else 0)
     assert "Traceback" not in out.out + out.err
     for problem in report.problems:
-        assert str(problem) in out.out
+        assert str(problem) in out.err and str(problem) not in out.out
         assert "\n" not in str(problem) and " — fix: " in str(problem)
+    if severity == "error":  # nothing on stdout: a script reading it never mistakes a broken dataset for a summary
+        assert out.out == "" and "error(s)" in out.err
+    else:
+        assert out.out.rstrip().endswith(f"OK with {len(report.problems)} warning(s)") and "images:" in out.out
     return report.problems
 
 
@@ -74,8 +77,9 @@ def test_clean_dataset_passes_with_right_summary(dataset, capsys):
     assert "images: 3" in text and "annotations: 9" in text and "crowd annotations: 1" in text
     assert "car 6" in text and "train 3" in text
     assert main_check(annotation_file, images_dir, progress=False) == 0
-    out = capsys.readouterr().out
-    assert "OK" in out and "small (<32²) 3" in out
+    out = capsys.readouterr()
+    assert out.out.rstrip().endswith("OK") and "small (<32²) 3" in out.out
+    assert out.err == ""
 
 
 def test_area_buckets_use_the_annotation_area(dataset):
@@ -87,17 +91,19 @@ def test_area_buckets_use_the_annotation_area(dataset):
     assert (s["small"], s["medium"], s["large"]) == (2, 3, 4)
 
 
-def test_real_coco_fixture_passes():
-    root = Path(os.environ.get("COMPRESSKIT_COCO_TINY", Path(__file__).resolve().parents[2] / "shared" / "coco-tiny"))
-    annotation_file = root / "annotations" / "instances_train2017.json"
-    if not annotation_file.is_file():
-        pytest.skip(f"COCO fixture not found at {root}")
+def test_coco_source_passes_with_its_own_counts(coco_tiny):
+    annotation_file = coco_tiny / "annotations" / "instances_train2017.json"
+    source = json.loads(annotation_file.read_text())
     # file_name there is a bare "000000005802.jpg", so images live in train2017/ as in an official install.
-    report = check_dataset(annotation_file, root / "train2017", progress=False)
+    report = check_dataset(annotation_file, coco_tiny / "train2017", progress=False)
     assert report.ok, report.format_problems()
-    assert report.summary["images"] == 16 and report.summary["categories"] == 80
-    assert report.summary["crowd"] == 1
-    assert sum(report.summary[k] for k in ("small", "medium", "large")) == report.summary["annotations"]
+    s = report.summary
+    assert (s["images"], s["annotations"], s["categories"]) == tuple(
+        len(source[key]) for key in ("images", "annotations", "categories"))
+    assert s["crowd"] == sum(1 for ann in source["annotations"] if ann["iscrowd"]) >= 1
+    assert sum(s[k] for k in ("small", "medium", "large")) == s["annotations"]
+    assert s["per_category"] == {c["id"]: sum(1 for a in source["annotations"] if a["category_id"] == c["id"])
+                                 for c in source["categories"]}
 
 
 def test_unreadable_annotation_file(tmp_path, capsys):
@@ -116,7 +122,23 @@ def test_invalid_json_names_the_line(dataset, capsys):
     annotation_file, images_dir, _ = dataset
     annotation_file.write_text('{\n  "images": [],\n  "annotations": [,]\n}')
     (problem,) = only_kind(annotation_file, images_dir, "invalid_json", capsys)
-    assert "line 3" in str(problem) and problem.file == str(annotation_file)
+    assert "line 3, column 19: expecting value" in problem.what and problem.file == str(annotation_file)
+    assert "ends early" not in str(problem)  # a syntax error inside the file is not a truncation
+
+
+@pytest.mark.parametrize(("cut_after", "where", "inside"), [
+    # '   "file_name": "img' ends line 5: the text stops inside the string opened at column 17
+    ('"img', "line 5, column 21", ", inside a string opened at line 5, column 17"),
+    # '  },' ends line 8, after the first image: the text stops between values
+    ("},", "line 8, column 5", ""),
+])
+def test_truncated_json_is_a_complete_actionable_message(dataset, capsys, cut_after, where, inside):
+    annotation_file, images_dir, _ = dataset
+    text = annotation_file.read_text()
+    annotation_file.write_text(text[: text.index(cut_after) + len(cut_after)])
+    (problem,) = only_kind(annotation_file, images_dir, "invalid_json", capsys)
+    assert problem.what == f"instances.json is incomplete JSON: it stops at {where}{inside}"
+    assert problem.fix == "the file ends early: was the download or export interrupted? re-export or re-download it"
 
 
 def test_top_level_not_an_object(dataset, capsys):
@@ -173,6 +195,45 @@ def test_image_missing_on_disk(dataset, capsys):
     (images_dir / "img1.jpg").unlink()
     (problem,) = only_kind(annotation_file, images_dir, "missing_image", capsys)
     assert problem.record == "image id=2 (file_name=img1.jpg)" and str(images_dir / "img1.jpg") in problem.what
+
+
+def _nest_images(annotation_file: Path, images_dir: Path, data: dict, folder: str) -> Path:
+    """Move the images to ``images_dir/folder/`` and prefix every file_name with ``folder/``; returns the folder."""
+    nested = images_dir / folder
+    nested.mkdir()
+    for image in data["images"]:
+        (images_dir / image["file_name"]).rename(nested / image["file_name"])
+        image["file_name"] = f"{folder}/{image['file_name']}"
+    write_json(annotation_file, data)
+    return nested
+
+
+def test_folder_named_twice_gets_one_hint(dataset, capsys):
+    annotation_file, images_dir, data = dataset
+    nested = _nest_images(annotation_file, images_dir, data, folder="val")  # file_name "val/img0.jpg"
+    assert check_dataset(annotation_file, images_dir, progress=False).ok  # relative to the right folder: clean
+    # --images .../images/val makes every path .../images/val/val/img0.jpg
+    report = check_dataset(annotation_file, nested, progress=False)
+    assert [p.kind for p in report.problems] == ["missing_image"] * 3
+    assert report.hints == [f"3 of the 3 missing images exist under {images_dir}: the file_name entries already "
+                            f"start with 'val/' (e.g. val/img0.jpg), so pass --images {images_dir} instead of "
+                            f"--images {nested}"]
+    capsys.readouterr()
+    assert main_check(annotation_file, nested, progress=False) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("hint: ")] == [f"hint: {report.hints[0]}"]
+    assert err[-1].startswith("3 error(s)")  # the hint sits with the problems, before the closing count
+    with pytest.raises(DatasetError, match=f"pass --images {images_dir} instead"):
+        report.raise_for_errors()
+
+
+def test_no_hint_when_the_folder_above_does_not_explain_the_missing_files(dataset):
+    annotation_file, images_dir, data = dataset
+    nested = _nest_images(annotation_file, images_dir, data, folder="val")
+    for name in ("img0.jpg", "img1.jpg"):
+        (nested / name).unlink()  # gone everywhere: only one of the three missing files is in the folder above
+    report = check_dataset(annotation_file, nested, progress=False)
+    assert [p.kind for p in report.problems] == ["missing_image"] * 3 and report.hints == []
 
 
 def test_images_folder_missing_is_one_problem(dataset, capsys):

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from compresskit.data import CATEGORIES, CocoDetection, LabelMap, collate_fn, load_split
 from compresskit.data.embedded import EmbeddedConfig, generate_embedded
 from compresskit.errors import DatasetError
+from fake_coco import make_fake_coco
 
 
 def test_label_map_survives_gapped_coco_ids():
@@ -81,7 +83,45 @@ def test_crowd_regions_are_not_training_targets(coco_tiny):
     target = dataset.load_target(image_id, info["width"], info["height"])
     non_crowd = [a for a in dataset.coco.imgToAnns[image_id] if not a["iscrowd"]]
     assert len(target["boxes"]) == len(non_crowd)
-    assert dataset.label_map.num_classes == 81  # 80 COCO categories + background
+    # contiguous labels: one per category of the file, plus background
+    assert dataset.label_map.num_classes == len(dataset.coco.dataset["categories"]) + 1
+
+
+def test_fake_coco_is_deterministic_and_shaped_like_coco(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    first = make_fake_coco(tmp_path / "a", images=6, seed=4)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert len(files) == 2 + 6 + 2  # two annotation files, 6 train and 2 val images
+    second = make_fake_coco(tmp_path / "b", images=6, seed=4)
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    other = make_fake_coco(tmp_path / "c", images=6, seed=5)
+    assert (other / files[0]).read_bytes() != (first / files[0]).read_bytes()
+    for split in ("train2017", "val2017"):
+        document = json.loads((first / f"annotations/instances_{split}.json").read_text())
+        assert set(document) == {"info", "licenses", "images", "annotations", "categories"}
+        ids = [c["id"] for c in document["categories"]]
+        assert ids != list(range(1, len(ids) + 1)) and max(ids) == 90  # COCO's gapped ids
+        assert all(c["supercategory"] for c in document["categories"])
+        for image in document["images"]:
+            assert image["coco_url"] == f"http://images.cocodataset.org/{split}/{image['file_name']}"
+            with Image.open(first / split / image["file_name"]) as picture:
+                assert picture.size == (image["width"], image["height"]) and picture.format == "JPEG"
+        orientations = {(i["width"] > i["height"]) - (i["width"] < i["height"]) for i in document["images"]}
+        assert len(orientations) >= 2, "landscape and portrait sizes"
+        crowd = [a for a in document["annotations"] if a["iscrowd"]]
+        assert len(crowd) == 1 and isinstance(crowd[0]["segmentation"], dict)
+        height, width = crowd[0]["segmentation"]["size"]
+        rle = mask_utils.frPyObjects(crowd[0]["segmentation"], height, width)
+        assert int(mask_utils.area(rle)) == crowd[0]["area"]
+        assert mask_utils.toBbox(rle).tolist() == crowd[0]["bbox"]
+        for ann in (a for a in document["annotations"] if not a["iscrowd"]):
+            image = next(i for i in document["images"] if i["id"] == ann["image_id"])
+            polygon = mask_utils.frPyObjects(ann["segmentation"], image["height"], image["width"])
+            rasterised = float(mask_utils.area(mask_utils.merge(polygon)))
+            assert abs(rasterised - ann["area"]) <= 0.15 * ann["area"] + 20  # the polygon's own area
+            x, y, w, h = ann["bbox"]
+            assert w > 0 and h > 0 and x + w <= image["width"] and y + h <= image["height"]
 
 
 def _write(tmp_path: Path, document: dict) -> Path:
@@ -93,7 +133,8 @@ def _write(tmp_path: Path, document: dict) -> Path:
 @pytest.mark.parametrize("problem, message", [
     ("unknown_category", "unknown category_id 99"),
     ("degenerate", "degenerate box"),
-    ("corrupt", "not valid JSON"),
+    ("truncated", "instances.json is incomplete JSON: it stops at line 1, column 13; the file ends early"),
+    ("corrupt", "instances.json is not valid JSON at line 1, column 13: expecting value; repair"),
     ("no_images", "no images"),
 ])
 def test_bad_annotation_files_give_clear_errors(tmp_path, problem, message):
@@ -108,8 +149,10 @@ def test_bad_annotation_files_give_clear_errors(tmp_path, problem, message):
     elif problem == "no_images":
         document["images"], document["annotations"] = [], []
     path = _write(tmp_path, document)
-    if problem == "corrupt":
+    if problem == "truncated":
         path.write_text('{"images": [')
+    elif problem == "corrupt":
+        path.write_text('{"images": [,]}')
     with pytest.raises(DatasetError, match=message):
         CocoDetection(tmp_path, path)
 

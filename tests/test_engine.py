@@ -13,12 +13,31 @@ from pathlib import Path
 import pytest
 import torch
 
+from torch import nn
+
 from compresskit.data import load_split
 from compresskit.data.dataset import load_coco
-from compresskit.engine import TrainConfig, coco_metrics, evaluate, fit, make_loader
-from compresskit.models import EMBEDDED_PRESETS, build_detector
+from compresskit.engine import (VAL_SUBSET_IMAGES, TrainConfig, coco_metrics, console_command, evaluate, fit,
+                                make_loader, predict, ship_checkpoint, train_preset)
+from compresskit.errors import CheckpointError
+from compresskit.models import EMBEDDED_PRESETS, build_detector, load_checkpoint
 
 TINY_SPEC = replace(EMBEDDED_PRESETS["student"], widths=[8, 8, 16, 16, 32], fpn_channels=32, head_convs=1)
+
+
+def tiny_adapter() -> nn.Module:
+    """A stand-in for a distillation adapter: trained only through the extra loss below."""
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def adapter_loss(adapter: nn.Module, modes: list | None = None):
+    def extra_loss(model, images, targets):
+        if modes is not None:
+            modes.append(adapter.training)
+        colours = torch.stack([image.mean(dim=(1, 2)) for image in images])  # (N, 3), no grad of its own
+        return {"adapter": (adapter(colours) - 1.0).pow(2).mean()}
+    return extra_loss
 
 
 def _ground_truth(tmp_path: Path, boxes: list[list[float]]):
@@ -99,17 +118,80 @@ def test_fit_trains_checkpoints_and_resumes(tiny_embedded, tmp_path):
     assert [entry["epoch"] for entry in resumed["history"]] == [1, 2]
 
 
+def test_fit_trains_extra_modules_saves_them_and_resume_restores_them(tiny_embedded, tmp_path):
+    train_set = load_split("train", tiny_embedded)
+    config = TrainConfig(epochs=1, batch_size=4, warmup_iters=2, workers=0)
+    adapter, modes = tiny_adapter().eval(), []
+    before = {k: v.clone() for k, v in adapter.state_dict().items()}
+    fit(build_detector(TINY_SPEC), train_set, None, config, tmp_path, extra_loss=adapter_loss(adapter, modes),
+        extra_modules=adapter, max_iters_per_epoch=3, progress=False, log=lambda message: None)
+    assert modes == [True, True, True]  # switched to train mode with the detector
+    trained = adapter.state_dict()
+    assert all(not torch.equal(before[k], trained[k]) for k in before)  # every tensor moved, biases included
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["extra_modules"].keys() == trained.keys()
+    assert all(torch.equal(saved["extra_modules"][k], trained[k]) for k in trained)
+    # Resuming the finished run restores the adapter without training it further.
+    restored = tiny_adapter()
+    assert not torch.equal(restored.state_dict()["0.weight"], trained["0.weight"])
+    fit(build_detector(TINY_SPEC), train_set, None, config, tmp_path, extra_loss=adapter_loss(restored),
+        extra_modules=restored, max_iters_per_epoch=3, progress=False, log=lambda message: None)
+    assert all(torch.equal(restored.state_dict()[k], trained[k]) for k in trained)
+    with pytest.raises(CheckpointError, match="with extra modules"):
+        fit(build_detector(TINY_SPEC), train_set, None, config, tmp_path, max_iters_per_epoch=3, progress=False,
+            log=lambda message: None)
+
+
+def test_ship_checkpoint_records_the_metrics_of_the_reloaded_weights(tiny_embedded, tmp_path):
+    val_set = load_split("val", tiny_embedded)
+    spec = replace(TINY_SPEC, score_thresh=0.0)  # an untrained detector: keep its boxes so mAP is computed on some
+    torch.manual_seed(0)
+    model = build_detector(spec)
+    path = ship_checkpoint(tmp_path / "tiny.pt", model, spec, val_set.label_map, {"preset": "tiny"}, val_set,
+                           progress=False)
+    loaded, label_map, meta = load_checkpoint(path)
+    assert json.loads(path.with_suffix(".json").read_text()) == meta
+    assert meta["preset"] == "tiny" and meta["command"] is None
+    assert torch.__version__.startswith(meta["environment"]["torch"]) and meta["environment"]["isa"] is not None
+    loader = make_loader(val_set, batch_size=8, train=False)
+    assert len(predict(loaded, loader, label_map, progress=False)) > 0
+    assert meta["val_metrics"] == evaluate(loaded, loader, label_map, progress=False)
+    assert meta["val_subset"]["images"] == VAL_SUBSET_IMAGES and set(meta["val_subset"]["metrics"]) == set(
+        meta["val_metrics"])
+    weight = "head.classification_head.cls_logits.weight"
+    assert torch.equal(loaded.state_dict()[weight], model.state_dict()[weight].half().float())  # fp16 as shipped
+
+
+def test_console_command_is_recorded_only_for_the_console_script(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/opt/env/bin/compresskit", "train", "--out", "my runs"])
+    assert console_command() == "compresskit train --out 'my runs'"
+    monkeypatch.setattr("sys.argv", ["/opt/env/bin/pytest", "tests"])
+    assert console_command() is None
+
+
+def test_train_preset_ships_a_loadable_checkpoint(tiny_embedded, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=2, warmup_iters=1, workers=0)
+    path = train_preset("student", tmp_path, data_dir=tiny_embedded, config=config, max_iters_per_epoch=1,
+                        progress=False)
+    model, _, meta = load_checkpoint(path)
+    assert path == tmp_path / "student.pt" and (tmp_path / "student.json").exists()
+    assert meta["preset"] == "student" and meta["train_config"]["epochs"] == 1 and len(meta["history"]) == 1
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in build_detector(EMBEDDED_PRESETS["student"]).parameters())
+
+
 DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from compresskit.data import load_split
 from compresskit.engine import TrainConfig, fit
 from compresskit.models import build_detector
 sys.path.insert(0, {tests!r})
-from test_engine import TINY_SPEC
-model = build_detector(TINY_SPEC)
+from test_engine import TINY_SPEC, adapter_loss, tiny_adapter
+model, adapter = build_detector(TINY_SPEC), tiny_adapter()
 fit(model, load_split("train", {data!r}), None, TrainConfig(epochs=1, batch_size=2, warmup_iters=1, workers=0),
-    {out!r}, max_iters_per_epoch=3, progress=False, log=lambda m: None)
-torch.save(model.state_dict(), {out!r} + f"/rank{{dist.get_rank()}}.pt")
+    {out!r}, extra_loss=adapter_loss(adapter), extra_modules=adapter, max_iters_per_epoch=3, progress=False,
+    log=lambda m: None)
+torch.save({{"model": model.state_dict(), "adapter": adapter.state_dict()}}, {out!r} + f"/rank{{dist.get_rank()}}.pt")
 dist.destroy_process_group()
 """
 
@@ -120,6 +202,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_end_with_identical_weights(tiny_embedded, tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), data=str(tiny_embedded),
@@ -130,7 +213,8 @@ def test_ddp_two_processes_end_with_identical_weights(tiny_embedded, tmp_path):
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    initial = build_detector(TINY_SPEC).state_dict()  # same seed, so the same start on both ranks
-    assert any(not torch.equal(initial[k], rank0[k]) for k in rank0), "DDP run did not train"
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name
+    initial = {"model": build_detector(TINY_SPEC).state_dict(), "adapter": tiny_adapter().state_dict()}
+    for part in ("model", "adapter"):  # same seed, so the same start on both ranks
+        assert any(not torch.equal(initial[part][k], rank0[part][k]) for k in rank0[part]), f"{part} not trained"
+        for name in rank0[part]:
+            assert torch.equal(rank0[part][name], rank1[part][name]), (part, name)

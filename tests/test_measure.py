@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from compresskit import measure
+from compresskit.errors import CompressKitError
 
 
 def small_net() -> nn.Sequential:
@@ -93,7 +98,7 @@ def test_latency_statistics_and_threads_restored() -> None:
     assert 0 < result.median_ms <= result.p90_ms
     assert (result.runs, result.threads, result.batch) == (12, threads, 1)
     entry = result.as_record((32, 32))
-    assert set(entry) == {"median", "p90", "runs", "batch", "threads", "input"}
+    assert set(entry) == {"median", "p90", "runs", "batch", "threads", "input", "noisy"}
     assert entry["input"] == [32, 32] and entry["runs"] == 12
     assert entry["median"] == round(result.median_ms, 3)
 
@@ -114,7 +119,7 @@ def test_latency_counts_calls_and_restores_threads_on_error() -> None:
     with pytest.raises(RuntimeError):
         measure.measure_latency(broken, torch.zeros(1), threads=before + 1)
     assert torch.get_num_threads() == before
-    with pytest.raises(ValueError):
+    with pytest.raises(CompressKitError, match="at least 1 timed runs"):
         measure.measure_latency(fn, [torch.zeros(1)], runs=0)
 
 
@@ -131,7 +136,8 @@ def test_onnxruntime_session_latency(tmp_path) -> None:
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
         initializer=[numpy_helper.from_array(weight, name="w")])
     path = tmp_path / "tiny.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
     session = measure.onnxruntime_session(path, threads=1)
     array = np.ones((1, 16), dtype=np.float32)
     (output,) = session.run(None, {"x": array})
@@ -139,6 +145,7 @@ def test_onnxruntime_session_latency(tmp_path) -> None:
     result = measure.measure_latency(lambda x: session.run(None, {"x": x}), (array,), warmup=1, runs=5, threads=1)
     assert result.batch == 1 and result.runs == 5 and result.median_ms > 0
     assert measure.serialized_size(path).bytes == path.stat().st_size
+    assert measure.serialized_size(model) == measure.serialized_size(path)  # an in-memory ModelProto, as saved
 
 
 def test_environment_stamp_keys() -> None:
@@ -151,23 +158,6 @@ def test_environment_stamp_keys() -> None:
     assert stamp["torch"] and stamp["threads"] == torch.get_num_threads()
 
 
-def test_format_table_units_and_missing_values() -> None:
-    records = [
-        {"id": "a/base", "technique": "baseline", "runtime": "torch-eager", "map": 0.6123, "params": 2_500_000,
-         "nonzero_params": 2_500_000, "macs": 1_230_000_000, "size_bytes": 10_000_000,
-         "size_gzip_bytes": 9_000_000, "latency_ms": {"median": 21.3456}},
-        {"id": "a/other", "technique": "fp16", "runtime": "onnxruntime"},
-    ]
-    lines = measure.format_table(records).splitlines()
-    assert len(lines) == 4 and set(lines[1]) == {"-"}
-    assert lines[2].split() == ["a/base", "baseline", "torch-eager", "61.2", "2.50", "2.50", "1.23", "10.00",
-                                "9.00", "21.35"]
-    assert lines[3].split()[3:] == ["-"] * 7
-    assert len({len(line) for line in lines[:3]}) == 1  # fixed width
-    with pytest.raises(ValueError, match="unknown table columns"):
-        measure.format_table(records, columns=("id", "nope"))
-
-
 def test_count_macs_leaves_every_shared_module_in_its_own_mode():
     from compresskit.models import EMBEDDED_PRESETS, build_detector
     from compresskit.models.core import DetectorCore, example_batch
@@ -177,3 +167,146 @@ def test_count_macs_leaves_every_shared_module_in_its_own_mode():
     measure.count_macs(wrapper, example_batch(64))
     measure.count_macs(DetectorCore(detector), example_batch(64))
     assert not any(module.training for module in detector.modules())
+
+
+# --------------------------------------------------------------------------------------------- noise and pairs
+def test_latency_noisy_when_p90_far_above_median() -> None:
+    steady = measure.Latency(median_ms=10.0, p90_ms=14.0, runs=30, threads=2, batch=1)
+    jumpy = measure.Latency(median_ms=10.0, p90_ms=16.0, runs=30, threads=2, batch=1)
+    assert measure.NOISY_P90_OVER_MEDIAN == 1.5
+    assert not steady.noisy and jumpy.noisy
+    assert steady.as_record((8, 8))["noisy"] is False and jumpy.as_record((8, 8))["noisy"] is True
+
+
+class FakeClock:
+    """perf_counter for measure.latency's timings: each call of a timed function advances it by a known cost."""
+
+    def __init__(self, seed: int = 5) -> None:
+        self.now = 0.0
+        self.calls: list[str] = []
+        self.rng = np.random.default_rng(seed)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def function(self, name: str, cost_s: float, first_call_penalty: float = 0.0):
+        def call() -> None:
+            # Even global call numbers are the first call of a pair when there is no warm-up: a cold cache.
+            cold = 1.0 + (first_call_penalty if len(self.calls) % 2 == 0 else 0.0)
+            self.calls.append(name)
+            self.now += cost_s * cold * (1.0 + 0.05 * abs(self.rng.standard_normal()))
+        return call
+
+
+def paired_on_fake_clock(monkeypatch, *, seed: int = 0, penalty: float = 0.3) -> measure.PairedLatency:
+    clock = FakeClock()
+    monkeypatch.setattr(measure.latency, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    same = clock.function("a", 0.010, penalty), clock.function("b", 0.010, penalty)
+    return measure.compare_latency(*same, (), warmup=0, pairs=30, seed=seed)
+
+
+def test_compare_latency_with_itself_cancels_a_first_call_penalty(monkeypatch) -> None:
+    # Whichever side runs first in a pair is 30 % slower: always timing A first would report A 1.3x slower.
+    result = paired_on_fake_clock(monkeypatch)
+    assert 0.8 <= result.speedup <= 1.25
+    assert result.low <= 1.0 <= result.high
+    assert result.baseline.runs == result.candidate.runs == 30
+    assert not result.holds(1.1) and not result.contradicts(0.9)
+
+
+def test_bootstrap_interval_is_deterministic_per_seed(monkeypatch) -> None:
+    first = paired_on_fake_clock(monkeypatch, seed=0, penalty=0.0)
+    again = paired_on_fake_clock(monkeypatch, seed=0, penalty=0.0)
+    other = paired_on_fake_clock(monkeypatch, seed=1, penalty=0.0)
+    assert first == again
+    assert other.speedup == first.speedup  # the same timings: only the resampling changed
+    assert (other.low, other.high) != (first.low, first.high)
+    assert first.low < first.speedup < first.high
+
+
+def test_compare_latency_with_itself_on_the_real_clock() -> None:
+    net = small_net().eval()
+    result = measure.compare_latency(net, net, torch.randn(1, 3, 32, 32), warmup=3, pairs=30, threads=1)
+    assert 0.8 <= result.speedup <= 1.25
+    assert result.low < 1.25 and result.high > 0.8  # an interval around 1, not somewhere else
+    assert result.baseline.batch == result.candidate.batch == 1
+
+
+def test_compare_latency_detects_a_three_times_slower_copy() -> None:
+    # Sleeping costs the same wall time however busy the CPU is, so the 3x holds on a loaded machine.
+    def slow() -> None:
+        time.sleep(0.009)
+
+    def fast() -> None:
+        time.sleep(0.003)
+
+    result = measure.compare_latency(slow, fast, (), warmup=1, pairs=20)
+    assert result.speedup > 2 and result.low > 1.5
+    assert result.holds(1.5) and not result.contradicts(1.5) and not result.noisy
+    assert result.baseline.median_ms > 2 * result.candidate.median_ms
+    reverse = measure.compare_latency(fast, slow, (), warmup=1, pairs=20)
+    assert reverse.speedup < 0.5 and reverse.contradicts(1.0)
+
+
+def test_compare_latency_alternates_order_per_pair(monkeypatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(measure.latency, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    measure.compare_latency(clock.function("a", 0.01), clock.function("b", 0.01), (), warmup=2, pairs=4)
+    assert clock.calls[:4] == ["a", "b", "a", "b"]  # warm-up of both sides
+    assert clock.calls[4:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_compare_latency_inputs_threads_and_errors() -> None:
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    seen: list[tuple[str, int, type]] = []
+
+    def baseline(batch: torch.Tensor) -> None:
+        seen.append(("baseline", torch.get_num_threads(), type(batch)))
+
+    def candidate(array: np.ndarray) -> None:
+        seen.append(("candidate", torch.get_num_threads(), type(array)))
+
+    images = torch.zeros(2, 3, 8, 8)
+    result = measure.compare_latency(baseline, candidate, images, candidate_inputs=images.numpy(), warmup=1,
+                                     pairs=3, threads=wanted)
+    assert torch.get_num_threads() == before
+    assert len(seen) == 8 and {threads for _, threads, _ in seen} == {wanted}
+    assert {kind for side, _, kind in seen if side == "candidate"} == {np.ndarray}
+    assert {kind for side, _, kind in seen if side == "baseline"} == {torch.Tensor}
+    assert (result.threads, result.baseline.batch, result.candidate.batch) == (wanted, 2, 2)
+
+    def broken(_: torch.Tensor) -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        measure.compare_latency(baseline, broken, images, threads=wanted)
+    assert torch.get_num_threads() == before
+    with pytest.raises(CompressKitError, match="at least 2 timed runs"):
+        measure.compare_latency(baseline, baseline, images, pairs=1)
+
+
+def paired(speedup: float, low: float, high: float) -> measure.PairedLatency:
+    side = measure.Latency(median_ms=10.0, p90_ms=11.0, runs=30, threads=2, batch=1)
+    return measure.PairedLatency(speedup=speedup, low=low, high=high, pairs=30, threads=2, baseline=side,
+                                 candidate=side)
+
+
+@pytest.mark.parametrize("speedup, low, high, noisy", [
+    (1.0, 0.95, 1.05, False),  # no speed-up, and a tight interval says so
+    (2.0, 1.9, 2.1, False),
+    (1.3, 0.9, 1.5, True),  # claims 1.3x but cannot even tell the direction
+    (2.0, 1.2, 2.4, True),  # excludes 1 but 60 % wide
+    (1.05, 0.98, 1.12, False),  # straddles 1 but claims nothing
+])
+def test_paired_noise_rule(speedup: float, low: float, high: float, noisy: bool) -> None:
+    assert paired(speedup, low, high).noisy is noisy
+
+
+def test_paired_claims_and_record() -> None:
+    result = paired(1.93456, 1.85123, 2.01987)
+    assert result.holds(1.85) and not result.holds(1.9)
+    assert result.contradicts(2.5) and not result.contradicts(2.0)
+    assert result.as_record("q/base") == {
+        "baseline": "q/base", "speedup": 1.9346, "interval": [1.8512, 2.0199], "pairs": 30, "threads": 2,
+        "method": "median of per-pair ratios, interleaved, 95% bootstrap interval", "noisy": False}

@@ -1,9 +1,10 @@
 """Pruning: the failing whole-model call, unstructured sparsity, detection-aware channel pruning (GroupNorm heads
-included), per-part ratios, sensitivity, iterative targets, ONNX export and safe persistence."""
+included), per-part ratios, sensitivity, iterative targets, ONNX export and safe checkpoints of pruned models."""
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import replace
 
@@ -16,12 +17,13 @@ from compresskit.data.dataset import LabelMap
 from compresskit.data.embedded import CATEGORIES
 from compresskit.errors import CheckpointError
 from compresskit.measure import count_params, serialized_size
-from compresskit.models import EMBEDDED_PRESETS, build_coco_architecture, build_detector
+from compresskit.models import (EMBEDDED_PRESETS, architecture_of, build_coco_architecture, build_detector,
+                                load_checkpoint, save_checkpoint)
 from compresskit.models.core import DetectorCore, OnnxCore, example_batch, export_core_onnx
-from compresskit.prune import (StructuredConfig, UnstructuredConfig, architecture_of, channel_report,
-                               choose_part_ratios, conv_sparsity, core_macs, detector_parts, iterative_prune,
-                               load_pruned, make_permanent_, plot_sensitivity, prediction_layers, prune_structured_,
-                               prune_unstructured_, save_pruned, sensitivity_scan, whole_model_l1_call)
+from compresskit.prune import (StructuredConfig, UnstructuredConfig, channel_report, choose_part_ratios,
+                               conv_sparsity, core_macs, detector_parts, iterative_prune, make_permanent_,
+                               plot_sensitivity, prediction_layers, prune_structured_, prune_unstructured_,
+                               sensitivity_scan, whole_model_l1_call)
 from compresskit.prune.structured import _WholeGroupNormPruner
 
 STUDENT = EMBEDDED_PRESETS["student"]
@@ -227,29 +229,76 @@ def test_iterative_prune_hits_cumulative_targets_of_the_original_widths():
     assert {"map_pruned", "map_finetuned"} <= set(records[0])
 
 
-# --------------------------------------------------------------------------------------------- persistence
+# --------------------------------------------------------------------------------------------- checkpoints
 class _NotATensor:
     pass
+
+
+def _assert_same_core_outputs(first: nn.Module, second: nn.Module) -> None:
+    batch = example_batch(SMALL)
+    with torch.inference_mode():
+        for expected, actual in zip(DetectorCore(first)(batch), DetectorCore(second)(batch), strict=True):
+            assert expected.numel() > 0 and torch.equal(expected, actual)
 
 
 def test_pruned_round_trip_is_exact_and_safe(tmp_path):
     detector = prune_structured_(_student(), StructuredConfig(ratio=0.5, image_size=SMALL))
     label_map = LabelMap.contiguous(CATEGORIES)
-    path = save_pruned(tmp_path / "pruned.pt", detector, STUDENT, label_map, meta={"ratio": 0.5})
+    path = save_checkpoint(tmp_path / "pruned.pt", detector, STUDENT, label_map, meta={"ratio": 0.5})
     payload = torch.load(path, weights_only=True)  # plain data and tensors only
     assert payload["architecture"] == architecture_of(detector)
-    loaded, loaded_map, meta = load_pruned(path)
+    assert payload["architecture"] != architecture_of(_student())  # the channel counts really were stored
+    loaded, loaded_map, meta = load_checkpoint(path)
     assert meta == {"ratio": 0.5} and loaded_map == label_map and not loaded.training
-    batch = example_batch(SMALL)
-    with torch.inference_mode():
-        for expected, actual in zip(DetectorCore(detector)(batch), DetectorCore(loaded)(batch)):
-            assert torch.equal(expected, actual)
+    _assert_same_core_outputs(detector, loaded)
     assert channel_report(loaded) == channel_report(detector)
+
+
+def test_frozen_batch_norm_trunk_prunes_saves_and_reloads_exactly(tmp_path):
+    from torchvision.ops import FrozenBatchNorm2d
+
+    spec = replace(STUDENT, frozen_bn=True)
+    torch.manual_seed(0)
+    detector = build_detector(spec).eval()
+    norms = [m for m in detector.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert norms
+    for norm in norms:  # statistics unlike the identity defaults, so a lost buffer would show in the outputs
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+    widths = [norm.weight.numel() for norm in norms]
+    prune_structured_(detector, StructuredConfig(ratio=0.5, image_size=SMALL))
+    assert all(norm.weight.numel() < width for norm, width in zip(norms, widths))
+    assert all(norm.running_var.numel() == norm.weight.numel() for norm in norms)
+    path = save_checkpoint(tmp_path / "frozen.pt", detector, spec, LabelMap.contiguous(CATEGORIES))
+    stored = torch.load(path, weights_only=True)["architecture"]
+    names = {id(module): name for name, module in detector.named_modules()}
+    assert all(stored[names[id(norm)]] == {"type": "FrozenBatchNorm2d", "num_features": norm.weight.numel()}
+               for norm in norms)
+    loaded, _, _ = load_checkpoint(path)
+    _assert_same_core_outputs(detector, loaded)
+    assert architecture_of(loaded) == architecture_of(detector)
+
+
+def test_pruned_torchvision_trunk_with_depthwise_convs_saves_and_reloads_exactly(tmp_path):
+    spec = replace(STUDENT, backbone="mobilenet_v3_large", image_size=SMALL)
+    torch.manual_seed(0)
+    detector = build_detector(spec).eval()
+    before = architecture_of(detector)
+    prune_structured_(detector, StructuredConfig(ratio=0.3, image_size=SMALL))
+    after = architecture_of(detector)
+    depthwise = [name for name, shape in after.items() if shape.get("groups", 1) > 1]
+    assert depthwise and any(after[name]["groups"] < before[name]["groups"] for name in depthwise)
+    path = save_checkpoint(tmp_path / "mobile.pt", detector, spec, LabelMap.contiguous(CATEGORIES))
+    loaded, _, _ = load_checkpoint(path)
+    _assert_same_core_outputs(detector, loaded)
+    assert architecture_of(loaded) == after
 
 
 def test_tampered_pruned_files_raise_checkpoint_error(tmp_path):
     detector = prune_structured_(_student(), StructuredConfig(ratio=0.5, image_size=SMALL))
-    path = save_pruned(tmp_path / "pruned.pt", detector, STUDENT, LabelMap.contiguous(CATEGORIES))
+    path = save_checkpoint(tmp_path / "pruned.pt", detector, STUDENT, LabelMap.contiguous(CATEGORIES))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[:5000])
     payload = torch.load(path, weights_only=True)
@@ -261,45 +310,44 @@ def test_tampered_pruned_files_raise_checkpoint_error(tmp_path):
     torch.save({**payload, "meta": _NotATensor()}, buffer)
     code.write_bytes(buffer.getvalue())
     for bad in (truncated, wrong_shape, code, tmp_path / "missing.pt"):
-        with pytest.raises(CheckpointError):
-            load_pruned(bad)
+        with pytest.raises(CheckpointError, match=bad.name):
+            load_checkpoint(bad)
 
 
 def test_save_refuses_unstructured_masks(tmp_path):
     detector = prune_unstructured_(_student(), UnstructuredConfig(amount=0.3))
-    with pytest.raises(ValueError, match="make_permanent_"):
-        save_pruned(tmp_path / "masked.pt", detector, STUDENT, LabelMap.contiguous(CATEGORIES))
+    with pytest.raises(CheckpointError, match="make_permanent_"):
+        save_checkpoint(tmp_path / "masked.pt", detector, STUDENT, LabelMap.contiguous(CATEGORIES))
 
 
-def test_prune_and_finetune_recipe_writes_a_loadable_smaller_detector(tiny_embedded, tmp_path, monkeypatch):
+def test_prune_and_finetune_recipe_writes_a_loadable_smaller_detector(tiny_embedded, tmp_path):
     from compresskit.engine import TrainConfig
-    from compresskit.models import presets, save_checkpoint
-    from compresskit.prune import load_pruned, prune_and_finetune, recipe
+    from compresskit.prune import prune_and_finetune
 
-    spec = replace(EMBEDDED_PRESETS["student"], widths=[8, 16, 16, 32, 32], fpn_channels=32,
-                               head_convs=1)
+    spec = replace(EMBEDDED_PRESETS["student"], widths=[8, 16, 16, 32, 32], fpn_channels=32, head_convs=1)
     teacher = build_detector(spec).eval()
-    shipped = save_checkpoint(tmp_path / "teacher.pt", teacher, spec, LabelMap.contiguous(CATEGORIES),
-                              meta={"val_metrics": {"map": 0.0}})
-    monkeypatch.setattr(presets, "shipped_checkpoint", lambda name: shipped)
-    monkeypatch.setattr(recipe, "shipped_checkpoint", lambda name: shipped)
+    source = save_checkpoint(tmp_path / "teacher.pt", teacher, spec, LabelMap.contiguous(CATEGORIES),
+                             meta={"val_metrics": {"map": 0.0}})
     checkpoint = prune_and_finetune(tmp_path / "out", prune_config=StructuredConfig(ratio=0.5),
                                     train_config=TrainConfig(epochs=1, batch_size=4, warmup_iters=1, workers=0),
-                                    data_dir=tiny_embedded, max_iters_per_epoch=2, progress=False)
-    model, _, meta = load_pruned(checkpoint)
+                                    data_dir=tiny_embedded, max_iters_per_epoch=2, progress=False,
+                                    checkpoint=source)
+    model, _, meta = load_checkpoint(checkpoint)
     assert meta["macs_after"] < meta["macs_before"] / 2
+    assert core_macs(model) == meta["macs_after"]
     assert set(meta["val_metrics"]) >= {"map", "map50"} and meta["val_subset"]["images"] == 100
-    assert (tmp_path / "out" / "teacher_pruned.json").exists()
+    assert meta["teacher_val_metrics"] == {"map": 0.0}
+    assert json.loads((tmp_path / "out" / "teacher_pruned.json").read_text()) == meta
 
 
+@pytest.mark.slow
 def test_shipped_pruned_teacher_reproduces_its_recorded_map():
     from compresskit.data import load_split
     from compresskit.engine import evaluate, make_loader, val_subset
     from compresskit.models import shipped_checkpoint
     from compresskit.prune import SHIPPED_PRUNED, load_shipped_pruned
 
-    if not shipped_checkpoint(SHIPPED_PRUNED).exists():
-        pytest.skip("no shipped pruned teacher in this checkout")
+    assert shipped_checkpoint(SHIPPED_PRUNED).exists(), "the committed pruned teacher checkpoint is missing"
     model, label_map, meta = load_shipped_pruned()
     loader = make_loader(val_subset(load_split("val", label_map=label_map), meta["val_subset"]["images"]),
                          batch_size=8, train=False)

@@ -7,8 +7,8 @@ from pathlib import Path
 from compresskit.data.dataset import CocoDetection, LabelMap, collate_fn, detection_transforms, load_coco
 from compresskit.data.embedded import CATEGORIES, EmbeddedConfig, embedded_dataset_dir, generate_embedded
 
-__all__ = ["CATEGORIES", "CocoDetection", "EmbeddedConfig", "LabelMap", "collate_fn", "detection_transforms", "profile_split",
-           "embedded_dataset_dir", "generate_embedded", "load_coco", "load_split"]
+__all__ = ["CATEGORIES", "CocoDetection", "EmbeddedConfig", "LabelMap", "collate_fn", "detection_transforms",
+           "embedded_dataset_dir", "generate_embedded", "load_coco", "load_split", "profile_split"]
 
 
 def load_split(split: str, root: Path | str | None = None, train_transforms: bool | None = None,

@@ -2,21 +2,25 @@
 
 Every data problem becomes a :class:`Problem` that names the file, the record and the fix (DESIGN §8), so a
 user sees all of them at once instead of the first ``KeyError`` deep inside pycocotools or a DataLoader worker.
-Nothing here raises for bad data; only programmer errors (wrong argument types) propagate.
+Nothing here raises for bad data; only programmer errors (wrong argument types) propagate. ``main_check`` prints
+problems to stderr and the summary of a clean dataset to stdout, so ``> summary.txt`` keeps only the summary.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from compresskit.errors import DatasetError
+from compresskit.data.check_report import CheckReport, Problem
+from compresskit.data.files import describe_json_error
+
+__all__ = ["CheckReport", "Problem", "check_dataset", "main_check"]
 
 # COCO's area buckets (pycocotools COCOeval.areaRng): small < 32², medium < 96², large the rest.
 SMALL_AREA = 32**2
@@ -29,93 +33,6 @@ REQUIRED_KEYS = {
     "categories": ("id", "name"),
 }
 _SINGULAR = {"images": "image", "annotations": "annotation", "categories": "category"}
-
-
-@dataclass
-class Problem:
-    """One thing wrong with the dataset; ``kind`` groups problems for capped printing and for tests."""
-
-    file: str
-    record: str
-    what: str
-    fix: str
-    severity: str = "error"
-    kind: str = "other"
-
-    def __str__(self) -> str:
-        marker = "" if self.severity == "error" else f"{self.severity}: "
-        return f"{self.file}: {self.record}: {marker}{self.what} — fix: {self.fix}"
-
-
-@dataclass
-class CheckReport:
-    """Everything ``check_dataset`` found: all problems (uncapped) and summary counts."""
-
-    annotation_file: Path
-    images_dir: Path
-    problems: list[Problem] = field(default_factory=list)
-    summary: dict = field(default_factory=dict)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity != "error"]
-
-    @property
-    def ok(self) -> bool:
-        """True when there are no errors; warnings (e.g. grayscale images) do not stop training."""
-        return not self.errors
-
-    def raise_for_errors(self, limit: int = 5) -> None:
-        """Raise DatasetError listing the first ``limit`` errors per kind, for code that must not go on."""
-        if not self.ok:
-            shown = CheckReport(self.annotation_file, self.images_dir, self.errors).format_problems(limit)
-            raise DatasetError(f"{len(self.errors)} problem(s) in {self.annotation_file}:\n{shown}")
-
-    def format_summary(self) -> str:
-        """Counts, COCO area histogram and annotations per category, as a few lines of text."""
-        s = self.summary
-        lines = [
-            # Names, not full paths: the summary is pasted into notebooks and issue reports.
-            f"dataset {Path(self.annotation_file).name} (images in {Path(self.images_dir).name}/)",
-            f"  images: {s.get('images', 0)}   annotations: {s.get('annotations', 0)}   "
-            f"categories: {s.get('categories', 0)}   crowd annotations: {s.get('crowd', 0)}",
-            f"  box areas: small (<32²) {s.get('small', 0)}   medium {s.get('medium', 0)}   "
-            f"large (>96²) {s.get('large', 0)}",
-        ]
-        names = s.get("category_names", {})
-        per_category = sorted(s.get("per_category", {}).items(), key=lambda kv: (-kv[1], kv[0]))
-        items = [f"{names.get(cid, cid)} {count}" for cid, count in per_category if count]
-        empty = sum(1 for _, count in per_category if not count)
-        if items:  # COCO has 80 categories: wrap between items rather than print one 800-character line
-            lines.append("  per category:")
-            for item in items + ([f"({empty} categories with none)"] if empty else []):
-                if len(lines[-1]) + len(item) > 110:
-                    lines.append("   ")
-                lines[-1] += f" {item},"
-            lines[-1] = lines[-1].rstrip(",")
-        return "\n".join(lines)
-
-    def format_problems(self, limit: int = 50) -> str:
-        """One line per problem, errors first.
-
-        Args:
-            limit: lines shown per kind, then a count of the rest, so 10,000 bad boxes stay readable.
-        Returns:
-            The text, empty when there are no problems.
-        """
-        by_kind: dict[tuple[bool, str], list[Problem]] = {}
-        for problem in self.problems:  # dicts keep first-seen order, so kinds print in the order found
-            by_kind.setdefault((problem.severity != "error", problem.kind), []).append(problem)
-        lines = []
-        for (_, kind), problems in sorted(by_kind.items(), key=lambda kv: kv[0][0]):
-            lines.extend(str(p) for p in problems[:limit])
-            if len(problems) > limit:
-                lines.append(f"... and {len(problems) - limit} more '{kind}' problems like these")
-        return "\n".join(lines)
 
 
 def _is_int(value: Any) -> bool:
@@ -133,6 +50,7 @@ class _Checker:
         self.annotation_file, self.images_dir = annotation_file, images_dir
         self.file = str(annotation_file)
         self.problems: list[Problem] = []
+        self.hints: list[str] = []
         # Ids of records dropped for missing keys: references to them are not reported again as unknown.
         self.incomplete_ids: dict[str, set] = {key: set() for key in REQUIRED_KEYS}
 
@@ -147,14 +65,14 @@ class _Checker:
                      "check the path and permissions")
             return None
         if not text.strip():
-            self.add("invalid_json", "-", f"the file is empty ({len(text)} bytes)",
-                     "the download or export was interrupted; write the COCO json again")
+            self.add("invalid_json", "-", f"{self.annotation_file.name} is empty ({len(text)} bytes)",
+                     "was the download or export interrupted? re-export or re-download it")
             return None
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            self.add("invalid_json", "-", f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
-                     "repair the file there (often a truncated write or a trailing comma) or export it again")
+            what, fix = describe_json_error(self.annotation_file, exc)
+            self.add("invalid_json", "-", what, fix)
         except UnicodeDecodeError as exc:
             self.add("invalid_json", "-", f"not UTF-8 text ({exc.reason} at byte {exc.start})",
                      "save the annotation file as UTF-8 JSON")
@@ -299,15 +217,32 @@ class _Checker:
                      "pass the folder that the json's file_name entries are relative to")
             return
         records = [im for im in images.values() if isinstance(im["file_name"], str) and im["file_name"]]
+        missing = []
         for image in tqdm(records, desc="checking images", unit="img", disable=not (progress and check_pixels)):
             path = self.images_dir / image["file_name"]
             where = self.record("images", image, 0)
             if not path.is_file():
+                missing.append(image)
                 self.add("missing_image", where, f"image file {path} does not exist",
                          "restore the file, fix file_name (relative to the images folder) or remove the record",
                          file=self.file)
             elif check_pixels:
                 self.check_pixels(path, image, where)
+        self.hint_doubled_folder(missing)
+
+    def hint_doubled_folder(self, missing: list[dict]) -> None:
+        """One hint when file_names already start with the images folder's own name (``val/0001.jpg`` checked
+        against ``--images emb/val`` looks for ``emb/val/val/0001.jpg``): the folder above is the right one."""
+        folder = self.images_dir
+        if not missing or not folder.name:
+            return
+        found = [image for image in missing if Path(image["file_name"]).parts[0] == folder.name
+                 and (folder.parent / image["file_name"]).is_file()]
+        if len(found) * 2 < len(missing):  # only when it explains most of the missing files
+            return
+        self.hints.append(f"{len(found)} of the {len(missing)} missing images exist under {folder.parent}: the "
+                          f"file_name entries already start with '{folder.name}/' (e.g. {found[0]['file_name']}), so "
+                          f"pass --images {folder.parent} instead of --images {folder}")
 
     def check_pixels(self, path: Path, image: dict, where: str) -> None:
         try:
@@ -348,7 +283,7 @@ def check_dataset(annotation_file: Path, images_dir: Path, *, check_pixels: bool
     """
     annotation_file, images_dir = Path(annotation_file), Path(images_dir)
     checker = _Checker(annotation_file, images_dir)
-    report = CheckReport(annotation_file, images_dir, checker.problems)
+    report = CheckReport(annotation_file, images_dir, checker.problems, hints=checker.hints)
     data = checker.load_json()
     if data is None:
         return report
@@ -371,7 +306,7 @@ def check_dataset(annotation_file: Path, images_dir: Path, *, check_pixels: bool
 
 def main_check(annotation_file: Path | str, images_dir: Path | str, *, check_pixels: bool = True,
                progress: bool = True) -> int:
-    """What ``compresskit data check`` runs: print the summary or the problems, one line each.
+    """What ``compresskit data check`` runs: problems (one line each) to stderr, a clean dataset's summary to stdout.
 
     Args:
         annotation_file, images_dir, check_pixels, progress: as for ``check_dataset``.
@@ -379,12 +314,12 @@ def main_check(annotation_file: Path | str, images_dir: Path | str, *, check_pix
         The exit code: 0 when there are no errors (warnings allowed), 1 otherwise.
     """
     report = check_dataset(Path(annotation_file), Path(images_dir), check_pixels=check_pixels, progress=progress)
-    if report.problems:
-        print(report.format_problems())
+    if report.problems or report.hints:
+        print(report.format_problems(), file=sys.stderr)
     if report.ok:
         print(report.format_summary())
         print(f"OK with {len(report.warnings)} warning(s)" if report.warnings else "OK")
         return 0
     print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s) in {annotation_file}; fix the errors "
-          "above and run `compresskit data check` again")
+          "above and run `compresskit data check` again", file=sys.stderr)
     return 1

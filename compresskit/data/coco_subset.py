@@ -3,6 +3,8 @@
 The recipe says which split, how many images, which categories and which seed; the selection rule turns that
 into the same image ids on every machine. The first build writes ``manifest.json`` beside the data with the
 picked ids and every file's sha256, so later runs (and ``verify_subset``) can prove the data is unchanged.
+COCO publishes no checksum for its annotation archive, so its sha256 is pinned: by the recipe's
+``annotations_sha256`` when set, else on first use in ``<archive>.sha256`` beside the cached archive.
 Introduced in ``00_setup_and_data.ipynb`` (the ``coco`` profile).
 """
 
@@ -21,8 +23,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from compresskit.data.download import download, extract_zip_member
-from compresskit.data.files import atomic_write_json, sha256_file
+from compresskit.data.download import download, extract_zip_member, pin_file, read_pin, write_pin
+from compresskit.data.files import atomic_write_json, is_sha256, sha256_file
 from compresskit.errors import DatasetError, DownloadError
 from compresskit.settings import data_root
 
@@ -45,6 +47,8 @@ class SubsetRecipe:
     images: int
     categories: list[str] | None = None  # COCO category names; None keeps all 80
     seed: int = 0
+    # The annotation archive's sha256, enforced when set; None pins the first archive downloaded (see module doc).
+    annotations_sha256: str | None = None
     selection: str = SELECTION_RULE  # recorded so a changed rule never matches an old cached build
 
     def __post_init__(self) -> None:
@@ -54,6 +58,8 @@ class SubsetRecipe:
             raise DatasetError(f"Recipe asks for {self.images} images; ask for at least 1.")
         if self.categories is not None and not self.categories:
             raise DatasetError("Recipe has an empty category list; leave it out (null) to keep all categories.")
+        if self.annotations_sha256 is not None:
+            self.annotations_sha256 = _checked_sha256(self.annotations_sha256, what="Recipe annotations_sha256")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,6 +81,14 @@ class SubsetRecipe:
         if self.categories:
             name += "-cats" + hashlib.sha1("\n".join(self.categories).encode()).hexdigest()[:8]
         return name
+
+
+def _checked_sha256(value: object, *, what: str) -> str:
+    digest = value.strip().lower() if isinstance(value, str) else ""
+    if not is_sha256(digest):
+        raise DatasetError(f"{what} {value!r} is not a sha256 digest (64 hex characters); copy it from "
+                           f"`sha256sum annotations_trainval2017.zip` or leave it out (null).")
+    return digest
 
 
 DEFAULT_RECIPES = {
@@ -172,12 +186,31 @@ def verify_subset(out: Path) -> list[str]:
     return problems
 
 
-def _is_built(out: Path, recipe: SubsetRecipe) -> bool:
+def _is_built(out: Path, recipe: SubsetRecipe, annotations_sha256: str | None) -> bool:
+    """Whether ``out`` holds an intact build of the same selection, made from the pinned archive if one is set."""
     try:
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        built = dict(manifest["recipe"])
+    except (OSError, ValueError, KeyError, TypeError):
         return False
-    return manifest.get("recipe") == recipe.to_json() and not verify_subset(out)
+    wanted = recipe.to_json()
+    for doc in (built, wanted):  # the pin says which archive, not what to select; older manifests lack it
+        doc.pop("annotations_sha256", None)
+    built_from = manifest.get("annotations_zip_sha256")  # absent for a build copied from a local COCO install
+    if annotations_sha256 is not None and built_from is not None and built_from != annotations_sha256:
+        return False
+    return built == wanted and not verify_subset(out)
+
+
+def _pin_advice(url: str, archive: Path, expected: str, explicit: bool) -> str:
+    """What to do when the annotation archive does not match its pin, naming where the pin came from."""
+    if explicit:
+        return (f"annotations_sha256 {expected} (from the recipe or the caller) is enforced. If COCO has replaced "
+                f"the archive on purpose, update annotations_sha256 in the recipe; otherwise check the URL {url}.")
+    pin = pin_file(archive)
+    return (f"{pin} pinned sha256 {expected} when this archive was first downloaded, and the server now sends a "
+            f"different file. If you trust the new archive, delete {pin} (and {archive} if present) and run again "
+            f"to pin it; to require a specific archive, set annotations_sha256 in the recipe.")
 
 
 def _source_annotations(work: Path, recipe: SubsetRecipe, annotations_url: str, annotations_sha256: str | None,
@@ -193,11 +226,18 @@ def _source_annotations(work: Path, recipe: SubsetRecipe, annotations_url: str, 
     # One cache for every subset: train and val come from the same ~250 MB zip. The URL hash keeps mirrors apart.
     cache = Path(cache_dir) if cache_dir is not None else data_root() / "downloads"
     url_key = hashlib.sha1(annotations_url.encode()).hexdigest()[:10]
-    archive = download(annotations_url, cache / f"{url_key}-{Path(annotations_url).name or 'annotations.zip'}",
-                       expected_sha256=annotations_sha256, progress=progress)
+    archive = cache / f"{url_key}-{Path(annotations_url).name or 'annotations.zip'}"
+    pinned = read_pin(archive)
+    expected = annotations_sha256 or pinned
+    advice = (_pin_advice(annotations_url, archive, expected, explicit=annotations_sha256 is not None)
+              if expected else None)
+    download(annotations_url, archive, expected_sha256=expected, progress=progress, mismatch_advice=advice)
     extracted = extract_zip_member(archive, member, work / ".source" / Path(member).name)
+    archive_sha256 = expected or sha256_file(archive)  # download() has checked an expected sha256 already
+    if archive_sha256 != pinned:  # pin only an archive that proved usable, so a corrupt one is never trusted
+        write_pin(archive, archive_sha256)
     return extracted, {"url": annotations_url, "member": member, "sha256": sha256_file(extracted),
-                       "annotations_zip_sha256": sha256_file(archive)}
+                       "annotations_zip_sha256": archive_sha256}
 
 
 def _fetch_images(images: list[dict], target: Path, split: str, images_base_url: str, coco_root: Path | None,
@@ -261,18 +301,27 @@ def build_coco_subset(out: Path, recipe: SubsetRecipe, *, annotations_url: str =
         annotations_url: the annotations zip (official by default; a mirror works too).
         images_base_url: replaces ``http://images.cocodataset.org`` in the images' ``coco_url``.
         coco_root: a local COCO 2017 install to copy from instead of downloading.
-        annotations_sha256: pin for the annotations zip (e.g. from an earlier manifest).
-        cache_dir: where the zip is cached (default ``data_root()/downloads``, shared by all subsets).
+        annotations_sha256: sha256 the annotations zip must have (as the recipe's ``annotations_sha256``; the two
+            must agree when both are given). With neither, the first usable download is pinned in
+            ``<cached zip>.sha256`` and every later download or reuse must match it.
+        cache_dir: where the zip and its pin are cached (default ``data_root()/downloads``, shared by all subsets).
         progress: show tqdm bars.
 
     Returns:
         The path of the written (or already present) ``manifest.json``.
 
     Raises:
-        DownloadError: offline, failed or corrupt downloads. DatasetError: bad recipe or local COCO install.
+        DownloadError: offline, failed or corrupt downloads, or an archive that does not match its pin.
+        DatasetError: bad recipe or local COCO install.
     """
     out = Path(out)
-    if _is_built(out, recipe):
+    if annotations_sha256 is not None:
+        annotations_sha256 = _checked_sha256(annotations_sha256, what="annotations_sha256")
+        if recipe.annotations_sha256 not in (None, annotations_sha256):
+            raise DatasetError(f"annotations_sha256 {annotations_sha256} contradicts the recipe's "
+                               f"{recipe.annotations_sha256}; give one of them.")
+    annotations_sha256 = annotations_sha256 or recipe.annotations_sha256
+    if _is_built(out, recipe, annotations_sha256):
         return out / "manifest.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp-"))

@@ -19,6 +19,7 @@ from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from compresskit.data.files import describe_json_error
 from compresskit.errors import DatasetError
 
 
@@ -74,9 +75,12 @@ def load_coco(annotation_file: Path | str) -> COCO:
         document = json.loads(annotation_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetError(f"{annotation_file}: annotation file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{annotation_file}: not valid JSON ({exc}); run `compresskit data check` "
-                           "on it to see every problem") from None
+    except json.JSONDecodeError as exc:
+        what, fix = describe_json_error(annotation_file, exc)
+        raise DatasetError(f"{annotation_file}: {what}; {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{annotation_file}: not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           "save it as UTF-8 JSON") from None
     missing = [key for key in ("images", "annotations", "categories") if key not in document]
     if missing:
         raise DatasetError(f"{annotation_file}: missing top-level key(s) {missing}; a COCO detection file needs "

@@ -2,7 +2,9 @@
 
 A download goes to ``<dest>.part`` and is renamed to ``dest`` only once it is complete (Content-Length) and,
 when a checksum is given, verified: whoever finds ``dest`` may trust it. An interrupted ``.part`` is resumed
-with an HTTP ``Range`` request on the next attempt or the next run. Introduced in ``00_setup_and_data.ipynb``.
+with an HTTP ``Range`` request on the next attempt or the next run. A download with no published checksum can be
+pinned on first use: ``write_pin`` records its sha256 in ``<file>.sha256`` and later runs pass ``read_pin``'s value
+as ``expected_sha256``. Introduced in ``00_setup_and_data.ipynb``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from urllib.request import Request, urlopen
 
 from tqdm.auto import tqdm
 
-from compresskit.data.files import sha256_file
+from compresskit.data.files import atomic_write_bytes, is_sha256, sha256_file
 from compresskit.errors import DownloadError
 
 CHUNK_BYTES = 1 << 16
@@ -103,7 +105,7 @@ def _fetch_once(url: str, part: Path, label: str, timeout_s: float, progress: bo
 
 
 def download(url: str, dest: Path, *, expected_sha256: str | None = None, retries: int = 4, backoff_s: float = 1.0,
-             timeout_s: float = 30, progress: bool = True) -> Path:
+             timeout_s: float = 30, progress: bool = True, mismatch_advice: str | None = None) -> Path:
     """Download ``url`` to ``dest``: resumable, retried with exponential back-off, size- and checksum-checked.
 
     An existing ``dest`` is reused when it matches ``expected_sha256`` (or when no checksum is given, since
@@ -117,6 +119,8 @@ def download(url: str, dest: Path, *, expected_sha256: str | None = None, retrie
         backoff_s: first wait between attempts; doubles each time.
         timeout_s: socket timeout per connect/read.
         progress: show a tqdm bar.
+        mismatch_advice: what the user should do on a checksum mismatch (default: run again, then suspect the
+            server), so a caller can say where the expected checksum came from and how to change it.
 
     Returns:
         ``dest``.
@@ -160,11 +164,46 @@ def download(url: str, dest: Path, *, expected_sha256: str | None = None, retrie
         actual = sha256_file(part)
         if actual != expected_sha256.lower():
             part.unlink(missing_ok=True)
+            advice = mismatch_advice or ("run again, and if it repeats the server is serving a different file "
+                                         "than the one pinned.")
             raise DownloadError(f"Checksum mismatch for {url}: expected sha256 {expected_sha256}, got {actual}. "
-                                f"The download was deleted; run again, and if it repeats the server is serving a "
-                                f"different file than the one pinned.")
+                                f"The download was deleted; {advice}")
     os.replace(part, dest)
     return dest
+
+
+def pin_file(archive: Path) -> Path:
+    """Where the trust-on-first-use checksum of a cached download lives: ``<archive>.sha256`` beside it."""
+    archive = Path(archive)
+    return archive.with_name(archive.name + ".sha256")
+
+
+def read_pin(archive: Path) -> str | None:
+    """The sha256 pinned for ``archive`` by an earlier run, or None when nothing is pinned yet.
+
+    Raises:
+        DownloadError: the pin file exists but holds no sha256 (edited by hand or damaged).
+    """
+    path = pin_file(archive)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    digest = text.split()[0].lower() if text.split() else ""
+    if not is_sha256(digest):
+        raise DownloadError(f"The pin file {path} holds no sha256 digest; delete it and run again to pin the "
+                            f"archive anew.")
+    return digest
+
+
+def write_pin(archive: Path, sha256: str) -> Path:
+    """Record ``sha256`` as the pin for ``archive`` (``sha256sum`` format, so ``sha256sum -c`` can check it).
+
+    Returns:
+        The pin file's path.
+    """
+    archive = Path(archive)
+    return atomic_write_bytes(pin_file(archive), f"{sha256.lower()}  {archive.name}\n".encode("utf-8"))
 
 
 def _is_safe_member(name: str) -> bool:

@@ -1,4 +1,4 @@
-"""Small file helpers shared by the whole kit: atomic writes and checksums.
+"""Small file helpers shared by the whole kit: atomic writes, checksums and readable JSON errors.
 
 A reader never sees a half-written file: content goes to a temporary file in the same folder, is flushed to
 disk, and only then renamed over the target (a rename within one filesystem is atomic).
@@ -50,3 +50,39 @@ def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def is_sha256(value: object) -> bool:
+    """Whether ``value`` is a lowercase hex sha256 digest (64 characters), as ``sha256_file`` returns."""
+    return isinstance(value, str) and len(value) == 64 and all(char in "0123456789abcdef" for char in value)
+
+
+def describe_json_error(path: Path | str, error: json.JSONDecodeError) -> tuple[str, str]:
+    """What is wrong with a JSON file that does not parse, and how to fix it, naming the file, line and column.
+
+    A file that stops early (an interrupted download or export) is told apart from a syntax error inside it,
+    because the fix differs: fetch or export it again rather than edit it.
+
+    Args:
+        path: the file, named in the text.
+        error: what ``json.loads`` raised on the file's text.
+
+    Returns:
+        ``(what, fix)``.
+    """
+    name = Path(path).name
+    text = error.doc if isinstance(error.doc, str) else ""
+    end = len(text.rstrip())
+    # json says "Unterminated string starting at" when the closing quote never comes: the text ran out in a string.
+    unterminated = error.msg.startswith("Unterminated string")
+    if unterminated or error.pos >= end:
+        line = text.count("\n", 0, end) + 1
+        column = end - (text.rfind("\n", 0, end) + 1) + 1
+        inside = f", inside a string opened at line {error.lineno}, column {error.colno}" if unterminated else ""
+        return (f"{name} is incomplete JSON: it stops at line {line}, column {column}{inside}",
+                "the file ends early: was the download or export interrupted? re-export or re-download it")
+    # json's messages end in "at" ("Invalid control character at"); the position follows in our own words.
+    reason = error.msg.removesuffix(" at").rstrip()
+    reason = reason[:1].lower() + reason[1:]
+    return (f"{name} is not valid JSON at line {error.lineno}, column {error.colno}: {reason}",
+            "repair the file at that place (often a trailing comma or a missing quote) or export it again")

@@ -1,17 +1,19 @@
-"""Pruning detectors: unstructured zeros, structured channel removal, sensitivity, recovery, safe persistence.
+"""Pruning detectors: unstructured zeros, structured channel removal, sensitivity, recovery.
 
 - ``unstructured``: ``torch.nn.utils.prune`` on every Conv2d (global or per layer), made permanent; the file
   only shrinks once compressed, and MACs do not move.
 - ``structured``: torch-pruning's dependency graph on the detector's core with the prediction layers ignored;
   channels really disappear, so MACs and latency drop.
 - ``schedule``: per-part sensitivity scans, ratio choice under an mAP budget, iterative prune + fine-tune.
-- ``persist``: architecture (channel counts) + state_dict, loaded with ``weights_only=True``.
+- ``recipe``: the long recovery fine-tune behind the shipped pruned teacher.
+
+A pruned detector is saved and loaded like any other: ``compresskit.models.save_checkpoint`` stores the channel
+counts of every layer beside the weights, and ``load_checkpoint`` rebuilds it with ``weights_only=True``.
 
 Introduced in ``02_pruning.ipynb``.
 """
 
 from compresskit.prune.figures import plot_iterative, plot_unstructured
-from compresskit.prune.persist import architecture_of, load_pruned, save_pruned
 from compresskit.prune.recipe import (FINETUNE_RECIPE, PRUNE_RECIPE, SHIPPED_PRUNED, load_shipped_pruned,
                                       prune_and_finetune)
 from compresskit.prune.schedule import choose_part_ratios, iterative_prune, plot_sensitivity, sensitivity_scan
@@ -21,7 +23,7 @@ from compresskit.prune.unstructured import (UnstructuredConfig, conv_sparsity, m
                                             prune_unstructured_, whole_model_l1_call)
 
 __all__ = ["FINETUNE_RECIPE", "PRUNE_RECIPE", "SHIPPED_PRUNED", "load_shipped_pruned", "prune_and_finetune",
-           "ChannelPruner", "StructuredConfig", "UnstructuredConfig", "architecture_of", "channel_report",
-           "choose_part_ratios", "conv_sparsity", "core_macs", "detector_parts", "iterative_prune", "load_pruned",
-           "make_permanent_", "plot_iterative", "plot_sensitivity", "plot_unstructured", "prediction_layers", "prunable_core", "prune_structured_",
-           "prune_unstructured_", "save_pruned", "sensitivity_scan", "whole_model_l1_call"]
+           "ChannelPruner", "StructuredConfig", "UnstructuredConfig", "channel_report", "choose_part_ratios",
+           "conv_sparsity", "core_macs", "detector_parts", "iterative_prune", "make_permanent_", "plot_iterative",
+           "plot_sensitivity", "plot_unstructured", "prediction_layers", "prunable_core", "prune_structured_",
+           "prune_unstructured_", "sensitivity_scan", "whole_model_l1_call"]

@@ -10,6 +10,7 @@ Introduced in ``02_pruning.ipynb``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -20,10 +21,14 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import FrozenBatchNorm2d
 
+from compresskit.errors import ConfigError
 from compresskit.measure import count_macs
 from compresskit.models.core import DetectorCore, example_batch
 
 SINGLE_STAGE = (FCOS, RetinaNet, SSD)
+# What detector_parts returns for the embedded FCOS presets (teacher and student): the names the CLI accepts in
+# `--part-ratio`, checked before any model is loaded. Other detectors have their own names (see detector_parts).
+EMBEDDED_PARTS = ("stem", "layer1", "layer2", "layer3", "layer4", "fpn", "head")
 
 
 @dataclass
@@ -46,8 +51,35 @@ class StructuredConfig:
     importance: str = "l1"
     image_size: int = 320
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field, its value and the allowed range if one is invalid."""
+        _check_ratio("ratio", self.ratio)
+        for part, ratio in (self.part_ratios or {}).items():
+            _check_ratio(f"part_ratios[{part!r}]", ratio)
+        if not _is_int(self.round_to) or self.round_to < 0:
+            raise ConfigError(f"StructuredConfig.round_to = {self.round_to!r}: use an int >= 0 (0 or 1: no rounding)")
+        if self.importance not in _IMPORTANCES:
+            raise ConfigError(f"StructuredConfig.importance = {self.importance!r} is unknown; choose one of "
+                              f"{', '.join(_IMPORTANCES)}")
+        if not _is_int(self.image_size) or self.image_size < 1:
+            raise ConfigError(f"StructuredConfig.image_size = {self.image_size!r}: use a positive int (pixels)")
+
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_ratio(field: str, value: object) -> None:
+    # 1.0 would remove every channel of a group; torch-pruning would then fail deep inside with a shape error.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"StructuredConfig.{field} = {value!r} is out of range; a pruning ratio is the fraction "
+                          "of channels removed and must lie in [0, 1)")
 
 
 _IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
@@ -271,11 +303,10 @@ class ChannelPruner:
     """
 
     def __init__(self, detector: nn.Module, config: StructuredConfig, schedule: list[float] | None = None) -> None:
-        if config.importance not in _IMPORTANCES:
-            raise ValueError(f"unknown importance {config.importance!r}; choose one of {sorted(_IMPORTANCES)}")
-        ratios = [config.ratio, *(config.part_ratios or {}).values(), *(schedule or [])]
-        if not all(0.0 <= r < 1.0 for r in ratios):
-            raise ValueError(f"pruning ratios must lie in [0, 1), got {ratios}")
+        config.validate()  # checked when built, but a field may have been edited since
+        if not all(0.0 <= r < 1.0 for r in schedule or []):
+            raise ConfigError(f"schedule = {schedule} is out of range; each cumulative pruning ratio must lie in "
+                              "[0, 1)")
         final = schedule[-1] if schedule else config.ratio
         fractions = [s / final if final else 0.0 for s in schedule] if schedule else [1.0]
 

@@ -7,11 +7,14 @@ file (gzip) gets smaller. Introduced in ``02_pruning.ipynb``.
 from __future__ import annotations
 
 import copy
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
+
+from compresskit.errors import ConfigError
 
 SCOPES = ("global", "layer")
 
@@ -49,6 +52,19 @@ class UnstructuredConfig:
     amount: float = 0.5
     scope: str = "global"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field, its value and the allowed range if one is invalid."""
+        amount = self.amount
+        if isinstance(amount, bool) or not isinstance(amount, numbers.Real) or not 0.0 <= amount <= 1.0:
+            raise ConfigError(f"UnstructuredConfig.amount = {amount!r} is out of range; it is the fraction of "
+                              "Conv2d weights set to zero and must lie in [0, 1]")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"UnstructuredConfig.scope = {self.scope!r} is unknown; choose one of "
+                              f"{', '.join(SCOPES)}")
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -70,10 +86,7 @@ def prune_unstructured_(model: nn.Module, config: UnstructuredConfig | None = No
         ``model`` itself.
     """
     config = config or UnstructuredConfig()
-    if not 0.0 <= config.amount <= 1.0:
-        raise ValueError(f"amount must lie in [0, 1], got {config.amount}")
-    if config.scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {config.scope!r}")
+    config.validate()  # checked when built, but a field may have been edited since
     convs = _convs(model)
     if config.scope == "global":
         prune.global_unstructured([(conv, "weight") for conv in convs], pruning_method=prune.L1Unstructured,

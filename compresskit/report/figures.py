@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from compresskit.report.records import METRIC_KEYS, TECHNIQUES, latency_median, records_of
+from compresskit.engine import METRIC_NAMES
+from compresskit.errors import CompressKitError
+from compresskit.report.comparisons import latency_median
+from compresskit.report.records import TECHNIQUES, records_frame, records_of
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -19,6 +22,11 @@ _PARETO_X = {
     "size": ("serialized size (MB)", lambda r: None if r.get("size_bytes") is None else r["size_bytes"] / 1e6),
     "macs": ("MACs (G)", lambda r: None if r.get("macs") is None else r["macs"] / 1e9),
 }
+
+
+# Group names of metric_bars: the size buckets read as sizes, the others as COCO writes them.
+_METRIC_LABELS = {"map": "AP (all sizes)", "map50": "AP50", "map75": "AP75", "map_small": "small",
+                  "map_medium": "medium", "map_large": "large"}
 
 
 def _new_axes(ax: "Axes | None") -> "Axes":
@@ -46,9 +54,9 @@ def plot_pareto(records: Mapping[str, Any] | Sequence[Mapping[str, Any]], x: str
         The matplotlib Figure.
     """
     if x not in _PARETO_X:
-        raise ValueError(f"x must be one of {', '.join(_PARETO_X)}, got {x!r}")
-    if y not in METRIC_KEYS:
-        raise ValueError(f"y must be one of {', '.join(METRIC_KEYS)}, got {y!r}")
+        raise CompressKitError(f"x must be one of {', '.join(_PARETO_X)}, got {x!r}")
+    if y not in METRIC_NAMES:
+        raise CompressKitError(f"y must be one of {', '.join(METRIC_NAMES)}, got {y!r}")
     xlabel, x_of = _PARETO_X[x]
     points = {r["id"]: (x_of(r), r[y] * 100.0, r) for r in records_of(records)
               if x_of(r) is not None and r.get(y) is not None}
@@ -102,25 +110,49 @@ def plot_curve(xs: Sequence[float], ys: Sequence[float], xlabel: str, ylabel: st
     return ax.figure
 
 
-def metric_bars(records: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("map", "map_small", "map_medium", "map_large"),
-                label_key: str = "id", title: str | None = None) -> "Figure":
-    """Grouped bars of mAP-type metrics (shown x100) for each record; a missing value is left out."""
+def metric_bars(records: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+                keys: Sequence[str] = ("map", "map_small", "map_medium", "map_large"), label_key: str = "id",
+                title: str | None = None) -> "Figure":
+    """COCO AP (shown x100) grouped by metric, by default all sizes then the small/medium/large buckets; one bar
+    per record in each group, drawn with seaborn from :func:`records_frame`.
+
+    Args:
+        records: a results document or a list of records; a missing value leaves its bar out.
+        keys: metric names from ``engine.METRIC_NAMES``, one group each.
+        label_key: the record field that names each bar in the legend (a ``RECORD_FIELDS`` name).
+        title: optional axes title.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    unknown = [key for key in keys if key not in METRIC_NAMES]
+    if unknown:
+        raise CompressKitError(f"unknown metrics {unknown}; choose from {', '.join(METRIC_NAMES)}")
+    import seaborn as sns  # imported here so the kit loads without seaborn's start-up cost
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 3.2))
-    ax = figure.add_subplot(1, 1, 1)
-    width = 0.8 / len(records)
-    for slot, record in enumerate(records):
-        values = [100 * record[k] if record.get(k) is not None else 0.0 for k in keys]
-        bars = ax.bar([i + slot * width for i in range(len(keys))], values, width, label=record[label_key])
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks([i + width * (len(records) - 1) / 2 for i in range(len(keys))], list(keys))
-    ax.set_ylabel("COCO AP x 100")
-    ax.legend(fontsize=7)
+    frame = records_frame(records)
+    if label_key not in frame.columns:
+        raise CompressKitError(f"label_key {label_key!r} is not a record field; use one of {', '.join(frame.columns)}")
+    bars = frame.melt(id_vars=[label_key], value_vars=list(keys), var_name="metric", value_name="ap")
+    bars = bars.dropna(subset=["ap"]).astype({"ap": float})
+    if bars.empty:
+        raise CompressKitError(f"none of the records has a value for {', '.join(keys)}; evaluate them first")
+    groups = [_METRIC_LABELS.get(key, key) for key in keys if key in set(bars["metric"])]
+    bars["ap"] *= 100.0
+    bars["metric"] = bars["metric"].map(lambda key: _METRIC_LABELS.get(key, key))
+    ax = Figure(figsize=(7, 3.2), layout="constrained").add_subplot()
+    # errorbar=None: each bar is one record's value, there is nothing to estimate an interval from.
+    sns.barplot(data=bars, x="metric", y="ap", hue=label_key, errorbar=None, ax=ax,
+                order=groups, hue_order=list(dict.fromkeys(bars[label_key])))
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.1f", fontsize=7)
+    ax.set_xlabel("")
+    ax.set_ylabel("COCO AP x100")
+    ax.legend(fontsize=7, title=None)
     if title:
         ax.set_title(title)
-    figure.tight_layout()
-    return figure
+    return ax.figure
 
 
 def training_curves(metadata: dict[str, dict]) -> "Figure":

@@ -1,8 +1,8 @@
-"""Results records (DESIGN §5, a contract): build, read, merge-write atomically, compare, tabulate.
+"""Results records (DESIGN §5, a contract): build, validate, read, merge-write atomically, tabulate as a frame.
 
 Every measured variant becomes one record keyed by ``id``; a rerun replaces its own records and never
-touches others. Ratios are only ever computed against the record named by ``baseline``, which must be
-measured in the same run. Introduced in ``01_baseline.ipynb``.
+touches others. A record names the ``baseline`` it is compared against, measured in the same run (comparisons
+are in :mod:`compresskit.report.comparisons`). Introduced in ``01_baseline_detectors.ipynb``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from compresskit import measure, settings
 from compresskit.data.files import atomic_write_bytes
+from compresskit.engine import METRIC_NAMES
 from compresskit.errors import CompressKitError
 
 if TYPE_CHECKING:  # heavy optional imports, only for annotations
@@ -24,12 +25,14 @@ if TYPE_CHECKING:  # heavy optional imports, only for annotations
 SCHEMA = 1
 RESULTS_NAME = "results.json"
 RECORD_FIELDS = (
-    "id", "lesson", "profile", "technique", "variant", "model", "baseline", "runtime",
-    "map", "map50", "map75", "map_small", "map_medium", "map_large",
-    "params", "nonzero_params", "macs", "size_bytes", "size_gzip_bytes", "latency_ms", "train_seconds", "config",
+    "id", "lesson", "profile", "technique", "variant", "model", "baseline", "runtime", *METRIC_NAMES,
+    "params", "nonzero_params", "macs", "size_bytes", "size_gzip_bytes", "latency_ms", "paired_latency",
+    "train_seconds", "config",
 )
-METRIC_KEYS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
+# Fields added after schema 1 was first written: a record read from an older file gets None for them.
+ADDED_FIELDS = ("paired_latency",)
 LATENCY_KEYS = ("median", "p90", "runs", "batch", "threads", "input")
+PAIRED_KEYS = ("baseline", "speedup", "interval", "pairs")
 TECHNIQUES = (
     "baseline", "unstructured_pruning", "structured_pruning", "dynamic_quant", "fp16", "static_ptq", "qat",
     "logit_kd", "feature_kd", "kd", "backbone", "combined",
@@ -38,7 +41,7 @@ RUNTIMES = ("torch-eager", "torch-compile", "onnxruntime")
 
 
 class ResultsFileError(CompressKitError, ValueError):
-    """A results file or record breaks the DESIGN §5 contract; the message names the file and the fix."""
+    """A results file or record breaks the DESIGN §5 contract; the message names the file or record and the fix."""
 
 
 def _empty_document() -> dict[str, Any]:
@@ -61,59 +64,93 @@ def _config_dict(config: Any) -> dict[str, Any] | None:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
 
 
-def make_record(*, id: str, lesson: str, technique: str, model: str, runtime: str,
+def _paired_entry(paired: Mapping[str, Any], *, record_id: str, baseline: str | None) -> dict[str, Any]:
+    """Validate ``PairedLatency.as_record(...)`` for a record; fill in ``noisy`` when a hand-built one lacks it."""
+    if not isinstance(paired, Mapping):
+        raise ResultsFileError(f"paired_latency of record {record_id!r} must be PairedLatency.as_record(baseline_id), "
+                               f"got {type(paired).__name__}")
+    missing = [key for key in PAIRED_KEYS if key not in paired]
+    if missing:
+        raise ResultsFileError(f"paired_latency of record {record_id!r} lacks {missing}; "
+                               f"pass PairedLatency.as_record(baseline_id)")
+    if paired["baseline"] != baseline:
+        raise ResultsFileError(f"paired_latency of record {record_id!r} was measured against {paired['baseline']!r} "
+                               f"but the record's baseline is {baseline!r}; pass the same baseline id to both")
+    interval = paired["interval"]
+    if not isinstance(interval, Sequence) or len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
+        raise ResultsFileError(f"paired_latency of record {record_id!r} needs interval [low, high] with low <= high, "
+                               f"got {interval!r}; pass PairedLatency.as_record(baseline_id)")
+    low, high = float(interval[0]), float(interval[1])
+    entry = dict(paired, speedup=float(paired["speedup"]), interval=[low, high], pairs=int(paired["pairs"]))
+    if "noisy" not in entry:
+        entry["noisy"] = measure.interval_is_noisy(speedup=entry["speedup"], low=low, high=high)
+    return entry
+
+
+def make_record(*, id: str, lesson: str, profile: str, technique: str, model: str, runtime: str,
                 metrics: Mapping[str, Any] | None, variant: str = "", baseline: str | None = None,
-                profile: str | None = None, params: int | None = None, nonzero_params: int | None = None,
-                macs: int | None = None, size: measure.SizeInfo | Sequence[int] | None = None,
-                latency: Mapping[str, Any] | None = None, train_seconds: float | None = None,
+                params: int | None = None, nonzero_params: int | None = None, macs: int | None = None,
+                size: measure.SizeInfo | Sequence[int] | None = None, latency: Mapping[str, Any] | None = None,
+                paired_latency: Mapping[str, Any] | None = None, train_seconds: float | None = None,
                 config: Any = None) -> dict[str, Any]:
     """Build one validated results record with exactly the DESIGN §5 fields.
 
     Args:
         id: unique key, e.g. ``"quantization/teacher/ort-int8"``; a rerun with the same id replaces it.
         lesson: the notebook or command that produced it, e.g. ``"03_quantization"``.
+        profile: the data profile the variant was actually evaluated on, ``"embedded"`` or ``"coco"``.
         technique: one of ``TECHNIQUES``.
         model: the preset measured (``teacher``, ``student``, a backbone name...).
         runtime: one of ``RUNTIMES``.
-        metrics: ``engine.evaluate``'s dict (COCOeval values in 0-1); ``map*`` keys are copied, others ignored.
+        metrics: ``engine.evaluate``'s dict (COCOeval values in 0-1); its ``METRIC_NAMES`` keys are copied.
         variant: free text saying what exactly was done.
         baseline: id of the record this one is compared against (measured in the same run), or None.
-        profile: data profile; defaults to ``settings.profile()``.
         params, nonzero_params, macs: from :mod:`compresskit.measure`.
         size: ``SizeInfo`` or ``(bytes, gzip_bytes)``.
         latency: ``Latency.as_record(input_hw)``.
+        paired_latency: ``PairedLatency.as_record(baseline)`` from ``measure.compare_latency`` against the
+            baseline; its ``baseline`` must equal ``baseline``.
         train_seconds: wall time spent training/fine-tuning this variant, if any.
         config: settings that reproduce the variant (a mapping or a dataclass; values JSON-serialisable).
 
     Returns:
         The record as a plain dict.
+
+    Raises:
+        ResultsFileError (a ``ValueError``): a value breaks the contract; the message says which and how to fix it.
     """
     if not isinstance(id, str) or not id:
-        raise ValueError(f"record id must be a non-empty string, got {id!r}")
+        raise ResultsFileError(f"record id must be a non-empty string, got {id!r}")
+    if profile not in settings.PROFILES:
+        raise ResultsFileError(f"unknown profile {profile!r} for record {id!r}; use one of "
+                               f"{', '.join(settings.PROFILES)} (the profile the data was loaded with)")
     if technique not in TECHNIQUES:
-        raise ValueError(f"unknown technique {technique!r} for record {id!r}; use one of {', '.join(TECHNIQUES)}")
+        raise ResultsFileError(f"unknown technique {technique!r} for record {id!r}; use one of "
+                               f"{', '.join(TECHNIQUES)}")
     if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r} for record {id!r}; use one of {', '.join(RUNTIMES)}")
+        raise ResultsFileError(f"unknown runtime {runtime!r} for record {id!r}; use one of {', '.join(RUNTIMES)}")
     if baseline is not None and (not isinstance(baseline, str) or not baseline):
-        raise ValueError(f"baseline of record {id!r} must be a record id (string) or None, got {baseline!r}")
+        raise ResultsFileError(f"baseline of record {id!r} must be a record id (string) or None, got {baseline!r}")
     if baseline == id:
-        raise ValueError(f"record {id!r} cannot be its own baseline")
+        raise ResultsFileError(f"record {id!r} cannot be its own baseline")
     if latency is not None:
         missing = [key for key in LATENCY_KEYS if key not in latency]
         if missing:
-            raise ValueError(f"latency of record {id!r} lacks {missing}; pass Latency.as_record(input_hw)")
+            raise ResultsFileError(f"latency of record {id!r} lacks {missing}; pass Latency.as_record(input_hw)")
         latency = dict(latency)
+    if paired_latency is not None:
+        paired_latency = _paired_entry(paired_latency, record_id=id, baseline=baseline)
     size_bytes, size_gzip = (None, None) if size is None else (int(size[0]), int(size[1]))
     metrics = metrics or {}
     record: dict[str, Any] = {
-        "id": id, "lesson": lesson, "profile": profile or settings.profile(), "technique": technique,
+        "id": id, "lesson": lesson, "profile": profile, "technique": technique,
         "variant": variant, "model": model, "baseline": baseline, "runtime": runtime,
     }
-    record.update({key: _optional_float(metrics.get(key)) for key in METRIC_KEYS})
+    record.update({key: _optional_float(metrics.get(key)) for key in METRIC_NAMES})
     record.update({
         "params": _optional_int(params), "nonzero_params": _optional_int(nonzero_params),
         "macs": _optional_int(macs), "size_bytes": size_bytes, "size_gzip_bytes": size_gzip,
-        "latency_ms": latency, "train_seconds": _optional_float(train_seconds),
+        "latency_ms": latency, "paired_latency": paired_latency, "train_seconds": _optional_float(train_seconds),
         "config": _config_dict(config),
     })
     return record
@@ -121,11 +158,12 @@ def make_record(*, id: str, lesson: str, technique: str, model: str, runtime: st
 
 def _check_record(record: Mapping[str, Any]) -> None:
     """The checks of :func:`make_record`, for records built by hand or read back."""
-    missing = [field for field in RECORD_FIELDS if field not in record]
+    missing = [field for field in RECORD_FIELDS if field not in record and field not in ADDED_FIELDS]
     if missing:
-        raise ValueError(f"record {record.get('id')!r} lacks fields {missing}; build it with make_record()")
-    make_record(**{key: record[key] for key in ("id", "lesson", "technique", "model", "runtime", "baseline")},
-                metrics=None, profile="-", latency=record["latency_ms"])
+        raise ResultsFileError(f"record {record.get('id')!r} lacks fields {missing}; build it with make_record()")
+    make_record(**{key: record[key] for key in ("id", "lesson", "profile", "technique", "model", "runtime",
+                                                 "baseline")},
+                metrics=None, latency=record["latency_ms"], paired_latency=record.get("paired_latency"))
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -169,12 +207,19 @@ def read_results(path_or_dir: str | os.PathLike) -> dict[str, Any]:
     if bad:
         raise corrupt(f"records at positions {bad} have no string 'id'")
     document.setdefault("environment", {})
+    for record in document["records"]:
+        for field in ADDED_FIELDS:
+            record.setdefault(field, None)
     return document
 
 
 @contextlib.contextmanager
 def _locked(results_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock beside the results file so concurrent writers do not lose records."""
+    """Hold an exclusive lock beside the results file so concurrent writers do not lose records.
+
+    The lock file is removed on release, by its holder and while still locked. A writer that was waiting on a
+    file removed meanwhile finds that the path no longer names the file it locked, and starts over on a new one.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: no flock; writes stay atomic, only concurrent merges are unprotected
@@ -182,12 +227,24 @@ def _locked(results_path: Path) -> Iterator[None]:
         return
     results_path.parent.mkdir(parents=True, exist_ok=True)
     # A separate lock file because the results file itself is replaced by rename on every write.
-    with open(results_path.with_name(results_path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    lock_path = results_path.with_name(results_path.name + ".lock")
+    while True:
+        lock = open(lock_path, "a")
         try:
-            yield
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock_path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and current.st_ino == os.fstat(lock.fileno()).st_ino:
+                try:
+                    yield
+                finally:
+                    # Removed while still locked: a waiter that then gets the unlinked file sees it and retries.
+                    lock_path.unlink(missing_ok=True)
+                return
         finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            lock.close()  # closing releases the flock
 
 
 def _json_default(value: Any) -> Any:
@@ -217,8 +274,8 @@ def write_records(records: Sequence[Mapping[str, Any]], reports_dir: str | os.Pa
         The path of the results file.
 
     Raises:
-        ValueError: a record is invalid, or its ``baseline`` is neither in this batch nor in the file.
-        ResultsFileError: the existing file is corrupt (it is left untouched).
+        ResultsFileError (a ``ValueError``): a record is invalid, its ``baseline`` is neither in this batch nor
+            in the file, or the existing file is corrupt (it is then left untouched).
     """
     folder = Path(reports_dir).expanduser() if reports_dir is not None else settings.reports_dir()
     path = folder / RESULTS_NAME
@@ -233,8 +290,8 @@ def write_records(records: Sequence[Mapping[str, Any]], reports_dir: str | os.Pa
         orphans = {record["id"]: record["baseline"] for record in batch.values()
                    if record["baseline"] is not None and record["baseline"] not in known}
         if orphans:
-            raise ValueError(f"baseline records not found in this batch nor in {path}: {orphans}; "
-                             f"measure the baseline in the same run and write it with these records")
+            raise ResultsFileError(f"baseline records not found in this batch nor in {path}: {orphans}; "
+                                   f"measure the baseline in the same run and write it with these records")
         merged = [batch.pop(record["id"], record) for record in document["records"]]
         merged.extend(batch.values())
         document.update({"schema": SCHEMA, "environment": stamp, "records": merged})
@@ -244,6 +301,7 @@ def write_records(records: Sequence[Mapping[str, Any]], reports_dir: str | os.Pa
 
 
 def records_of(doc_or_records: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The records of a results document, or the given list of records itself (as a new list)."""
     if isinstance(doc_or_records, Mapping):
         return list(doc_or_records.get("records", []))
     return list(doc_or_records)
@@ -265,56 +323,3 @@ def records_frame(doc_or_records: Mapping[str, Any] | Sequence[Mapping[str, Any]
                          columns=list(RECORD_FIELDS))
     frame["latency_median_ms"] = [(record.get("latency_ms") or {}).get("median") for record in records]
     return frame
-
-
-# --------------------------------------------------------------------------------------------- comparisons
-def _ratio(numerator: Any, denominator: Any) -> float | None:
-    if numerator is None or denominator in (None, 0):
-        return None
-    return float(numerator) / float(denominator)
-
-
-def latency_median(record: Mapping[str, Any]) -> float | None:
-    return (record.get("latency_ms") or {}).get("median")
-
-
-def compare(record: Mapping[str, Any], baseline_record: Mapping[str, Any]) -> dict[str, float | None]:
-    """What ``record`` buys and costs against its baseline (None where a value is missing).
-
-    Args:
-        record: the compressed variant.
-        baseline_record: the record named by ``record["baseline"]`` (if that is set, ids must match).
-
-    Returns:
-        ``size_ratio`` and ``gzip_size_ratio`` (baseline bytes / record bytes, >1 means smaller),
-        ``macs_ratio`` (baseline / record), ``latency_speedup`` (baseline median / record median) and
-        ``map_drop_points`` ((baseline mAP - record mAP) x 100).
-    """
-    wanted = record.get("baseline")
-    if wanted is not None and wanted != baseline_record.get("id"):
-        raise ValueError(f"record {record.get('id')!r} is measured against {wanted!r}, "
-                         f"not {baseline_record.get('id')!r}; compare it with its own baseline")
-    map_drop = None
-    if record.get("map") is not None and baseline_record.get("map") is not None:
-        map_drop = (baseline_record["map"] - record["map"]) * 100.0
-    return {
-        "size_ratio": _ratio(baseline_record.get("size_bytes"), record.get("size_bytes")),
-        "gzip_size_ratio": _ratio(baseline_record.get("size_gzip_bytes"), record.get("size_gzip_bytes")),
-        "macs_ratio": _ratio(baseline_record.get("macs"), record.get("macs")),
-        "latency_speedup": _ratio(latency_median(baseline_record), latency_median(record)),
-        "map_drop_points": map_drop,
-    }
-
-
-def format_records_table(records: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-                         columns: Sequence[str] | None = None) -> str:
-    """Fixed-width text table of records (see :func:`compresskit.measure.format_table`).
-
-    Args:
-        records: a results document or a list of records.
-        columns: column names from ``measure.TABLE_COLUMNS``; the defaults when None.
-
-    Returns:
-        The table as a string.
-    """
-    return measure.format_table(records_of(records), columns=columns or measure.DEFAULT_COLUMNS)

@@ -1,0 +1,150 @@
+"""Measure one detector variant end to end and turn it into a results record (DESIGN sections 5 and 7).
+
+Every lesson and command measures the same way: COCO mAP through the kit's evaluator; params and non-zero params
+of the detector; MACs of its exportable core on one image; the size of the artifact a user would ship (the
+state_dict for torch eager, the ``.onnx`` file for ONNX Runtime, or whatever ``artifact`` names: an int8 ONNX file,
+a compiled module); and end-to-end latency (transform + core + post-processing) at batch 1 on a real val image.
+A variant measured against a baseline of the same :class:`Study` is timed *interleaved* with it
+(:func:`compresskit.measure.compare_latency`), so its speed-up survives a busy machine.
+Introduced in ``01_baseline_detectors.ipynb``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from compresskit.engine import evaluate
+from compresskit.measure import (compare_latency, count_macs, count_nonzero_params, count_params, measure_latency,
+                                 serialized_size)
+from compresskit.models.core import CoreDetector, DetectorCore, OnnxCore, example_batch, export_core_onnx
+from compresskit.report import make_record
+from compresskit.settings import reports_dir
+
+RUNTIMES_MEASURED = ("torch-eager", "onnxruntime")
+
+
+def artifact_dir() -> Path:
+    """Where exported files (ONNX cores) of the current run go: beside the results, never in the source tree."""
+    return reports_dir() / "artifacts"
+
+
+def _safe_name(record_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", record_id)
+
+
+def runner_for(detector: nn.Module, record_id: str, runtime: str, core: Any = None,
+               threads: int = 2) -> tuple[CoreDetector, Any]:
+    """The end-to-end callable measured for ``runtime`` and the file or object whose size is shipped.
+
+    Returns:
+        ``(runner, default artifact)``: torch eager ships the state_dict (the detector itself); ONNX Runtime ships
+        the exported (or given) ``.onnx`` file.
+    """
+    if runtime not in RUNTIMES_MEASURED:
+        raise ValueError(f"runtime {runtime!r} is not measured by the harness; use one of {RUNTIMES_MEASURED}")
+    if runtime == "onnxruntime" and core is None:
+        onnx_path = export_core_onnx(DetectorCore(detector), artifact_dir() / f"{_safe_name(record_id)}.onnx")
+        core = OnnxCore(onnx_path, threads=threads)
+    artifact = core.path if isinstance(core, OnnxCore) else detector
+    return CoreDetector(detector, core), artifact
+
+
+@dataclass
+class Study:
+    """Shared settings of one study (a lesson's measurements), so each variant is one short call.
+
+    The first record measured becomes the baseline of the ones after it, unless a call names another record of
+    this study. A variant with a baseline is timed interleaved with that baseline's runner (paired comparison);
+    the record keeps its own median/p90 from those same runs and the paired speed-up with its interval.
+
+    Args:
+        lesson: the notebook or command the records belong to.
+        model: preset name recorded with each record.
+        profile: the data profile the detector *and* the data were actually loaded from.
+        val_loader: evaluation loader; label_map: the detector's label <-> category-id mapping.
+        threads: torch/ORT threads for latency; runs: timed runs (pairs for a comparison), >= 30 per DESIGN.
+        log: called with one line per measured record (``print`` for progress; None for silence).
+    """
+
+    lesson: str
+    model: str
+    profile: str
+    val_loader: Any
+    label_map: Any
+    threads: int = 2
+    runs: int = 30
+    progress: bool = False
+    baseline: str | None = None
+    records: list[dict] = field(default_factory=list)
+    log: Callable[[str], None] | None = None
+    runners: dict[str, Callable] = field(default_factory=dict, repr=False)
+
+    def example_image(self):
+        return self.val_loader.dataset[0][0]
+
+    def measure(self, detector: nn.Module, record_id: str, technique: str, runtime: str = "torch-eager",
+                variant: str = "", baseline: str | None = None, core: Any = None, artifact: Any = None,
+                model: str | None = None, label_map: Any = None, train_seconds: float | None = None,
+                config: Any = None) -> dict:
+        """Evaluate and measure ``detector`` as one record, keep it, and return it. The detector is put in eval
+        mode; its weights are not touched.
+
+        Args:
+            record_id: unique id, e.g. ``"pruning/teacher/structured-50/eager"``.
+            technique: a ``report.TECHNIQUES`` name.
+            runtime: ``torch-eager`` runs the detector's own core; ``onnxruntime`` exports the core to ONNX (unless
+                ``core`` is given) and runs it in an ONNX Runtime session.
+            baseline: id of an earlier record of this study to compare against (default: the study's first).
+            core: a ready core callable (e.g. an ``OnnxCore`` of an int8 file) to evaluate and time instead.
+            artifact: what a user ships, measured for size (a path, bytes, an ``nn.Module``, an ONNX model);
+                default: the ONNX file for ``onnxruntime``, the detector's state_dict for torch.
+            model, label_map: preset name and label map when they differ from the study's (e.g. the student in the
+                baseline study).
+        """
+        baseline = baseline or self.baseline
+        if baseline is not None and baseline not in self.runners:
+            raise ValueError(f"baseline {baseline!r} is not a record of this study; measure it first, in this run")
+        detector.eval()
+        runner, default_artifact = runner_for(detector, record_id, runtime, core=core, threads=self.threads)
+        metrics = evaluate(runner, self.val_loader, label_map or self.label_map, progress=self.progress)
+        image = self.example_image()
+        hw = tuple(image.shape[-2:])
+        paired = None
+        if baseline is None:
+            latency = measure_latency(runner, [image], runs=self.runs, threads=self.threads)
+        else:
+            comparison = compare_latency(self.runners[baseline], runner, [image], pairs=self.runs,
+                                         threads=self.threads)
+            latency, paired = comparison.candidate, comparison.as_record(baseline)
+        record = make_record(
+            id=record_id, lesson=self.lesson, technique=technique, model=model or self.model, runtime=runtime,
+            profile=self.profile, metrics=metrics, variant=variant, baseline=baseline,
+            params=count_params(detector), nonzero_params=count_nonzero_params(detector),
+            macs=count_macs(DetectorCore(detector), example_batch(hw)),
+            size=serialized_size(artifact if artifact is not None else default_artifact),
+            latency=latency.as_record(hw), paired_latency=paired, train_seconds=train_seconds, config=config)
+        self.baseline = self.baseline or record_id
+        self.runners[record_id] = runner
+        self.records = [r for r in self.records if r["id"] != record_id] + [record]
+        if self.log is not None:
+            self.log(describe(record))
+        return record
+
+
+def describe(record: dict) -> str:
+    """One progress line for a measured record: id, mAP (0-1), median latency and the paired speed-up."""
+    latency = record.get("latency_ms") or {}
+    text = f"  {record['id']:44s} mAP {record['map']:.3f}  {latency.get('median', float('nan')):7.1f} ms"
+    if latency.get("noisy"):
+        text += " (noisy)"
+    paired = record.get("paired_latency")
+    if paired:
+        low, high = paired["interval"]
+        text += f"  x{paired['speedup']:.2f} [{low:.2f}-{high:.2f}] vs {paired['baseline']}"
+    return text
+

@@ -1,0 +1,73 @@
+"""The environment stamp stored with every results file: package versions, CPU model and ISA flags, threads.
+
+int8 speed-ups depend on VNNI/AMX, so a number is only read together with the machine that produced it
+(DESIGN §5). Introduced in ``01_baseline_detectors.ipynb``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+ISA_FLAGS = (
+    "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+    "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd",
+)
+_DISTRIBUTIONS = {
+    "torch": ("torch",),
+    "torchvision": ("torchvision",),
+    "torchao": ("torchao",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+    "torch_pruning": ("torch-pruning", "torch_pruning"),
+}
+
+
+def _version(candidates: Sequence[str]) -> str | None:
+    for name in candidates:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _cpuinfo() -> tuple[str | None, set[str]]:
+    """CPU model name and feature flags from /proc/cpuinfo (Linux); (None, empty) elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None, set()
+    model, flags = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if model is None and key in ("model name", "hardware", "cpu model"):
+            model = value.strip() or None
+        elif not flags and key in ("flags", "features"):  # x86 says flags, ARM says Features
+            flags = set(value.split())
+    return model, flags
+
+
+def environment_stamp() -> dict[str, Any]:
+    """Versions and CPU facts stored with every results file: int8 speed-ups depend on VNNI/AMX.
+
+    Returns:
+        A dict with keys ``python, torch, torchvision, torchao, onnxruntime, torch_pruning, cpu, isa,
+        threads, torch_cpu_capability`` (a version is ``None`` when the package is not installed).
+    """
+    model, flags = _cpuinfo()
+    stamp: dict[str, Any] = {"python": platform.python_version()}
+    for key, distributions in _DISTRIBUTIONS.items():
+        stamp[key] = _version(distributions)
+    stamp["cpu"] = model or platform.processor() or platform.machine() or None
+    stamp["isa"] = sorted(flag for flag in ISA_FLAGS if flag in flags)
+    stamp["threads"] = torch.get_num_threads()
+    try:
+        stamp["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        stamp["torch_cpu_capability"] = None
+    return stamp

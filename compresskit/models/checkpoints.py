@@ -1,0 +1,216 @@
+"""The one checkpoint format of the kit: plain, pruned and fine-tuned detectors alike (DESIGN section 8).
+
+A file holds ``spec`` (the :class:`DetectorSpec`), ``label_map``, ``architecture`` (the channel counts of every
+Conv2d, BatchNorm2d, FrozenBatchNorm2d, GroupNorm and Linear: plain numbers), ``meta`` and ``state_dict``.
+Loading builds the spec's detector, reshapes each layer whose stored channel counts differ (a pruned model), and
+loads the tensors with ``weights_only=True``: a checkpoint never unpickles code, and a pruned model needs no
+``torch.save(model)``. Files without ``architecture`` (written before it existed) load as the spec's design.
+Introduced in ``01_baseline_detectors.ipynb``; pruned models in ``02_pruning.ipynb``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.detection import FCOS
+from torchvision.ops import FrozenBatchNorm2d
+
+from compresskit.data.dataset import LabelMap
+from compresskit.data.files import atomic_write_bytes
+from compresskit.errors import CheckpointError, CompressKitError
+from compresskit.models.core import DetectorCore, example_batch
+from compresskit.models.presets import EMBEDDED_PRESETS, DetectorSpec, build_detector, load_coco_pretrained
+
+# The attributes that fix each layer type's parameter shapes. FrozenBatchNorm2d has no num_features attribute:
+# its width is read from its weight buffer.
+SHAPE_ATTRIBUTES: dict[type, tuple[str, ...]] = {
+    nn.Conv2d: ("in_channels", "out_channels", "groups"),
+    nn.BatchNorm2d: ("num_features",),
+    FrozenBatchNorm2d: ("num_features",),
+    nn.GroupNorm: ("num_groups", "num_channels"),
+    nn.Linear: ("in_features", "out_features"),
+}
+DRY_RUN_SIZE = 256  # >= 256 px keeps more than one value per GroupNorm group on the coarsest FPN level
+
+
+def _shape_of(module: nn.Module) -> dict[str, int]:
+    if isinstance(module, FrozenBatchNorm2d):
+        return {"num_features": int(module.weight.numel())}
+    return {attribute: int(getattr(module, attribute)) for attribute in SHAPE_ATTRIBUTES[type(module)]}
+
+
+def architecture_of(detector: nn.Module) -> dict[str, dict]:
+    """Channel counts of every Conv2d, BatchNorm2d, FrozenBatchNorm2d, GroupNorm and Linear, by module name.
+
+    Args:
+        detector: any module (usually a detector, possibly pruned).
+
+    Returns:
+        ``{name: {"type": class name, attribute: int, ...}}``: plain JSON-able data.
+    """
+    return {name: {"type": type(module).__name__, **_shape_of(module)}
+            for name, module in detector.named_modules() if type(module) in SHAPE_ATTRIBUTES}
+
+
+def save_checkpoint(path: Path | str, model: nn.Module, spec: DetectorSpec, label_map: LabelMap,
+                    meta: dict | None = None, half: bool = False) -> Path:
+    """Write ``{"spec", "label_map", "architecture", "meta", "state_dict"}`` atomically.
+
+    Args:
+        path: target file (parents are created; a reader never sees a half-written file).
+        model: an embedded FCOS built from ``spec``, pruned or not (unstructured masks must be folded in first:
+            ``compresskit.prune.make_permanent_``).
+        spec: the design it was built from.
+        label_map: its label <-> category-id mapping.
+        meta: JSON-able extras (training recipe, mAP, pruning config, ...).
+        half: store float tensors as fp16 (half the file; loading converts back to fp32).
+
+    Returns:
+        ``path``.
+    """
+    state = model.state_dict()
+    if any(key.endswith(("_orig", "_mask")) for key in state):
+        raise CheckpointError(f"cannot save {path}: the model still carries torch.nn.utils.prune masks; call "
+                              "compresskit.prune.make_permanent_(model) first")
+    state = {key: (value.half() if half and value.is_floating_point() else value).detach().clone()
+             for key, value in state.items()}
+    payload = {"spec": asdict(spec), "label_map": label_map.to_json(), "architecture": architecture_of(model),
+               "meta": meta or {}, "state_dict": state}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _refill(module: nn.Module, name: str, *size: int) -> None:
+    """Replace ``module.name`` by an empty tensor of ``size`` (loading fills it), keeping its kind."""
+    current = getattr(module, name, None)
+    if current is None:  # e.g. a conv without bias stays without one
+        return
+    tensor = torch.empty(*size, dtype=current.dtype)
+    setattr(module, name, nn.Parameter(tensor, requires_grad=current.requires_grad)
+            if isinstance(current, nn.Parameter) else tensor)  # a registered buffer stays a buffer
+
+
+def _reshape_(module: nn.Module, shape: dict) -> None:
+    """Give ``module`` the stored channel counts, with empty tensors of the matching shapes."""
+    if not isinstance(shape, dict) or shape.get("type") != type(module).__name__:
+        raise ValueError(f"stored type {shape.get('type') if isinstance(shape, dict) else shape!r} but the spec "
+                         f"builds {type(module).__name__}")
+    values = {key: shape.get(key) for key in SHAPE_ATTRIBUTES[type(module)]}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values.values()):
+        raise ValueError(f"channel counts must be positive integers, got {values}")
+    if values == _shape_of(module):
+        return
+    if isinstance(module, FrozenBatchNorm2d):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            _refill(module, name, values["num_features"])
+        return
+    for key, value in values.items():
+        setattr(module, key, value)
+    if isinstance(module, nn.Conv2d):
+        if module.in_channels % module.groups or module.out_channels % module.groups:
+            raise ValueError(f"channels {module.in_channels}/{module.out_channels} not divisible by groups")
+        _refill(module, "weight", module.out_channels, module.in_channels // module.groups, *module.kernel_size)
+        _refill(module, "bias", module.out_channels)
+    elif isinstance(module, nn.BatchNorm2d):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            _refill(module, name, module.num_features)
+    elif isinstance(module, nn.GroupNorm):
+        if module.num_channels % module.num_groups:
+            raise ValueError(f"{module.num_channels} channels cannot form {module.num_groups} groups")
+        _refill(module, "weight", module.num_channels)
+        _refill(module, "bias", module.num_channels)
+    else:
+        _refill(module, "weight", module.out_features, module.in_features)
+        _refill(module, "bias", module.out_features)
+
+
+def _read(path: Path | str) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} not found") from None
+    except Exception as exc:  # corrupt, truncated, or holding objects weights_only refuses
+        raise CheckpointError(f"{path} is not a compresskit checkpoint ({type(exc).__name__}: {exc})") from None
+    required = ("spec", "label_map", "state_dict")
+    missing = [key for key in required if not isinstance(payload, dict) or key not in payload]
+    if missing:
+        raise CheckpointError(f"{path} is not a compresskit checkpoint (missing {missing}); write checkpoints "
+                              "with compresskit.models.save_checkpoint")
+    return payload
+
+
+def checkpoint_spec(path: Path | str) -> DetectorSpec:
+    """The :class:`DetectorSpec` stored in a checkpoint (safe load, no model built)."""
+    payload = _read(path)
+    try:
+        return DetectorSpec.from_json(payload["spec"])
+    except Exception as exc:  # unknown fields, or not a mapping at all
+        raise CheckpointError(f"{path} holds an unreadable detector spec ({type(exc).__name__}: {exc})") from None
+
+
+def load_checkpoint(path: Path | str) -> tuple[FCOS, LabelMap, dict]:
+    """Rebuild the detector of a checkpoint written by :func:`save_checkpoint` (or by an earlier kit version).
+
+    Only tensors and plain data are read (``weights_only=True``). The spec's detector is built, every layer whose
+    stored channel counts differ is reshaped, the weights are loaded strictly, and a dry run checks that the
+    layers fit each other.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        ``(detector in eval mode with fp32 weights, label map, meta)``. A missing, unreadable, tampered or
+        inconsistent file raises :class:`CheckpointError` naming the file and the reason.
+    """
+    payload = _read(path)
+    try:
+        spec = DetectorSpec.from_json(payload["spec"])
+        detector = build_detector(spec)
+        for name, shape in (payload.get("architecture") or {}).items():
+            module = detector.get_submodule(name)
+            if type(module) not in SHAPE_ATTRIBUTES:
+                raise ValueError(f"{name} is a {type(module).__name__}, which has no stored channel counts")
+            _reshape_(module, shape)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+        detector.load_state_dict(state, strict=True)
+        detector.eval()
+        with torch.inference_mode():  # catches channel counts that fit the tensors but not each other
+            DetectorCore(detector)(example_batch(DRY_RUN_SIZE))
+        label_map = LabelMap.from_json(payload["label_map"])
+    except Exception as exc:
+        raise CheckpointError(f"{path} does not describe a loadable detector ({type(exc).__name__}: {exc}); "
+                              "re-create it with compresskit.models.save_checkpoint") from None
+    meta = payload.get("meta") or {}
+    return detector, label_map, meta
+
+
+def shipped_checkpoint(name: str) -> Path:
+    """Path of a checkpoint shipped inside the package (``teacher``, ``student``, ``teacher_pruned``)."""
+    return Path(str(resources.files("compresskit") / "checkpoints" / f"{name}.pt"))
+
+
+def load_preset(name: str, checkpoint: Path | str | None = None) -> tuple[FCOS, LabelMap, dict]:
+    """The shipped (or the given) embedded detector, in eval mode, with its label map and training metadata."""
+    if name not in EMBEDDED_PRESETS:
+        raise CompressKitError(f"unknown preset {name!r}; choose one of {sorted(EMBEDDED_PRESETS)}")
+    return load_checkpoint(checkpoint or shipped_checkpoint(name))
+
+
+def load_detector(name: str, profile: str | None = None) -> tuple[nn.Module, LabelMap, dict]:
+    """Preset ``name`` (``teacher``/``student``) of a data profile (default: ``COMPRESSKIT_PROFILE``), in eval mode.
+
+    ``embedded``: the shipped checkpoint, its label map and training metadata. ``coco``: torchvision's
+    COCO-pretrained detector, the identity label map and empty metadata (torchvision documents its training).
+    """
+    from compresskit.settings import profile as active_profile
+
+    if (profile or active_profile()) == "embedded":
+        return load_preset(name)
+    model, label_map = load_coco_pretrained(name)
+    return model, label_map, {}

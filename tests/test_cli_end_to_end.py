@@ -1,0 +1,71 @@
+"""The commands that do the kit's work, run for real through ``main`` on tiny data (``--max-iters``, few timing
+runs): train, prune, bench and reproduce each write what they promise, and it loads and reads back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compresskit import harness
+from compresskit.cli import main
+from compresskit.data import load_split
+from compresskit.models import load_checkpoint
+from compresskit.prune import core_macs
+from compresskit.report import read_results
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny_profile(monkeypatch, tiny_embedded):
+    """Studies read the tiny embedded dataset instead of the full one (the loaders stay profile-aware)."""
+    monkeypatch.setenv("COMPRESSKIT_PROFILE", "embedded")
+    monkeypatch.setattr(harness.loading, "profile_split",
+                        lambda split, profile, label_map: load_split(split, tiny_embedded, label_map=label_map))
+    return tiny_embedded
+
+
+def test_train_writes_a_shipped_style_checkpoint(tiny_embedded, tmp_path, capsys):
+    code = main(["train", "--preset", "student", "--data", str(tiny_embedded), "--epochs", "1", "--max-iters", "2",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    model, label_map, meta = load_checkpoint(tmp_path / "student.pt")
+    saved = json.loads((tmp_path / "student.json").read_text())
+    assert meta["train_config"]["epochs"] == 1 and saved["val_metrics"] == meta["val_metrics"]
+    assert 0.0 <= meta["val_metrics"]["map"] <= 1.0 and label_map.num_classes == 7
+    assert "student.pt" in capsys.readouterr().out
+
+
+def test_prune_writes_a_smaller_detector_that_loads(tiny_embedded, tmp_path):
+    code = main(["prune", "--preset", "teacher", "--ratio", "0.5", "--data", str(tiny_embedded), "--epochs", "1",
+                 "--max-iters", "2", "--out", str(tmp_path), "--name", "half"])
+    assert code == 0
+    pruned, _, meta = load_checkpoint(tmp_path / "half.pt")
+    assert core_macs(pruned) == meta["macs_after"] and meta["macs_after"] <= 0.5 * meta["macs_before"]
+    assert meta["prune_config"]["ratio"] == 0.5 and "val_metrics" in meta
+
+
+def test_bench_writes_paired_baseline_records(tiny_profile, tmp_path, capsys):
+    code = main(["bench", "--runs", "3", "--reports", str(tmp_path)])
+    assert code == 0
+    records = {r["id"]: r for r in read_results(tmp_path)["records"]}
+    assert set(records) == {"baseline/teacher/eager", "baseline/teacher/ort-fp32", "baseline/student/eager",
+                            "baseline/student/ort-fp32"}
+    assert records["baseline/student/ort-fp32"]["paired_latency"]["baseline"] == "baseline/student/eager"
+    assert all(r["profile"] == "embedded" for r in records.values())
+    out = capsys.readouterr().out
+    assert "mAP x100" in out and str(tmp_path) in out
+
+
+def test_reproduce_runs_every_study_and_draws_the_figures(tiny_profile, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(harness.pruning, "UNSTRUCTURED_AMOUNTS", (0.5,))
+    out = tmp_path / "reproduced"
+    assert main(["reproduce", "--out", str(out), "--runs", "3"]) == 0
+    records = read_results(out)["records"]
+    lessons = {r["lesson"] for r in records}
+    assert lessons == {"01_baseline_detectors", "02_pruning"}
+    assert {p.name for p in (out / "figures").iterdir()} == {"pareto_latency.png", "pareto_size.png",
+                                                             "pareto_macs.png"}
+    printed = capsys.readouterr().out
+    assert "[1/2] baselines" in printed and "[2/2] pruning" in printed

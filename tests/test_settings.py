@@ -1,0 +1,129 @@
+"""Settings from environment variables, the kit's error types, and the config checks at the boundary."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compresskit import settings
+from compresskit.errors import CompressKitError, ConfigError
+
+
+@pytest.mark.parametrize("value, expected", [(None, "embedded"), ("", "embedded"), ("  COCO ", "coco"),
+                                             ("Embedded", "embedded")])
+def test_profile_reads_the_environment(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv(settings.PROFILE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(settings.PROFILE_ENV, value)
+    assert settings.profile() == expected
+
+
+def test_an_unknown_profile_is_a_config_error_naming_the_choices(monkeypatch):
+    monkeypatch.setenv(settings.PROFILE_ENV, "cocoa")
+    with pytest.raises(ConfigError) as raised:
+        settings.profile()
+    message = str(raised.value)
+    assert "COMPRESSKIT_PROFILE='cocoa'" in message and "embedded, coco" in message
+    # One type for the CLI (CompressKitError: message, exit 2) and for callers that catch ValueError.
+    assert isinstance(raised.value, CompressKitError) and isinstance(raised.value, ValueError)
+
+
+def test_folders_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(settings.REPORTS_ENV, str(tmp_path / "reports"))
+    monkeypatch.setenv(settings.DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv(settings.COCO_ROOT_ENV, str(tmp_path / "coco"))
+    assert settings.reports_dir() == tmp_path / "reports"
+    assert settings.data_root() == tmp_path / "data"
+    assert settings.coco_root() == tmp_path / "coco"
+
+
+def test_folder_defaults(monkeypatch, tmp_path):
+    for name in (settings.REPORTS_ENV, settings.DATA_ENV, settings.COCO_ROOT_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    # From a checkout, lessons run in notebooks/ still write to the checkout's top-level runs/ (git-ignored).
+    root = Path(settings.__file__).resolve().parents[1]
+    assert settings.reports_dir() == root / "runs"
+    assert (root / ".gitignore").read_text().count("runs/") >= 1
+    assert settings.data_root() == tmp_path / "cache" / "compresskit" / "data"
+    assert settings.coco_root() is None
+
+
+def test_seed_everything_repeats_python_numpy_and_torch():
+    import numpy as np
+    import torch
+
+    def draw() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    settings.seed_everything(7)
+    first = draw()
+    settings.seed_everything(7)
+    assert draw() == first
+    settings.seed_everything(8)
+    assert draw() != first
+
+
+def test_settings_import_without_torch():
+    # The CLI reads the profile before any command runs; that must not cost torch's import time.
+    code = "import sys, compresskit.settings; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
+
+
+# --------------------------------------------------------------------------------------------- pruning configs
+@pytest.mark.parametrize("fields, named", [
+    ({"ratio": 1.0}, ["ratio", "1.0", "[0, 1)"]),
+    ({"ratio": -0.5}, ["ratio", "-0.5", "[0, 1)"]),
+    ({"ratio": "half"}, ["ratio", "'half'"]),
+    ({"part_ratios": {"layer4": 1.2}}, ["part_ratios['layer4']", "1.2", "[0, 1)"]),
+    ({"round_to": -8}, ["round_to", "-8", ">= 0"]),
+    ({"importance": "l3"}, ["importance", "'l3'", "l1", "fpgm"]),
+    ({"image_size": 0}, ["image_size", "0", "positive"]),
+])
+def test_structured_config_rejects_values_out_of_range(fields, named):
+    from compresskit.prune.structured import StructuredConfig
+
+    with pytest.raises(ConfigError) as raised:
+        StructuredConfig(**fields)
+    assert all(word in str(raised.value) for word in named), str(raised.value)
+
+
+def test_structured_config_accepts_its_whole_range():
+    from compresskit.prune.structured import StructuredConfig
+
+    config = StructuredConfig(ratio=0.0, part_ratios={"layer4": 0.99, "head": 0}, round_to=0, importance="random",
+                              image_size=64)
+    assert StructuredConfig(**config.to_json()) == config  # round-trips through JSON-able fields
+
+
+def test_a_structured_config_edited_after_creation_is_checked_again():
+    from compresskit.prune.structured import StructuredConfig, prune_structured_
+
+    config = StructuredConfig()
+    config.ratio = 1.0
+    with pytest.raises(ConfigError, match="ratio"):  # before the (here bogus) detector is even looked at
+        prune_structured_(object(), config)
+
+
+@pytest.mark.parametrize("fields, named", [({"amount": 1.5}, ["amount", "1.5", "[0, 1]"]),
+                                           ({"amount": -0.1}, ["amount", "-0.1"]),
+                                           ({"scope": "model"}, ["scope", "'model'", "global", "layer"])])
+def test_unstructured_config_rejects_values_out_of_range(fields, named):
+    from compresskit.prune.unstructured import UnstructuredConfig
+
+    with pytest.raises(ConfigError) as raised:
+        UnstructuredConfig(**fields)
+    assert all(word in str(raised.value) for word in named), str(raised.value)
+
+
+def test_unstructured_config_accepts_both_ends():
+    from compresskit.prune.unstructured import UnstructuredConfig
+
+    assert UnstructuredConfig(amount=0.0).amount == 0.0 and UnstructuredConfig(amount=1, scope="layer").amount == 1
