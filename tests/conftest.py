@@ -41,3 +41,17 @@ def tiny_embedded(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("embedded")
     return generate_embedded(out, EmbeddedConfig(seed=3, train_images=24, val_images=8), workers=1, progress=False)
+
+
+@pytest.fixture
+def tiny_profile(monkeypatch, tiny_embedded):
+    """Studies read the tiny embedded dataset instead of the full one (the loaders stay profile-aware)."""
+    from compresskit import harness
+    from compresskit.data import load_split
+
+    def tiny_split(split, profile, label_map, train_transforms=None):
+        return load_split(split, tiny_embedded, train_transforms=train_transforms, label_map=label_map)
+
+    monkeypatch.setenv("COMPRESSKIT_PROFILE", "embedded")
+    monkeypatch.setattr(harness.loading, "profile_split", tiny_split)
+    return tiny_embedded

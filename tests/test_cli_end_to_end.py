@@ -9,21 +9,11 @@ import pytest
 
 from compresskit import harness
 from compresskit.cli import main
-from compresskit.data import load_split
 from compresskit.models import load_checkpoint
 from compresskit.prune import core_macs
 from compresskit.report import read_results
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def tiny_profile(monkeypatch, tiny_embedded):
-    """Studies read the tiny embedded dataset instead of the full one (the loaders stay profile-aware)."""
-    monkeypatch.setenv("COMPRESSKIT_PROFILE", "embedded")
-    monkeypatch.setattr(harness.loading, "profile_split",
-                        lambda split, profile, label_map: load_split(split, tiny_embedded, label_map=label_map))
-    return tiny_embedded
 
 
 def test_train_writes_a_shipped_style_checkpoint(tiny_embedded, tmp_path, capsys):

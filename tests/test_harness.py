@@ -66,10 +66,7 @@ def test_records_write_with_their_pairs(small_study, tmp_path):
     assert written["test/again"]["paired_latency"]["baseline"] == "test/base"
 
 
-def test_embedded_profile_study_is_stamped_embedded(monkeypatch, tiny_embedded):
-    monkeypatch.setenv("COMPRESSKIT_PROFILE", "embedded")
-    monkeypatch.setattr(harness.loading, "profile_split",
-                        lambda split, profile, label_map: load_split(split, tiny_embedded, label_map=label_map))
+def test_embedded_profile_study_is_stamped_embedded(tiny_profile):
     study = harness.baseline_study(models=("student",), val_images=4, runs=3)
     assert [r["id"] for r in study.records] == ["baseline/student/eager", "baseline/student/ort-fp32"]
     assert {r["profile"] for r in study.records} == {"embedded"}

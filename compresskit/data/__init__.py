@@ -23,8 +23,10 @@ def load_split(split: str, root: Path | str | None = None, train_transforms: boo
     return CocoDetection(root, annotations, transforms=detection_transforms(augment), label_map=label_map)
 
 
-def profile_split(split: str, profile: str | None = None, label_map: LabelMap | None = None) -> CocoDetection:
-    """The ``train`` or ``val`` split of a data profile (default: ``COMPRESSKIT_PROFILE``).
+def profile_split(split: str, profile: str | None = None, label_map: LabelMap | None = None,
+                  train_transforms: bool | None = None) -> CocoDetection:
+    """The ``train`` or ``val`` split of a data profile (default: ``COMPRESSKIT_PROFILE``), augmented for training
+    when ``train_transforms`` is True (default: for the train split only; calibration wants it off).
 
     ``embedded`` gives the generated dataset; ``coco`` builds (once, then reuses) the pinned COCO 2017 subset of
     ``data/recipes`` — downloaded, or copied from ``COMPRESSKIT_COCO_ROOT`` — and reads it with the same class.
@@ -33,9 +35,10 @@ def profile_split(split: str, profile: str | None = None, label_map: LabelMap | 
     from compresskit.data.coco_subset import DEFAULT_RECIPES, build_coco_subset, default_subset_dir
 
     if (profile or settings.profile()) == "embedded":
-        return load_split(split, label_map=label_map)
+        return load_split(split, label_map=label_map, train_transforms=train_transforms)
     recipe = DEFAULT_RECIPES["train2017" if split == "train" else "val2017"]
     out = default_subset_dir(recipe)
     build_coco_subset(out, recipe, coco_root=settings.coco_root())
     return CocoDetection(out, out / "annotations" / f"instances_{recipe.split}.json",
-                         transforms=detection_transforms(split == "train"), label_map=label_map)
+                         transforms=detection_transforms(split == "train" if train_transforms is None
+                                                         else train_transforms), label_map=label_map)

@@ -71,20 +71,21 @@ def ground_truth_from_boxes(boxes_xywh: list[list[float]], width: int = 100, hei
 
 @torch.inference_mode()
 def predict(model: nn.Module, data_loader, label_map: LabelMap, device: torch.device | str = "cpu",
-            progress: bool = True) -> list[dict]:
+            progress: bool = True, desc: str = "evaluate") -> list[dict]:
     """Run ``model`` over the loader and return COCO-format results (category ids, xywh boxes, scores).
 
     Args:
         model: a torchvision-style detector (switched to eval mode).
         data_loader: yields ``(images, targets)``; each target carries its ``image_id``.
         label_map: maps the model's labels back to category ids; the background slot is dropped.
+        desc: the progress bar's label (say which variant is evaluated when several are).
 
     Returns:
         ``[{"image_id", "bbox", "category_id", "score"}]``, as ``COCO.loadRes`` takes them.
     """
     model.eval()
     results = []
-    for images, targets in tqdm(data_loader, desc="evaluate", leave=False, disable=not progress):
+    for images, targets in tqdm(data_loader, desc=desc, leave=False, disable=not progress):
         outputs = model([image.to(device) for image in images])
         for target, output in zip(targets, outputs):
             boxes = output["boxes"].cpu()
@@ -97,7 +98,7 @@ def predict(model: nn.Module, data_loader, label_map: LabelMap, device: torch.de
 
 
 def evaluate(model: nn.Module, data_loader, label_map: LabelMap | None = None, device: torch.device | str = "cpu",
-             progress: bool = True, verbose: bool = False) -> dict[str, float]:
+             progress: bool = True, verbose: bool = False, desc: str = "evaluate") -> dict[str, float]:
     """COCO bbox mAP of ``model`` on ``data_loader``'s dataset (or the Subset it wraps).
 
     Args:
@@ -105,10 +106,12 @@ def evaluate(model: nn.Module, data_loader, label_map: LabelMap | None = None, d
         data_loader: over a COCO-format dataset of the kit, or a ``Subset`` of one (see :func:`val_subset`).
         label_map: maps predicted labels back to category ids (default: the dataset's).
         verbose: print COCOeval's summary table.
+        desc: the progress bar's label.
 
     Returns:
         ``map``, ``map50``, ``map75``, ``map_small/medium/large``: COCOeval's 0-1 values.
     """
     dataset, image_ids = _dataset_and_ids(data_loader)
-    detections = predict(model, data_loader, label_map or dataset.label_map, device=device, progress=progress)
+    detections = predict(model, data_loader, label_map or dataset.label_map, device=device, progress=progress,
+                         desc=desc)
     return coco_metrics(dataset.coco, detections, image_ids, verbose=verbose)

@@ -45,6 +45,7 @@ def val_loader(loaded: Loaded, images: int | None = None, batch_size: int = 8):
     return make_loader(dataset, batch_size=batch_size, train=False)
 
 
-def train_split(loaded: Loaded):
-    """The train split of ``loaded``'s profile (fine-tuning, calibration), read with its label map."""
-    return profile_split("train", profile=loaded.profile, label_map=loaded.label_map)
+def train_split(loaded: Loaded, augment: bool = True):
+    """The train split of ``loaded``'s profile, read with its label map: augmented for fine-tuning, plain
+    (``augment=False``) for calibration."""
+    return profile_split("train", profile=loaded.profile, label_map=loaded.label_map, train_transforms=augment)

@@ -111,7 +111,8 @@ class Study:
             raise ValueError(f"baseline {baseline!r} is not a record of this study; measure it first, in this run")
         detector.eval()
         runner, default_artifact = runner_for(detector, record_id, runtime, core=core, threads=self.threads)
-        metrics = evaluate(runner, self.val_loader, label_map or self.label_map, progress=self.progress)
+        metrics = evaluate(runner, self.val_loader, label_map or self.label_map, progress=self.progress,
+                           desc=f"evaluate {record_id}")
         image = self.example_image()
         hw = tuple(image.shape[-2:])
         paired = None
