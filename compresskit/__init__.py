@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-SUBMODULES = ("data", "models", "engine", "measure", "report", "prune", "harness", "settings", "viz", "errors")
+SUBMODULES = ("data", "models", "engine", "measure", "report", "prune", "quantize", "harness", "settings", "viz",
+              "errors")
 
 __all__ = ["__version__", "bootstrap", *SUBMODULES]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the submodules; at run time __getattr__ loads them
-    from compresskit import data, engine, errors, harness, measure, models, prune, report, settings, viz  # noqa: F401
+    from compresskit import (data, engine, errors, harness, measure, models, prune, quantize, report,  # noqa: F401
+                             settings, viz)
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -59,3 +59,31 @@ def test_reproduce_runs_every_study_and_draws_the_figures(tiny_profile, tmp_path
                                                              "pareto_macs.png"}
     printed = capsys.readouterr().out
     assert "[1/2] baselines" in printed and "[2/2] pruning" in printed
+
+
+def test_quantize_writes_the_int8_artifact_and_a_measured_summary(tiny_profile, tmp_path, capsys):
+    code = main(["quantize", "--preset", "student", "--calibration-images", "4", "--runs", "3", "--out",
+                 str(tmp_path)])
+    assert code == 0
+    summary = json.loads((tmp_path / "student-int8.json").read_text())
+    assert summary["calibration_images"] == 4 and summary["size_ratio"] > 3.0
+    assert summary["paired_latency"]["baseline"] == "quantize/student/ort-fp32"
+    assert (tmp_path / "student-int8.onnx").stat().st_size == summary["size_bytes"]["int8"]
+    assert {r["id"] for r in read_results(tmp_path)["records"]} == {"quantize/student/ort-fp32",
+                                                                   "quantize/student/ort-int8"}
+    assert "x" in capsys.readouterr().out
+
+
+def test_quantize_refuses_more_calibration_images_than_the_train_split(tiny_profile, tmp_path, capsys):
+    code = main(["quantize", "--preset", "student", "--calibration-images", "25", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "only 24" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.onnx")), "nothing half-written"
+
+
+def test_quantize_names_a_corrupt_checkpoint(tiny_profile, tmp_path, capsys):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    code = main(["quantize", "--preset", "student", "--checkpoint", str(broken), "--out", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.pt" in err and "Traceback" not in err

@@ -13,10 +13,13 @@ from typing import Callable
 
 from compresskit.harness.baselines import baseline_study
 from compresskit.harness.pruning import pruning_study
+from compresskit.harness.quantization import quantization_study, sensitivity_study
 from compresskit.harness.variant import Study
 
 # name -> study function; each takes (profile, val_images, runs, progress, log) and returns a Study.
-STUDIES: dict[str, Callable[..., Study]] = {"baselines": baseline_study, "pruning": pruning_study}
+STUDIES: dict[str, Callable[..., Study]] = {"baselines": baseline_study, "pruning": pruning_study,
+                                            "quantization": quantization_study,
+                                            "quantization_sensitivity": sensitivity_study}
 DEFAULT_OUT = Path("runs") / "reproduce"
 
 
@@ -60,8 +63,8 @@ def reproduce(out: Path | str = DEFAULT_OUT, *, studies: list[str] | tuple[str, 
     for index, name in enumerate(names, start=1):
         started = time.perf_counter()
         log(f"[{index}/{len(names)}] {name} study ...")
-        study = STUDIES[name](profile=profile, val_images=val_images, runs=runs, progress=progress,
-                              log=log if progress else None)
+        sizes = {} if val_images is None else {"val_images": val_images}  # else each study's own default
+        study = STUDIES[name](profile=profile, runs=runs, progress=progress, log=log if progress else None, **sizes)
         records += study.records
         log(f"[{index}/{len(names)}] {name}: {len(study.records)} records in {time.perf_counter() - started:.0f} s")
     results = write_records(records, reports_dir=out)

@@ -25,7 +25,7 @@ from compresskit.models.core import CoreDetector, DetectorCore, OnnxCore, exampl
 from compresskit.report import make_record
 from compresskit.settings import reports_dir
 
-RUNTIMES_MEASURED = ("torch-eager", "onnxruntime")
+RUNTIMES_MEASURED = ("torch-eager", "torch-compile", "onnxruntime")
 
 
 def artifact_dir() -> Path:
@@ -42,11 +42,13 @@ def runner_for(detector: nn.Module, record_id: str, runtime: str, core: Any = No
     """The end-to-end callable measured for ``runtime`` and the file or object whose size is shipped.
 
     Returns:
-        ``(runner, default artifact)``: torch eager ships the state_dict (the detector itself); ONNX Runtime ships
-        the exported (or given) ``.onnx`` file.
+        ``(runner, default artifact)``: torch eager (and a compiled core, unless the caller names its artifact)
+        ships the state_dict (the detector itself); ONNX Runtime ships the exported (or given) ``.onnx`` file.
     """
     if runtime not in RUNTIMES_MEASURED:
         raise ValueError(f"runtime {runtime!r} is not measured by the harness; use one of {RUNTIMES_MEASURED}")
+    if runtime == "torch-compile" and core is None:
+        raise ValueError("a torch-compile record needs its compiled core (core=...)")
     if runtime == "onnxruntime" and core is None:
         onnx_path = export_core_onnx(DetectorCore(detector), artifact_dir() / f"{_safe_name(record_id)}.onnx")
         core = OnnxCore(onnx_path, threads=threads)
@@ -84,13 +86,17 @@ class Study:
     log: Callable[[str], None] | None = None
     runners: dict[str, Callable] = field(default_factory=dict, repr=False)
 
+    @property
+    def records_by_id(self) -> dict[str, dict]:
+        return {record["id"]: record for record in self.records}
+
     def example_image(self):
         return self.val_loader.dataset[0][0]
 
     def measure(self, detector: nn.Module, record_id: str, technique: str, runtime: str = "torch-eager",
                 variant: str = "", baseline: str | None = None, core: Any = None, artifact: Any = None,
                 model: str | None = None, label_map: Any = None, train_seconds: float | None = None,
-                config: Any = None) -> dict:
+                config: Any = None, evaluate_map: bool = True, runs: int | None = None) -> dict:
         """Evaluate and measure ``detector`` as one record, keep it, and return it. The detector is put in eval
         mode; its weights are not touched.
 
@@ -105,6 +111,8 @@ class Study:
                 default: the ONNX file for ``onnxruntime``, the detector's state_dict for torch.
             model, label_map: preset name and label map when they differ from the study's (e.g. the student in the
                 baseline study).
+            evaluate_map: False for a variant too slow to evaluate (its mAP fields stay None: not measured).
+            runs: timed runs for this record only (default: the study's).
         """
         baseline = baseline or self.baseline
         if baseline is not None and baseline not in self.runners:
@@ -112,14 +120,14 @@ class Study:
         detector.eval()
         runner, default_artifact = runner_for(detector, record_id, runtime, core=core, threads=self.threads)
         metrics = evaluate(runner, self.val_loader, label_map or self.label_map, progress=self.progress,
-                           desc=f"evaluate {record_id}")
+                           desc=f"evaluate {record_id}") if evaluate_map else None
         image = self.example_image()
         hw = tuple(image.shape[-2:])
         paired = None
         if baseline is None:
-            latency = measure_latency(runner, [image], runs=self.runs, threads=self.threads)
+            latency = measure_latency(runner, [image], runs=runs or self.runs, threads=self.threads)
         else:
-            comparison = compare_latency(self.runners[baseline], runner, [image], pairs=self.runs,
+            comparison = compare_latency(self.runners[baseline], runner, [image], pairs=runs or self.runs,
                                          threads=self.threads)
             latency, paired = comparison.candidate, comparison.as_record(baseline)
         record = make_record(
@@ -140,7 +148,8 @@ class Study:
 def describe(record: dict) -> str:
     """One progress line for a measured record: id, mAP (0-1), median latency and the paired speed-up."""
     latency = record.get("latency_ms") or {}
-    text = f"  {record['id']:44s} mAP {record['map']:.3f}  {latency.get('median', float('nan')):7.1f} ms"
+    accuracy = "not measured" if record["map"] is None else f"{record['map']:.3f}"
+    text = f"  {record['id']:44s} mAP {accuracy}  {latency.get('median', float('nan')):7.1f} ms"
     if latency.get("noisy"):
         text += " (noisy)"
     paired = record.get("paired_latency")

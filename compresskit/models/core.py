@@ -141,16 +141,27 @@ def onnxruntime_session(path: Path | str, threads: int = 2):
 
 
 class OnnxCore:
-    """An ONNX Runtime session behind the core interface: ``batch tensor -> tuple of torch tensors``."""
+    """An ONNX Runtime session behind the core interface: ``batch tensor -> tuple of torch tensors``.
+
+    A file exported for a fixed batch of 1 (fixed shapes let the shape plumbing fold away, see
+    ``compresskit.quantize``) still takes a batch: its images run one at a time and the outputs are concatenated.
+    """
 
     def __init__(self, path: Path | str, threads: int = 2) -> None:
         self.path = Path(path)
         self.session = onnxruntime_session(path, threads)
-        self.input_name = self.session.get_inputs()[0].name
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.fixed_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
+
+    def _run(self, batch: torch.Tensor) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch.numpy(), dtype=np.float32)})
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(batch.numpy(), dtype=np.float32)})
-        return tuple(torch.from_numpy(output) for output in outputs)
+        if self.fixed_batch == 1 and batch.shape[0] > 1:
+            pieces = [self._run(batch[index:index + 1]) for index in range(batch.shape[0])]
+            return tuple(torch.from_numpy(np.concatenate(parts)) for parts in zip(*pieces))
+        return tuple(torch.from_numpy(output) for output in self._run(batch))
 
 
 def export_core_program(core: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:

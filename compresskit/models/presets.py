@@ -12,17 +12,23 @@ from __future__ import annotations
 import os
 import urllib.error
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 from torchvision.models.detection import FCOS
-from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 
 from compresskit.data.dataset import LabelMap
-from compresskit.errors import CompressKitError, DownloadError
+from compresskit.errors import CompressKitError, ConfigError, DownloadError
 from compresskit.models.trunks import RESNET_BASIC, build_trunk
+
+
+# The FCOS head's normalisation layer (channels -> module) by spec name; GroupNorm(32) is torchvision's default.
+HEAD_NORMS: dict[str, Callable[[int], nn.Module]] = {"group": partial(nn.GroupNorm, 32), "batch": nn.BatchNorm2d}
 
 
 @dataclass
@@ -32,8 +38,10 @@ class DetectorSpec:
     ``backbone`` is ``"resnet_basic"`` (the kit's trunk: ``widths`` are the stem and four stage widths,
     ``depths`` the BasicBlocks per stage) or a torchvision classification model name such as
     ``"mobilenet_v3_large"`` (built with ``weights=None`` and ``backbone_kwargs``; ``widths``/``depths`` unused).
-    ``frozen_bn`` builds the trunk with FrozenBatchNorm2d. Pruning rewrites the per-layer channel counts
-    separately (stored in the checkpoint), so this stays the *design* of a preset.
+    ``frozen_bn`` builds the trunk with FrozenBatchNorm2d. ``head_norm`` is the FCOS head's normalisation:
+    ``"group"`` (torchvision's GroupNorm(32)) or ``"batch"`` (BatchNorm2d, which int8 runtimes fold into the convs;
+    see ``compresskit.quantize.deploy_head``). Pruning rewrites the per-layer channel counts separately (stored in
+    the checkpoint), so this stays the *design* of a preset.
     """
 
     widths: list[int] = field(default_factory=lambda: [32, 48, 96, 192, 384])
@@ -48,6 +56,11 @@ class DetectorSpec:
     backbone: str = RESNET_BASIC  # checkpoints written before this field existed load as this
     backbone_kwargs: dict = field(default_factory=dict)
     frozen_bn: bool = False
+    head_norm: str = "group"  # checkpoints written before this field existed load as this
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.head_norm, str) or self.head_norm not in HEAD_NORMS:
+            raise ConfigError(f"head_norm must be one of {sorted(HEAD_NORMS)}, got {self.head_norm!r}")
 
     @classmethod
     def from_json(cls, data: dict) -> DetectorSpec:
@@ -81,6 +94,28 @@ COCO_PRESETS: dict[str, str] = {
 }
 
 
+def build_head(spec: DetectorSpec) -> FCOSHead:
+    """The FCOS head of ``spec``: classification and regression towers normalised as ``spec.head_norm`` says.
+
+    Args:
+        spec: the architecture (see :class:`DetectorSpec`).
+
+    Returns:
+        A randomly initialised :class:`FCOSHead` (torchvision's initialisation).
+    """
+    head = FCOSHead(spec.fpn_channels, num_anchors=1, num_classes=spec.num_classes, num_convs=spec.head_convs)
+    if spec.head_norm == "group":  # torchvision's own head, so existing seeds build the same weights
+        return head
+    # FCOSHead takes no norm_layer, but its two towers do: swap them for towers built with the spec's norm.
+    norm_layer = HEAD_NORMS[spec.head_norm]
+    head.classification_head = FCOSClassificationHead(spec.fpn_channels, num_anchors=1,
+                                                      num_classes=spec.num_classes, num_convs=spec.head_convs,
+                                                      norm_layer=norm_layer)
+    head.regression_head = FCOSRegressionHead(spec.fpn_channels, num_anchors=1, num_convs=spec.head_convs,
+                                              norm_layer=norm_layer)
+    return head
+
+
 def build_detector(spec: DetectorSpec) -> FCOS:
     """A randomly initialised FCOS detector for ``spec``: trunk strides 8/16/32 into an FPN with levels P3-P7.
 
@@ -92,7 +127,7 @@ def build_detector(spec: DetectorSpec) -> FCOS:
     """
     backbone = build_trunk(spec.backbone, widths=spec.widths, depths=spec.depths, fpn_channels=spec.fpn_channels,
                            backbone_kwargs=spec.backbone_kwargs, frozen_bn=spec.frozen_bn)
-    head = FCOSHead(spec.fpn_channels, num_anchors=1, num_classes=spec.num_classes, num_convs=spec.head_convs)
+    head = build_head(spec)
     # A fixed square input: the embedded images are already image_size, so the transform never resamples them.
     return FCOS(backbone, num_classes=spec.num_classes, min_size=spec.image_size, max_size=spec.image_size,
                 head=head, score_thresh=spec.score_thresh, nms_thresh=spec.nms_thresh,

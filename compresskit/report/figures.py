@@ -172,3 +172,32 @@ def training_curves(metadata: dict[str, dict]) -> "Figure":
     ax.legend()
     figure.tight_layout()
     return figure
+
+
+def plot_ranked_bars(values: Mapping[str, float], xlabel: str, title: str | None = None,
+                     reference: float | None = None, reference_label: str = "reference") -> "Figure":
+    """Horizontal bars sorted from the lowest value up, e.g. mAP with one part quantized at a time.
+
+    Args:
+        values: label -> value.
+        xlabel: axis label (with its unit).
+        reference: a vertical dashed line (e.g. the fp32 mAP), labelled ``reference_label``.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    ax = _new_axes(None)
+    ranked = sorted(values.items(), key=lambda item: item[1])
+    ax.barh([label for label, _ in ranked], [value for _, value in ranked], color="#4363d8")
+    if reference is not None:
+        ax.axvline(reference, linestyle="--", color="0.3", label=reference_label)
+        ax.legend(fontsize=8)
+    low = min([value for _, value in ranked] + ([reference] if reference is not None else []))
+    high = max([value for _, value in ranked] + ([reference] if reference is not None else []))
+    margin = max(0.5, 0.1 * (high - low))
+    ax.set_xlim(low - margin, high + margin)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    return ax.figure

@@ -1,0 +1,299 @@
+"""The quantization study (lesson 03): the article's dynamic call, fp16, static int8 in ONNX Runtime (plain, with
+the deployment-friendly BatchNorm head, for the student and the pruned teacher), calibration sweep, per-part
+sensitivity. Every int8 record is paired with the fp32 core of the same runtime, measured in the same run.
+Introduced in ``03_quantization.ipynb``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+from torch import nn
+
+from compresskit.harness.loading import load_for_study, train_split, val_loader
+from compresskit.harness.variant import Study, artifact_dir
+from compresskit.models.core import OnnxCore
+from compresskit.quantize import dynamic
+from compresskit.quantize.ort import OrtQuantConfig, QuantizedCore, quantize_core_onnx
+
+LESSON = "03_quantization"
+FP16_COMPUTE_PAIRS = 5
+CALIBRATION_SWEEP = (4, 16, 64, 256)
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+SENSITIVITY_PARTS = ("stem", "layer1", "layer2", "layer3", "layer4", "fpn", "head", "cls_logits", "bbox_reg",
+                     "bbox_ctrness")
+
+
+def quantize_for_study(study: Study, detector: nn.Module, calibration_set, name: str,
+                       config: OrtQuantConfig) -> QuantizedCore:
+    """``quantize_core_onnx`` into the run's artifact folder (files named after the record)."""
+    return quantize_core_onnx(detector, calibration_set, config, artifact_dir() / f"{study.lesson}-{name}.onnx")
+
+
+def measure_dynamic_and_fp16(study: Study, detector: nn.Module) -> list[dict]:
+    """The article's ``quantize_dynamic`` call, fp16 storage and fp16 compute, each against the study baseline."""
+    article = dynamic.article_dynamic_quant(detector)
+    changed = f"{len(article.changed)} modules quantized; Conv2d before/after {article.before.get('Conv2d')}/" \
+              f"{article.after.get('Conv2d')}"
+    records = [study.measure(article.model, f"quantization/{study.model}/dynamic-article", technique="dynamic_quant",
+                             variant=f"quantize_dynamic({{Linear, Conv2d}}, qint8): {changed}",
+                             config={"call": "torch.ao.quantization.quantize_dynamic", "changed": article.changed})]
+    stored = dynamic.fp16_storage(detector)
+    records.append(study.measure(dynamic.fp16_to_float(stored), f"quantization/{study.model}/fp16-storage",
+                                 technique="fp16", artifact=stored,
+                                 variant="fp16 weights shipped, upcast to fp32 to run"))
+    half = dynamic.fp16_compute(detector)
+    # Half-precision convs have no fast CPU kernel (measured ~40x slower than fp32 here): a few timed pairs show
+    # it, and evaluating mAP would take many minutes; fp16 storage above already shows fp16's accuracy.
+    records.append(study.measure(detector, f"quantization/{study.model}/fp16-compute", technique="fp16",
+                                 core=half.core, artifact=stored, evaluate_map=False, runs=FP16_COMPUTE_PAIRS,
+                                 variant="core computed in fp16 on the CPU (latency only)"))
+    return records
+
+
+def measure_ort_pair(study: Study, detector: nn.Module, calibration_set, name: str, config: OrtQuantConfig,
+                     fp32_baseline: str | None = None, int8_baseline: str | None = None, variant: str = "",
+                     model: str | None = None) -> list[dict]:
+    """One ORT fp32 core and its int8 version: the fp32 record (against ``fp32_baseline`` or the study baseline)
+    and the int8 record, paired with that fp32 core unless ``int8_baseline`` names another fp32 ORT record (the
+    deployment head is compared with the model it replaces). Returns ``[fp32, int8]``."""
+    quantized = quantize_for_study(study, detector, calibration_set, name, config)
+    common = {"runtime": "onnxruntime", "model": model}
+    fp32 = study.measure(detector, f"quantization/{name}/ort-fp32", technique="baseline",
+                         core=OnnxCore(quantized.fp32_path, threads=study.threads), baseline=fp32_baseline,
+                         variant=f"{variant}fp32 core, fixed shape" if config.fixed_shape else f"{variant}fp32 core",
+                         **common)
+    int8 = study.measure(detector, f"quantization/{name}/ort-int8", technique="static_ptq",
+                         core=OnnxCore(quantized.int8_path, threads=study.threads),
+                         baseline=int8_baseline or fp32["id"],
+                         variant=f"{variant}QDQ int8, per-channel weights, {quantized.activations} activations, "
+                                 f"{config.method}, {quantized.calibration_images} calibration images",
+                         config={**quantized.as_dict(), "activation_reason": quantized.activation_reason},
+                         **common)
+    return [fp32, int8]
+
+
+def measure_int8_only(study: Study, detector: nn.Module, calibration_set, name: str, config: OrtQuantConfig,
+                      baseline: str, variant: str) -> dict:
+    """An int8 core against an fp32 ORT record already in the study (calibration and method variants)."""
+    quantized = quantize_for_study(study, detector, calibration_set, name, config)
+    return study.measure(detector, f"quantization/{name}/ort-int8", technique="static_ptq", runtime="onnxruntime",
+                         core=OnnxCore(quantized.int8_path, threads=study.threads), baseline=baseline,
+                         variant=variant, config=quantized.as_dict())
+
+
+class SingleImageCore:
+    """Runs a core one image at a time (a graph compiled for batch 1 then never recompiles for other batch
+    sizes), concatenating the outputs."""
+
+    def __init__(self, core: Callable) -> None:
+        self.core = core
+
+    def __call__(self, batch):
+        import torch
+
+        outputs = [self.core(image.unsqueeze(0)) for image in batch]
+        return tuple(torch.cat(parts, dim=0) for parts in zip(*outputs))
+
+
+def measure_pt2e(study: Study, detector: nn.Module, calibration_set, calibration_images: int = 32) -> list[dict]:
+    """torchao PT2E int8 lowered by ``torch.compile``, paired with the fp32 core compiled the same way (same
+    runtime, same run). Returns ``[fp32 compiled, int8 compiled]``."""
+    import copy
+
+    import torch
+
+    from compresskit.models.core import DetectorCore
+    from compresskit.quantize.pt2e import Pt2eConfig, quantize_pt2e
+
+    pt2e = quantize_pt2e(detector, calibration_set, Pt2eConfig(calibration_images=calibration_images))
+    fp32_core = SingleImageCore(torch.compile(copy.deepcopy(DetectorCore(detector)).eval(), dynamic=False))
+    fp32 = study.measure(detector, f"quantization/{study.model}/compile-fp32", technique="baseline",
+                         runtime="torch-compile", core=fp32_core, variant="fp32 core, torch.compile (inductor)")
+    summary = {key: value for key, value in pt2e.summary.items() if key != "lowered"}
+    summary["lowered_conv_ops"] = pt2e.summary.get("lowered", {})
+    int8 = study.measure(detector, f"quantization/{study.model}/pt2e-int8", technique="static_ptq",
+                         runtime="torch-compile", core=pt2e, baseline=fp32["id"], artifact=pt2e.artifact_bytes(),
+                         variant=f"torchao PT2E, X86 Inductor quantizer, {calibration_images} calibration images, "
+                                 "torch.compile",
+                         config={**dataclasses.asdict(pt2e.config), **summary,
+                                 "compile_seconds": round(pt2e.compile_seconds or 0.0, 1)})
+    return [fp32, int8]
+
+
+def calibration_sweep(study: Study, detector: nn.Module, calibration_set, baseline: str,
+                      counts: Sequence[int] = CALIBRATION_SWEEP,
+                      methods: Sequence[str] = CALIBRATION_METHODS) -> list[dict]:
+    """int8 mAP against the number of calibration images (minmax), then each calibration method at 64 images."""
+    records = []
+    for count in counts:
+        config = OrtQuantConfig(calibration_images=count)
+        records.append(measure_int8_only(study, detector, calibration_set, f"{study.model}/calib-{count}", config,
+                                         baseline, f"QDQ int8, minmax, {count} calibration images"))
+    for method in methods:
+        if method == "minmax":
+            continue  # the 64-image minmax point is in the sweep
+        config = OrtQuantConfig(calibration_images=64, method=method)
+        records.append(measure_int8_only(study, detector, calibration_set, f"{study.model}/method-{method}", config,
+                                         baseline, f"QDQ int8, {method}, 64 calibration images"))
+    return records
+
+
+def sensitivity_study(profile: str | None = None, val_images: int | None = 100, runs: int = 10,
+                      calibration_images: int = 16, parts: Sequence[str] = SENSITIVITY_PARTS, progress: bool = False,
+                      log: Callable[[str], None] | None = None) -> Study:
+    """Per-part sensitivity of the teacher to int8: each part quantized alone (the rest float), ranked by mAP cost;
+    then every part int8 except the most sensitive one. On the first ``val_images`` val images (default 100), each
+    record against the fp32 ORT core on the same images.
+    """
+    teacher = load_for_study("teacher", profile)
+    study = Study(lesson=LESSON, model="teacher", profile=teacher.profile,
+                  val_loader=val_loader(teacher, val_images), label_map=teacher.label_map, runs=runs,
+                  progress=progress, log=log)
+    calibration_set = train_split(teacher, augment=False)
+    fixed = teacher.profile == "embedded"
+    slice_text = f"first {val_images} val images" if val_images else "full val"
+    fp32 = None
+    for part in parts:
+        config = OrtQuantConfig(calibration_images=calibration_images, fixed_shape=fixed,
+                                exclude=tuple(p for p in parts if p != part))
+        quantized = quantize_for_study(study, teacher.model, calibration_set, f"teacher/only-{part}", config)
+        if fp32 is None:
+            fp32 = study.measure(teacher.model, "quantization/sensitivity/ort-fp32", technique="baseline",
+                                 runtime="onnxruntime", core=OnnxCore(quantized.fp32_path, threads=study.threads),
+                                 variant=f"fp32 core ({slice_text})")
+        study.measure(teacher.model, f"quantization/sensitivity/only-{part}", technique="static_ptq",
+                      runtime="onnxruntime", core=OnnxCore(quantized.int8_path, threads=study.threads),
+                      baseline=fp32["id"], variant=f"only {part} int8 ({slice_text})",
+                      config={"sensitivity_part": part, **quantized.as_dict()})
+    ranked = sorted(parts, key=lambda p: study.records_by_id[f"quantization/sensitivity/only-{p}"]["map"])
+    worst = ranked[0]
+    config = OrtQuantConfig(calibration_images=calibration_images, fixed_shape=fixed, exclude=(worst,))
+    quantized = quantize_for_study(study, teacher.model, calibration_set, "teacher/all-but-worst", config)
+    study.measure(teacher.model, "quantization/sensitivity/all-but-worst", technique="static_ptq",
+                  runtime="onnxruntime", core=OnnxCore(quantized.int8_path, threads=study.threads),
+                  baseline=fp32["id"], variant=f"all int8 except {worst} ({slice_text})",
+                  config={"float_parts": [worst], **quantized.as_dict()})
+    quantized = quantize_for_study(study, teacher.model, calibration_set, "teacher/all-int8",
+                                   OrtQuantConfig(calibration_images=calibration_images, fixed_shape=fixed))
+    study.measure(teacher.model, "quantization/sensitivity/all-int8", technique="static_ptq",
+                  runtime="onnxruntime", core=OnnxCore(quantized.int8_path, threads=study.threads),
+                  baseline=fp32["id"], variant=f"every part int8 ({slice_text})", config=quantized.as_dict())
+    return study
+
+
+def quantization_study(profile: str | None = None, val_images: int | None = None, runs: int = 30,
+                       calibration_images: int = 64, sweep: bool = True, progress: bool = False,
+                       log: Callable[[str], None] | None = None) -> Study:
+    """Every record of lesson 03 (see the module docstring), for ``compresskit reproduce``."""
+    teacher = load_for_study("teacher", profile)
+    study = Study(lesson=LESSON, model="teacher", profile=teacher.profile,
+                  val_loader=val_loader(teacher, val_images), label_map=teacher.label_map, runs=runs,
+                  progress=progress, log=log)
+    calibration_set = train_split(teacher, augment=False)
+    fixed = teacher.profile == "embedded"  # COCO images keep their own sizes: a free-shape core
+    config = OrtQuantConfig(calibration_images=calibration_images, fixed_shape=fixed)
+    study.measure(teacher.model, "quantization/teacher/eager", technique="baseline", variant="fp32 teacher")
+    measure_dynamic_and_fp16(study, teacher.model)
+    fp32, _ = measure_ort_pair(study, teacher.model, calibration_set, "teacher", config, variant="teacher, ")
+    signed = OrtQuantConfig(calibration_images=calibration_images, activations="int8", fixed_shape=fixed)
+    measure_int8_only(study, teacher.model, calibration_set, "teacher/int8-activations", signed, fp32["id"],
+                      "QDQ int8 with signed int8 activations (the pitfall)")
+    if teacher.profile == "embedded":
+        bnhead = load_deploy_head()
+        measure_ort_pair(study, bnhead, calibration_set, "teacher_bnhead", config, fp32_baseline=fp32["id"],
+                         int8_baseline=fp32["id"], variant="BatchNorm head (fine-tuned, folded), ",
+                         model="teacher_bnhead")
+        pruned = load_pruned_teacher()
+        measure_ort_pair(study, pruned, calibration_set, "teacher_pruned", config, fp32_baseline=fp32["id"],
+                         variant="pruned teacher, ", model="teacher_pruned")
+        measure_pt2e(study, teacher.model, calibration_set, calibration_images=calibration_images)
+    student = load_for_study("student", teacher.profile)
+    measure_ort_pair(study, student.model, train_split(student, augment=False), "student", config,
+                     fp32_baseline=fp32["id"], variant="student, ", model="student")
+    if sweep:
+        calibration_sweep(study, teacher.model, calibration_set, fp32["id"])
+    return study
+
+
+def load_deploy_head() -> nn.Module:
+    """The shipped teacher with the BatchNorm head (``python -m compresskit.quantize.deploy_head``)."""
+    from compresskit.models import load_checkpoint, shipped_checkpoint
+
+    return load_checkpoint(shipped_checkpoint("teacher_bnhead"))[0]
+
+
+def load_pruned_teacher() -> nn.Module:
+    """The shipped pruned and fine-tuned teacher (``compresskit prune``)."""
+    from compresskit.prune import load_shipped_pruned
+
+    return load_shipped_pruned()[0]
+
+
+QUANTIZE_PRESETS = ("teacher", "student", "teacher_pruned", "teacher_bnhead")
+
+
+def load_quantize_subject(preset: str, checkpoint=None, profile: str | None = None) -> tuple[nn.Module, Loaded]:
+    """The detector ``compresskit quantize`` works on: a checkpoint file, a shipped preset (teacher, student,
+    teacher_pruned, teacher_bnhead), or the coco profile's pretrained teacher/student."""
+    from compresskit.errors import ConfigError
+    from compresskit.models import load_checkpoint, shipped_checkpoint
+
+    if preset not in QUANTIZE_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(QUANTIZE_PRESETS)}")
+    base = load_for_study("student" if preset == "student" else "teacher", profile)
+    if checkpoint is not None:
+        detector = load_checkpoint(checkpoint)[0]
+    elif preset in ("teacher_pruned", "teacher_bnhead"):
+        if base.profile != "embedded":
+            raise ConfigError(f"{preset} is shipped for the embedded profile only; use --preset teacher|student")
+        detector = load_checkpoint(shipped_checkpoint(preset))[0]
+    else:
+        detector = base.model
+    return detector, base
+
+
+def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxruntime",
+                     calibration_images: int = 64, method: str = "minmax", runs: int = 30,
+                     val_images: int | None = None, log: Callable[[str], None] = print) -> dict:
+    """``compresskit quantize``: write the int8 artifact of a detector and a JSON summary measured against the
+    fp32 core of the same runtime, in the same run (size, mAP, paired latency), plus their results records.
+
+    Returns:
+        The summary written to ``out/<preset>-int8.json``.
+    """
+    from pathlib import Path
+
+    from compresskit.data.files import atomic_write_json
+    from compresskit.report import compare, write_records
+
+    if runtime != "onnxruntime":
+        raise ValueError(f"runtime {runtime!r} is not wired to the quantize command")
+    out = Path(out)
+    detector, base = load_quantize_subject(preset, checkpoint)
+    config = OrtQuantConfig(calibration_images=calibration_images, method=method,
+                            fixed_shape=base.profile == "embedded")
+    study = Study(lesson="quantize_command", model=preset, profile=base.profile,
+                  val_loader=val_loader(base, val_images), label_map=base.label_map, runs=runs, log=log)
+    calibration_set = train_split(base, augment=False)
+    log(f"calibrating on {calibration_images} train images ({method}) and quantizing {preset} ...")
+    quantized = quantize_core_onnx(detector, calibration_set, config, out / f"{preset}-int8.onnx")
+    fp32 = study.measure(detector, f"quantize/{preset}/ort-fp32", technique="baseline", runtime="onnxruntime",
+                         core=OnnxCore(quantized.fp32_path, threads=study.threads), variant="fp32 core")
+    int8 = study.measure(detector, f"quantize/{preset}/ort-int8", technique="static_ptq", runtime="onnxruntime",
+                         core=OnnxCore(quantized.int8_path, threads=study.threads), baseline=fp32["id"],
+                         variant=f"QDQ int8, {quantized.activations} activations, {method}, "
+                                 f"{quantized.calibration_images} calibration images", config=quantized.as_dict())
+    ratios = compare(int8, fp32)
+    summary = {"preset": preset, "checkpoint": None if checkpoint is None else str(checkpoint), "runtime": runtime,
+               "profile": base.profile, "artifact": str(quantized.int8_path), "fp32_artifact": str(quantized.fp32_path),
+               "size_bytes": {"fp32": fp32["size_bytes"], "int8": int8["size_bytes"]},
+               "size_ratio": round(ratios["size_ratio"], 4), "map": {"fp32": fp32["map"], "int8": int8["map"]},
+               "map_drop_points": round(ratios["map_drop_points"], 3), "latency_ms": {
+                   "fp32": fp32["latency_ms"], "int8": int8["latency_ms"]}, "paired_latency": int8["paired_latency"],
+               "activations": quantized.activations, "activation_reason": quantized.activation_reason,
+               "calibration_images": quantized.calibration_images, "method": method}
+    write_records(study.records, reports_dir=out)
+    atomic_write_json(out / f"{preset}-int8.json", summary, indent=1)
+    return summary
