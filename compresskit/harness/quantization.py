@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from compresskit.harness.loading import load_for_study, train_split, val_loader
+from compresskit.harness.loading import Loaded, load_for_study, train_split, val_loader
 from compresskit.harness.variant import Study, artifact_dir
 from compresskit.models.core import OnnxCore
 from compresskit.quantize import dynamic

@@ -28,7 +28,7 @@ def calibration_indices(dataset_size: int, images: int, seed: int = 0) -> list[i
     return sorted(order[:images].tolist())
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: its tensors cannot enter torch.export (PT2E takes these batches)
 def calibration_batches(detector: nn.Module, dataset, images: int, seed: int = 0) -> list[torch.Tensor]:
     """Core inputs for calibration: ``images`` train images, each through the detector's own transform (resize,
     normalise, pad), as ``(1, 3, H, W)`` tensors.

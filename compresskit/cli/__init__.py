@@ -8,228 +8,22 @@ exits 2, never a traceback. Only the standard library and the light ``settings``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from compresskit import settings
+from compresskit.cli.arguments import (CHECKPOINTS_OUT, PATH_ERRORS, PATH_OPTIONS, PRESETS, REPRODUCE_OUT, LazyChoices,
+                                       file_stem, non_negative_int, part_ratio, positive_int, pruning_ratio)
+from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_embedded, _evaluate, _prune, _quantize,
+                                      _reproduce, _train, format_metrics, is_reference_folder)
 from compresskit.errors import CompressKitError
 
-PRESETS = ("teacher", "student")
-CHECKPOINTS_OUT = Path("runs/checkpoints")
-REPRODUCE_OUT = Path("runs/reproduce")
-# Options that take a path: a missing or unwritable one is the user's to fix, so main prints one line for it.
-PATH_OPTIONS = ("out", "data", "checkpoint", "json", "reports", "annotations", "images", "coco_root")
-# Errors about a path; main reports them only when the path is (inside) one the user gave, else it is a bug.
-PATH_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+__all__ = ["LazyChoices", "build_parser", "file_stem", "format_metrics", "is_reference_folder", "main",
+           "non_negative_int", "part_ratio", "positive_int", "pruning_ratio"]
 
 
-# --------------------------------------------------------------------------------------------- argument types
-def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = _int_at_least(1, "a positive integer")  # epochs, iterations, runs, images
-non_negative_int = _int_at_least(0, "an integer >= 0")  # seeds
-
-
-def pruning_ratio(text: str) -> float:
-    """argparse type: a fraction of channels to remove, in [0, 1) (1 would remove every channel)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")  # fails the range check below, with the one message
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"a pruning ratio is the fraction of channels removed, a number in "
-                                         f"[0, 1); got {text!r}")
-    return value
-
-
-def part_ratio(text: str) -> tuple[str, float]:
-    """argparse type: ``PART=RATIO`` with PART one of the embedded presets' parts and RATIO in [0, 1)."""
-    part, sep, value = text.partition("=")
-    if not sep or not part or not value:
-        raise argparse.ArgumentTypeError(f"expected PART=RATIO, e.g. layer4=0.6, got {text!r}")
-    # Imported here (torch, torch-pruning): only a command that prunes pays for it.
-    from compresskit.prune.structured import EMBEDDED_PARTS
-
-    if part not in EMBEDDED_PARTS:
-        raise argparse.ArgumentTypeError(f"unknown part {part!r}; the parts are {', '.join(EMBEDDED_PARTS)}")
-    return part, pruning_ratio(value)
-
-
-def file_stem(text: str) -> str:
-    """argparse type: a bare file name without suffix (no folder: that is what ``--out`` is for)."""
-    if Path(text).name != text or text in ("", ".", ".."):
-        raise argparse.ArgumentTypeError(f"expected a file name without folders, got {text!r}; use --out for those")
-    return text
-
-
-class LazyChoices:
-    """argparse ``choices`` read from ``module.attribute`` on first use, so building the parser (and ``--help``)
-    does not import the module. argparse only iterates it to check a value or to print that command's help."""
-
-    def __init__(self, module: str, attribute: str) -> None:
-        self.module, self.attribute = module, attribute
-
-    def _values(self) -> tuple[str, ...]:
-        import importlib
-
-        return tuple(getattr(importlib.import_module(self.module), self.attribute))
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._values()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values())
-
-
-# --------------------------------------------------------------------------------------------- commands
-def _data_embedded(args: argparse.Namespace) -> int:
-    from compresskit.data.embedded import EmbeddedConfig, generate_embedded
-
-    config = EmbeddedConfig(seed=args.seed, train_images=args.train_images, val_images=args.val_images)
-    out = generate_embedded(args.out, config)
-    print(f"embedded dataset (seed {args.seed}) ready in {out}")
-    return 0
-
-
-def _data_coco(args: argparse.Namespace) -> int:
-    from compresskit.data.coco_subset import OFFICIAL_ANNOTATIONS_URL, SubsetRecipe, build_coco_subset
-
-    recipe = SubsetRecipe(split=args.split, images=args.images, categories=args.categories or None, seed=args.seed)
-    manifest = build_coco_subset(args.out, recipe, annotations_url=args.annotations_url or OFFICIAL_ANNOTATIONS_URL,
-                                 images_base_url=args.images_base_url, coco_root=args.coco_root)
-    print(f"COCO {args.split} subset of {args.images} images ready; manifest: {manifest}")
-    return 0
-
-
-def _data_check(args: argparse.Namespace) -> int:
-    from compresskit.data.check import main_check
-
-    return main_check(args.annotations, args.images)
-
-
-def _train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from compresskit.engine.recipes import TRAIN_RECIPES, train_preset
-
-    config = TRAIN_RECIPES[args.preset]
-    if args.epochs is not None:
-        config = replace(config, epochs=args.epochs)
-    checkpoint = train_preset(args.preset, args.out, data_dir=args.data, config=config,
-                              max_iters_per_epoch=args.max_iters)
-    print(f"checkpoint written to {checkpoint}")
-    return 0
-
-
-def _prune(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from compresskit.prune import FINETUNE_RECIPE, PRUNE_RECIPE, prune_and_finetune
-
-    prune_config = replace(PRUNE_RECIPE, ratio=PRUNE_RECIPE.ratio if args.ratio is None else args.ratio,
-                           part_ratios=dict(args.part_ratio) or PRUNE_RECIPE.part_ratios)
-    train_config = replace(FINETUNE_RECIPE, epochs=args.epochs or FINETUNE_RECIPE.epochs)
-    checkpoint = prune_and_finetune(args.out, preset=args.preset, prune_config=prune_config,
-                                    train_config=train_config, data_dir=args.data, name=args.name,
-                                    max_iters_per_epoch=args.max_iters, checkpoint=args.checkpoint)
-    print(f"pruned checkpoint written to {checkpoint}")
-    return 0
-
-
-_METRIC_LABELS = {"map": "mAP (0-1)", "map50": "mAP@0.5 (0-1)", "map75": "mAP@0.75 (0-1)", "map_small":
-                  "mAP small (0-1)", "map_medium": "mAP medium (0-1)", "map_large": "mAP large (0-1)", "macs": "MACs"}
-
-
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """``evaluate``'s output: one ``label  value`` line per metric, mAP as COCOeval's 0-1 numbers (4 decimals)."""
-    lines = [(_METRIC_LABELS.get(key, key), _shown(value)) for key, value in metrics.items()]
-    width = max((len(label) for label, _ in lines), default=0)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in lines)
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-
-
-def _quantize(args: argparse.Namespace) -> int:
-    from compresskit.harness.quantization import quantize_command
-
-    summary = quantize_command(args.preset, args.out, checkpoint=args.checkpoint, runtime=args.runtime,
-                               calibration_images=args.calibration_images, method=args.method, runs=args.runs)
-    paired = summary["paired_latency"]
-    print(f"{summary['artifact']}: {summary['size_ratio']:.2f}x smaller than fp32, mAP (0-1) {summary['map']['fp32']:.4f}"
-          f" -> {summary['map']['int8']:.4f}, x{paired['speedup']:.2f} [{paired['interval'][0]:.2f}-"
-          f"{paired['interval'][1]:.2f}] faster than the fp32 core (paired, same run)")
-    print(f"summary written to {Path(args.out) / (summary['preset'] + '-int8.json')}")
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from compresskit.engine.recipes import evaluate_preset
-
-    result = evaluate_preset(args.preset, data_dir=args.data, checkpoint=args.checkpoint)
-    print(format_metrics(result))
-    if args.json:
-        from compresskit.data.files import atomic_write_json
-
-        atomic_write_json(args.json, result, indent=1)
-        print(f"metrics written to {args.json}")
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from compresskit.harness.baselines import bench_baselines
-
-    bench_baselines(json_path=args.json, reports=args.reports, runs=args.runs)
-    return 0
-
-
-def is_reference_folder(out: Path, reference_dir: Path | None) -> bool:
-    """Whether writing results into ``out`` would overwrite the committed reference results.
-
-    True when ``out`` is ``reference_dir`` itself, or when ``out/results.json`` holds the same records as the
-    reference (a copy or another path to it).
-    """
-    if reference_dir is None:
-        return False
-    if out.resolve() == reference_dir.resolve():
-        return True
-    try:
-        mine = json.loads((out / "results.json").read_text(encoding="utf-8"))
-        reference = json.loads((reference_dir / "results.json").read_text(encoding="utf-8"))
-        return mine.get("records") == reference.get("records")
-    except (OSError, ValueError, AttributeError):  # no (readable) results there: nothing committed to protect
-        return False
-
-
-def _reproduce(args: argparse.Namespace) -> int:
-    from compresskit.harness.reproduce import REFERENCE_DIR, reproduce
-
-    if not args.update_reference and is_reference_folder(args.out, REFERENCE_DIR):
-        raise CompressKitError(f"{args.out} holds the committed reference results; write your run elsewhere (the "
-                               f"default is {REPRODUCE_OUT}) or add --update-reference to replace them")
-    results = reproduce(args.out, studies=args.only, runs=args.runs, update_reference=args.update_reference)
-    print(f"results written to {results} (figures beside it)")
-    return 0
-
-
-# --------------------------------------------------------------------------------------------- parser
 class _HelpFormatter(argparse.HelpFormatter):
     """Appends ``(default: X)`` to an option's help unless the help already names its default (options whose
     default is None say in words what happens without them) or the option is required."""
@@ -369,7 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --------------------------------------------------------------------------------------------- entry point
 def _is_user_path(exc: OSError, args: argparse.Namespace) -> bool:
     """Whether the failed path is one the user gave, a file inside it, or a folder above it."""
     given = [value.resolve() for value in (getattr(args, name, None) for name in PATH_OPTIONS)
@@ -415,6 +208,3 @@ def main(argv: list[str] | None = None) -> int:
         print("compresskit: interrupted; completed files are kept, partial ones were not written", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

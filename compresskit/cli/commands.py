@@ -1,0 +1,144 @@
+"""What each ``compresskit`` sub-command runs: a thin call into the package (imported when the command runs, so
+``--help`` stays fast) and a short printed result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from compresskit.cli.arguments import REPRODUCE_OUT
+from compresskit.errors import CompressKitError
+
+def _data_embedded(args: argparse.Namespace) -> int:
+    from compresskit.data.embedded import EmbeddedConfig, generate_embedded
+
+    config = EmbeddedConfig(seed=args.seed, train_images=args.train_images, val_images=args.val_images)
+    out = generate_embedded(args.out, config)
+    print(f"embedded dataset (seed {args.seed}) ready in {out}")
+    return 0
+
+
+def _data_coco(args: argparse.Namespace) -> int:
+    from compresskit.data.coco_subset import OFFICIAL_ANNOTATIONS_URL, SubsetRecipe, build_coco_subset
+
+    recipe = SubsetRecipe(split=args.split, images=args.images, categories=args.categories or None, seed=args.seed)
+    manifest = build_coco_subset(args.out, recipe, annotations_url=args.annotations_url or OFFICIAL_ANNOTATIONS_URL,
+                                 images_base_url=args.images_base_url, coco_root=args.coco_root)
+    print(f"COCO {args.split} subset of {args.images} images ready; manifest: {manifest}")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from compresskit.data.check import main_check
+
+    return main_check(args.annotations, args.images)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from compresskit.engine.recipes import TRAIN_RECIPES, train_preset
+
+    config = TRAIN_RECIPES[args.preset]
+    if args.epochs is not None:
+        config = replace(config, epochs=args.epochs)
+    checkpoint = train_preset(args.preset, args.out, data_dir=args.data, config=config,
+                              max_iters_per_epoch=args.max_iters)
+    print(f"checkpoint written to {checkpoint}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from compresskit.prune import FINETUNE_RECIPE, PRUNE_RECIPE, prune_and_finetune
+
+    prune_config = replace(PRUNE_RECIPE, ratio=PRUNE_RECIPE.ratio if args.ratio is None else args.ratio,
+                           part_ratios=dict(args.part_ratio) or PRUNE_RECIPE.part_ratios)
+    train_config = replace(FINETUNE_RECIPE, epochs=args.epochs or FINETUNE_RECIPE.epochs)
+    checkpoint = prune_and_finetune(args.out, preset=args.preset, prune_config=prune_config,
+                                    train_config=train_config, data_dir=args.data, name=args.name,
+                                    max_iters_per_epoch=args.max_iters, checkpoint=args.checkpoint)
+    print(f"pruned checkpoint written to {checkpoint}")
+    return 0
+
+
+_METRIC_LABELS = {"map": "mAP (0-1)", "map50": "mAP@0.5 (0-1)", "map75": "mAP@0.75 (0-1)", "map_small":
+                  "mAP small (0-1)", "map_medium": "mAP medium (0-1)", "map_large": "mAP large (0-1)", "macs": "MACs"}
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """``evaluate``'s output: one ``label  value`` line per metric, mAP as COCOeval's 0-1 numbers (4 decimals)."""
+    lines = [(_METRIC_LABELS.get(key, key), _shown(value)) for key, value in metrics.items()]
+    width = max((len(label) for label, _ in lines), default=0)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in lines)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from compresskit.harness.quantization import quantize_command
+
+    summary = quantize_command(args.preset, args.out, checkpoint=args.checkpoint, runtime=args.runtime,
+                               calibration_images=args.calibration_images, method=args.method, runs=args.runs)
+    paired = summary["paired_latency"]
+    print(f"{summary['artifact']}: {summary['size_ratio']:.2f}x smaller than fp32, mAP (0-1) {summary['map']['fp32']:.4f}"
+          f" -> {summary['map']['int8']:.4f}, x{paired['speedup']:.2f} [{paired['interval'][0]:.2f}-"
+          f"{paired['interval'][1]:.2f}] faster than the fp32 core (paired, same run)")
+    print(f"summary written to {Path(args.out) / (summary['preset'] + '-int8.json')}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from compresskit.engine.recipes import evaluate_preset
+
+    result = evaluate_preset(args.preset, data_dir=args.data, checkpoint=args.checkpoint)
+    print(format_metrics(result))
+    if args.json:
+        from compresskit.data.files import atomic_write_json
+
+        atomic_write_json(args.json, result, indent=1)
+        print(f"metrics written to {args.json}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from compresskit.harness.baselines import bench_baselines
+
+    bench_baselines(json_path=args.json, reports=args.reports, runs=args.runs)
+    return 0
+
+
+def is_reference_folder(out: Path, reference_dir: Path | None) -> bool:
+    """Whether writing results into ``out`` would overwrite the committed reference results.
+
+    True when ``out`` is ``reference_dir`` itself, or when ``out/results.json`` holds the same records as the
+    reference (a copy or another path to it).
+    """
+    if reference_dir is None:
+        return False
+    if out.resolve() == reference_dir.resolve():
+        return True
+    try:
+        mine = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        reference = json.loads((reference_dir / "results.json").read_text(encoding="utf-8"))
+        return mine.get("records") == reference.get("records")
+    except (OSError, ValueError, AttributeError):  # no (readable) results there: nothing committed to protect
+        return False
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from compresskit.harness.reproduce import REFERENCE_DIR, reproduce
+
+    if not args.update_reference and is_reference_folder(args.out, REFERENCE_DIR):
+        raise CompressKitError(f"{args.out} holds the committed reference results; write your run elsewhere (the "
+                               f"default is {REPRODUCE_OUT}) or add --update-reference to replace them")
+    results = reproduce(args.out, studies=args.only, runs=args.runs, update_reference=args.update_reference)
+    print(f"results written to {results} (figures beside it)")
+    return 0
