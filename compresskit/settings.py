@@ -42,6 +42,15 @@ def repository_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
 
 
+def shown_path(path: Path | str) -> str:
+    """``path`` as a learner should read it: relative to the checkout when inside it (``runs/results.json``),
+    else as given."""
+    resolved, root = Path(path).resolve(), repository_root()
+    if root is not None and root in resolved.parents:
+        return str(resolved.relative_to(root))
+    return str(path)
+
+
 def reports_dir() -> Path:
     """Folder for results records: ``COMPRESSKIT_REPORTS``, else ``runs/`` at the top of the checkout (so a lesson
     run from ``notebooks/`` writes beside the others, git-ignored), else ``runs/`` under the current directory."""

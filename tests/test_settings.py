@@ -127,3 +127,9 @@ def test_unstructured_config_accepts_both_ends():
     from compresskit.prune.unstructured import UnstructuredConfig
 
     assert UnstructuredConfig(amount=0.0).amount == 0.0 and UnstructuredConfig(amount=1, scope="layer").amount == 1
+
+
+def test_shown_path_is_relative_inside_the_checkout(tmp_path):
+    root = Path(settings.__file__).resolve().parents[1]
+    assert settings.shown_path(root / "runs" / "results.json") == str(Path("runs") / "results.json")
+    assert settings.shown_path(tmp_path / "results.json") == str(tmp_path / "results.json")
