@@ -25,7 +25,7 @@ from compresskit import cli
 from compresskit.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("data", "train", "prune", "quantize", "evaluate", "bench", "reproduce")
+COMMANDS = ("data", "train", "prune", "distill", "quantize", "evaluate", "bench", "reproduce")
 
 
 def _stub_module(monkeypatch, name: str, **attributes) -> types.ModuleType:
@@ -124,6 +124,12 @@ def test_embedded_parts_are_what_detector_parts_returns_for_the_presets():
     (["prune", "--name", "../elsewhere"], ["--name", "'../elsewhere'"]),
     (["train", "--preset", "teacher", "--max-iters", "-3"], ["--max-iters", "positive", "'-3'"]),
     (["train", "--preset", "tiny"], ["--preset", "'tiny'"]),
+    (["train", "--backbone", "vgg_huge"], ["--backbone", "'vgg_huge'", "mobilenet_v3_large", "shufflenet_v2_x1_0"]),
+    (["train", "--preset", "teacher", "--backbone", "mobilenet_v2"], ["--backbone", "--preset"]),
+    (["train", "--backbone", "mobilenet_v2", "--width-mult", "0"], ["--width-mult", "> 0", "'0'"]),
+    (["distill", "--method", "logits"], ["--method", "'logits'", "both"]),
+    (["distill", "--temperature", "-1"], ["--temperature", "> 0"]),
+    (["distill", "--teacher", "big"], ["--teacher", "'big'"]),
     (["bench", "--runs", "0"], ["--runs", "positive"]),
     (["reproduce", "--runs", "many"], ["--runs", "'many'"]),
     (["data", "embedded", "--out", "x", "--seed", "-1"], ["--seed", ">= 0", "'-1'"]),
@@ -189,6 +195,60 @@ def test_train_passes_the_overrides(monkeypatch, tmp_path, capsys):
     assert args == ("teacher", tmp_path)
     assert kwargs["config"] == Recipe(epochs=3) and kwargs["max_iters_per_epoch"] == 2 and kwargs["data_dir"] is None
     assert str(tmp_path / "teacher.pt") in capsys.readouterr().out
+
+
+def test_train_backbone_passes_the_backbone_and_its_recipe(monkeypatch, tmp_path, capsys):
+    import compresskit.backbones as backbones
+
+    train_backbone = _Calls(result=tmp_path / "backbone_mobilenet_v2.pt")
+    monkeypatch.setattr(backbones, "train_backbone", train_backbone)
+    assert main(["train", "--backbone", "mobilenet_v2", "--width-mult", "0.5", "--epochs", "2", "--out",
+                 str(tmp_path)]) == 0
+    (args, kwargs), = train_backbone.calls
+    assert args == ("mobilenet_v2", tmp_path) and kwargs["width_mult"] == 0.5
+    assert kwargs["config"].epochs == 2 and kwargs["config"].lr == backbones.TRAIN_RECIPE_BACKBONE.lr
+    assert "backbone_mobilenet_v2.pt" in capsys.readouterr().out
+    assert main(["train", "--preset", "student", "--width-mult", "0.5"]) == 2  # widths of a preset are fixed
+    assert "--backbone only" in _one_error_line(capsys.readouterr().err)
+
+
+def test_distill_builds_its_kd_config_from_the_options(monkeypatch, tmp_path):
+    import compresskit.distill as distill
+
+    distill_student = _Calls(result=tmp_path / "student_kd_logit.pt")
+    monkeypatch.setattr(distill, "distill_student", distill_student)
+    assert main(["distill", "--method", "logit", "--temperature", "4", "--epochs", "3", "--out", str(tmp_path)]) == 0
+    (args, kwargs), = distill_student.calls
+    assert args == (tmp_path,) and kwargs["method"] == "logit" and kwargs["kd_config"].method == "logit"
+    assert kwargs["kd_config"].temperature == 4 and kwargs["kd_config"].logit_weight == distill.KDConfig().logit_weight
+    assert kwargs["train_config"].epochs == 3 and kwargs["train_config"].lr == distill.DISTILL_RECIPE.lr
+
+
+def test_distill_rejects_a_teacher_with_another_label_map(tiny_embedded, tmp_path, capsys):
+    """A teacher trained on other categories cannot teach this student: one message, exit 2, nothing written."""
+    from compresskit.data.dataset import LabelMap
+    from compresskit.models import checkpoint_spec, load_checkpoint, save_checkpoint, shipped_checkpoint
+
+    teacher, label_map, _ = load_checkpoint(shipped_checkpoint("teacher"))
+    other = LabelMap(label_map.category_ids, label_map.labels, ("zebra",) + tuple(label_map.names[1:]))
+    foreign = tmp_path / "foreign.pt"
+    save_checkpoint(foreign, teacher, checkpoint_spec(shipped_checkpoint("teacher")), other, meta={})
+    out = tmp_path / "out"
+    assert main(["distill", "--teacher-checkpoint", str(foreign), "--data", str(tiny_embedded), "--max-iters", "1",
+                 "--epochs", "1", "--out", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "zebra" in line and "label" in line
+    assert not list(out.glob("*.pt")) if out.exists() else True
+
+
+def test_prune_kd_runs_the_distilled_recovery(monkeypatch, tmp_path):
+    import compresskit.distill as distill
+
+    distill_pruned = _Calls(result=tmp_path / "teacher_pruned_kd.pt")
+    monkeypatch.setattr(distill, "distill_pruned", distill_pruned)
+    assert main(["prune", "--kd", "--out", str(tmp_path)]) == 0
+    (args, kwargs), = distill_pruned.calls
+    assert args == (tmp_path,) and kwargs["name"] == "teacher_pruned_kd" and kwargs["teacher"] == "teacher"
 
 
 def test_prune_builds_its_configs_from_the_recipe_and_the_options(monkeypatch, tmp_path):

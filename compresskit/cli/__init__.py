@@ -15,9 +15,10 @@ from typing import Any, Callable
 
 from compresskit import settings
 from compresskit.cli.arguments import (CHECKPOINTS_OUT, PATH_ERRORS, PATH_OPTIONS, PRESETS, REPRODUCE_OUT, LazyChoices,
-                                       file_stem, non_negative_int, part_ratio, positive_int, pruning_ratio)
-from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_embedded, _evaluate, _prune, _quantize,
-                                      _reproduce, _train, format_metrics, is_reference_folder)
+                                       file_stem, non_negative_int, part_ratio, positive_float, positive_int,
+                                       pruning_ratio)
+from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_embedded, _distill, _evaluate, _prune,
+                                      _quantize, _reproduce, _train, format_metrics, is_reference_folder)
 from compresskit.errors import CompressKitError
 
 __all__ = ["LazyChoices", "build_parser", "file_stem", "format_metrics", "is_reference_folder", "main",
@@ -76,8 +77,18 @@ def _add_data_commands(commands: Any) -> None:
 
 
 def _add_model_commands(commands: Any) -> None:
-    train = _command(commands, "train", "train a preset detector with its shipped recipe", _train)
-    train.add_argument("--preset", choices=PRESETS, required=True, help="which detector to train")
+    train = _command(commands, "train", "train a preset or a backbone detector from scratch",
+                     _train, description="Train a preset detector with its shipped recipe, or (--backbone) the "
+                                         "teacher's FPN and FCOS head on a torchvision classification trunk with the "
+                                         "backbone recipe; both from scratch, seeded.")
+    target = train.add_mutually_exclusive_group(required=True)
+    target.add_argument("--preset", choices=PRESETS,
+                        help="which preset detector to train (no default: give --preset or --backbone)")
+    target.add_argument("--backbone", choices=LazyChoices("compresskit.backbones", "BACKBONES"),
+                        help="train the teacher's design on this trunk, one of %(choices)s (no default: give --preset "
+                             "or --backbone)")
+    train.add_argument("--width-mult", type=positive_float,
+                       help="width multiplier of the trunk, for backbones that have one (default: 1.0)")
     train.add_argument("--out", type=Path, default=CHECKPOINTS_OUT, help="folder for the checkpoint")
     train.add_argument("--data", type=Path, help="dataset folder (default: the embedded dataset)")
     train.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (default: the recipe's)")
@@ -98,6 +109,31 @@ def _add_model_commands(commands: Any) -> None:
     prune.add_argument("--data", type=Path, help="dataset folder (default: the embedded dataset)")
     prune.add_argument("--max-iters", type=positive_int,
                        help="cap iterations per epoch for a smoke run (default: no cap)")
+
+    prune.add_argument("--kd", action="store_true",
+                       help="fine-tune with distillation from the unpruned detector (default: no distillation)")
+
+    distill = _command(commands, "distill", "train a student with knowledge distillation from a teacher", _distill,
+                       description="Train a fresh student (same initialisation and data order as its shipped "
+                                   "recipe) with logit and/or feature distillation from a shipped teacher, and write "
+                                   "the checkpoint with its per-step loss log. --method none is the equal-budget "
+                                   "control.")
+    distill.add_argument("--student", choices=PRESETS, default="student", help="preset trained from scratch")
+    distill.add_argument("--teacher", choices=PRESETS, default="teacher", help="shipped preset that teaches")
+    distill.add_argument("--teacher-checkpoint", type=Path, help="teacher checkpoint (default: the shipped one)")
+    distill.add_argument("--method", choices=("none", "logit", "feature", "both"), default="both",
+                         help="what is distilled")
+    distill.add_argument("--temperature", type=positive_float, help="distillation temperature (default: KDConfig's)")
+    distill.add_argument("--logit-weight", type=positive_float, help="weight of the logit terms (default: KDConfig's)")
+    distill.add_argument("--feature-weight", type=positive_float,
+                         help="weight of the feature term (default: KDConfig's)")
+    distill.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (default: the recipe's)")
+    distill.add_argument("--out", type=Path, default=Path("runs/distill"), help="folder for the checkpoint")
+    distill.add_argument("--name", type=file_stem, help="checkpoint file name, without .pt (default: "
+                                                        "student_kd_METHOD)")
+    distill.add_argument("--data", type=Path, help="dataset folder (default: the embedded dataset)")
+    distill.add_argument("--max-iters", type=positive_int,
+                         help="cap iterations per epoch for a smoke run (default: no cap)")
 
     quantize = _command(commands, "quantize", "static int8 of a detector's core; artifact + measured summary",
                         _quantize, description="Calibrate on N train images, write the int8 ONNX core (and the fp32 "

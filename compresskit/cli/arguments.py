@@ -34,6 +34,17 @@ positive_int = _int_at_least(1, "a positive integer")  # epochs, iterations, run
 non_negative_int = _int_at_least(0, "an integer >= 0")  # seeds
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (temperatures, loss weights, width multipliers)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def pruning_ratio(text: str) -> float:
     """argparse type: a fraction of channels to remove, in [0, 1) (1 would remove every channel)."""
     try:

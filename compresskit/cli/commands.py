@@ -39,13 +39,38 @@ def _data_check(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from compresskit.engine.recipes import TRAIN_RECIPES, train_preset
+    if args.backbone is not None:
+        from compresskit.backbones import TRAIN_RECIPE_BACKBONE, train_backbone
 
-    config = TRAIN_RECIPES[args.preset]
-    if args.epochs is not None:
-        config = replace(config, epochs=args.epochs)
-    checkpoint = train_preset(args.preset, args.out, data_dir=args.data, config=config,
-                              max_iters_per_epoch=args.max_iters)
+        config = replace(TRAIN_RECIPE_BACKBONE, epochs=args.epochs or TRAIN_RECIPE_BACKBONE.epochs)
+        checkpoint = train_backbone(args.backbone, args.out, config=config, data_dir=args.data,
+                                    max_iters_per_epoch=args.max_iters, width_mult=args.width_mult)
+    else:
+        from compresskit.engine.recipes import TRAIN_RECIPES, train_preset
+
+        if args.width_mult is not None:
+            raise CompressKitError("--width-mult applies to --backbone only; a preset's widths are fixed")
+        config = TRAIN_RECIPES[args.preset]
+        config = replace(config, epochs=args.epochs or config.epochs)
+        checkpoint = train_preset(args.preset, args.out, data_dir=args.data, config=config,
+                                  max_iters_per_epoch=args.max_iters)
+    print(f"checkpoint written to {checkpoint}")
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from compresskit.distill import DISTILL_RECIPE, KDConfig, distill_student
+
+    overrides = {"temperature": args.temperature, "logit_weight": args.logit_weight,
+                 "feature_weight": args.feature_weight}
+    kd_config = KDConfig(method=args.method, **{key: value for key, value in overrides.items() if value is not None})
+    train_config = replace(DISTILL_RECIPE, epochs=args.epochs or DISTILL_RECIPE.epochs)
+    checkpoint = distill_student(args.out, method=args.method, student=args.student, teacher=args.teacher,
+                                 kd_config=kd_config, train_config=train_config, data_dir=args.data,
+                                 max_iters_per_epoch=args.max_iters, name=args.name,
+                                 teacher_checkpoint=args.teacher_checkpoint)
     print(f"checkpoint written to {checkpoint}")
     return 0
 
@@ -58,9 +83,17 @@ def _prune(args: argparse.Namespace) -> int:
     prune_config = replace(PRUNE_RECIPE, ratio=PRUNE_RECIPE.ratio if args.ratio is None else args.ratio,
                            part_ratios=dict(args.part_ratio) or PRUNE_RECIPE.part_ratios)
     train_config = replace(FINETUNE_RECIPE, epochs=args.epochs or FINETUNE_RECIPE.epochs)
-    checkpoint = prune_and_finetune(args.out, preset=args.preset, prune_config=prune_config,
-                                    train_config=train_config, data_dir=args.data, name=args.name,
+    if args.kd:
+        from compresskit.distill import distill_pruned
+
+        name = args.name if args.name != "teacher_pruned" else "teacher_pruned_kd"
+        checkpoint = distill_pruned(args.out, teacher=args.preset, prune_config=prune_config,
+                                    train_config=train_config, data_dir=args.data, name=name,
                                     max_iters_per_epoch=args.max_iters, checkpoint=args.checkpoint)
+    else:
+        checkpoint = prune_and_finetune(args.out, preset=args.preset, prune_config=prune_config,
+                                        train_config=train_config, data_dir=args.data, name=args.name,
+                                        max_iters_per_epoch=args.max_iters, checkpoint=args.checkpoint)
     print(f"pruned checkpoint written to {checkpoint}")
     return 0
 
@@ -88,9 +121,9 @@ def _quantize(args: argparse.Namespace) -> int:
     summary = quantize_command(args.preset, args.out, checkpoint=args.checkpoint, runtime=args.runtime,
                                calibration_images=args.calibration_images, method=args.method, runs=args.runs)
     paired = summary["paired_latency"]
-    print(f"{summary['artifact']}: {summary['size_ratio']:.2f}x smaller than fp32, mAP (0-1) {summary['map']['fp32']:.4f}"
-          f" -> {summary['map']['int8']:.4f}, x{paired['speedup']:.2f} [{paired['interval'][0]:.2f}-"
-          f"{paired['interval'][1]:.2f}] faster than the fp32 core (paired, same run)")
+    print(f"{summary['artifact']}: {summary['size_ratio']:.2f}x smaller than fp32, mAP (0-1) "
+          f"{summary['map']['fp32']:.4f} -> {summary['map']['int8']:.4f}, x{paired['speedup']:.2f} "
+          f"[{paired['interval'][0]:.2f}-{paired['interval'][1]:.2f}] faster than the fp32 core (paired, same run)")
     print(f"summary written to {Path(args.out) / (summary['preset'] + '-int8.json')}")
     return 0
 

@@ -31,9 +31,23 @@ EVAL_BATCH_SIZE = 8
 
 def console_command() -> str | None:
     """The ``compresskit ...`` command line of this process when it runs the console script, else None."""
-    if Path(sys.argv[0]).stem != "compresskit":
+    program = Path(sys.argv[0])
+    run_as_module = program.name == "__main__.py" and program.parent.name in ("compresskit", "cli")
+    if program.stem != "compresskit" and not run_as_module:  # `python -m compresskit` runs the same command
         return None
     return " ".join(["compresskit", *(shlex.quote(argument) for argument in sys.argv[1:])])
+
+
+def training_device_name() -> str:
+    """What a run trains on: the CUDA device's name, else the CPU model (``fit`` picks the GPU when there is one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    # measure sits above the engine but never imports it, so this cannot form a cycle.
+    from compresskit.measure import environment_stamp
+
+    return str(environment_stamp()["cpu"])
 
 
 def ship_checkpoint(path: Path | str, model: nn.Module, spec: DetectorSpec, label_map: LabelMap, meta: dict,
@@ -50,8 +64,8 @@ def ship_checkpoint(path: Path | str, model: nn.Module, spec: DetectorSpec, labe
         model: the trained detector, built from ``spec`` (pruned or not).
         spec: its design.
         label_map: its label <-> category-id mapping.
-        meta: JSON-able training metadata; copied, then ``command``, ``environment``, ``val_metrics`` and
-            ``val_subset`` are added.
+        meta: JSON-able training metadata; copied, then ``trained_on`` (unless given), ``command``,
+            ``environment``, ``val_metrics`` and ``val_subset`` are added.
         val_set: the validation dataset.
         half: store fp16 weights (half the file; measured mAP moves by well under 0.001).
         progress: show progress bars.
@@ -64,7 +78,8 @@ def ship_checkpoint(path: Path | str, model: nn.Module, spec: DetectorSpec, labe
     from compresskit.measure import environment_stamp
 
     path = Path(path)
-    meta = {**meta, "command": console_command(), "environment": environment_stamp()}
+    meta = {"trained_on": training_device_name(), **meta, "command": console_command(),
+            "environment": environment_stamp()}
     save_checkpoint(path, model, spec, label_map, meta=meta, half=half)
     shipped, shipped_map, _ = load_checkpoint(path)
     full = make_loader(val_set, batch_size=EVAL_BATCH_SIZE, train=False)

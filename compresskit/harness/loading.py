@@ -6,7 +6,7 @@ Introduced in ``01_baseline_detectors.ipynb``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -45,7 +45,59 @@ def val_loader(loaded: Loaded, images: int | None = None, batch_size: int = 8):
     return make_loader(dataset, batch_size=batch_size, train=False)
 
 
+def require_embedded(loaded: Loaded, what: str) -> None:
+    """Stop a study whose trained variants exist for the embedded dataset only, naming them and the fix."""
+    from compresskit.errors import CompressKitError
+
+    if loaded.profile != "embedded":
+        raise CompressKitError(f"the {what} are trained on the embedded dataset; run this study with "
+                               f"{settings.PROFILE_ENV}=embedded")
+
+
 def train_split(loaded: Loaded, augment: bool = True):
     """The train split of ``loaded``'s profile, read with its label map: augmented for fine-tuning, plain
     (``augment=False``) for calibration."""
     return profile_split("train", profile=loaded.profile, label_map=loaded.label_map, train_transforms=augment)
+
+
+def training_record(name: str) -> dict:
+    """The metadata a training run wrote beside checkpoint ``name`` (``checkpoints/NAME.json`` in the package)."""
+    import json
+
+    from compresskit.errors import CompressKitError
+    from compresskit.models import shipped_checkpoint
+
+    path = shipped_checkpoint(name).with_suffix(".json")
+    if not path.is_file():
+        raise CompressKitError(f"the package has no training record {path.name}; its README section on the "
+                               "reference runs gives the command that writes it")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_trained(name: str, untrained: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict, bool]:
+    """Checkpoint ``name`` of the package: ``(detector, training metadata, shipped)``.
+
+    The package keeps its checkpoints under 50 MB, so some trained variants ship only their training record. Then
+    ``untrained(meta)`` builds the same architecture with untrained weights and ``shipped`` is False: good for MACs,
+    parameters, size and latency (none depends on the weights' values), not for mAP, which the training run
+    measured on the fp16 weights it wrote (``meta["val_metrics"]``).
+    """
+    from compresskit.models import load_checkpoint, shipped_checkpoint
+
+    path = shipped_checkpoint(name)
+    if path.is_file():
+        detector, _, meta = load_checkpoint(path)
+        return detector, meta, True
+    meta = training_record(name)
+    return untrained(meta).eval(), meta, False
+
+
+def with_recorded_map(record: dict, meta: dict) -> dict:
+    """``record`` with its mAP fields taken from a training record (for a variant whose checkpoint is not shipped;
+    the record's config says so)."""
+    from compresskit.engine import METRIC_NAMES
+
+    for key in METRIC_NAMES:
+        record[key] = meta["val_metrics"][key]
+    record["config"] = {**(record.get("config") or {}), "map_source": "training record (checkpoint not shipped)"}
+    return record

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from compresskit.harness.baselines import baseline_study
+from compresskit.harness.distillation import distillation_study
 from compresskit.harness.pruning import pruning_study
 from compresskit.harness.quantization import quantization_study, sensitivity_study
 from compresskit.harness.variant import Study
@@ -19,7 +20,8 @@ from compresskit.harness.variant import Study
 # name -> study function; each takes (profile, val_images, runs, progress, log) and returns a Study.
 STUDIES: dict[str, Callable[..., Study]] = {"baselines": baseline_study, "pruning": pruning_study,
                                             "quantization": quantization_study,
-                                            "quantization_sensitivity": sensitivity_study}
+                                            "quantization_sensitivity": sensitivity_study,
+                                            "distillation": distillation_study}
 DEFAULT_OUT = Path("runs") / "reproduce"
 
 

@@ -86,6 +86,15 @@ class Study:
     log: Callable[[str], None] | None = None
     runners: dict[str, Callable] = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def of(cls, lesson: str, loaded, val_images: int | None = None, **settings: Any) -> Study:
+        """A study of ``loaded`` (see :func:`~compresskit.harness.load_for_study`): its preset, profile, label map
+        and val split (the first ``val_images`` only, when given); ``settings`` are the other fields."""
+        from compresskit.harness.loading import val_loader
+
+        return cls(lesson=lesson, model=loaded.name, profile=loaded.profile,
+                   val_loader=val_loader(loaded, val_images), label_map=loaded.label_map, **settings)
+
     @property
     def records_by_id(self) -> dict[str, dict]:
         return {record["id"]: record for record in self.records}

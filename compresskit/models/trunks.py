@@ -125,17 +125,22 @@ def feature_nodes(model: nn.Module) -> dict[int, tuple[str, int]]:
         raise CompressKitError(f"{type(model).__name__} cannot run on a {PROBE_SIZE}x{PROBE_SIZE} image "
                                f"({type(exc).__name__}: {exc}); choose a convolutional backbone") from None
     found: dict[int, tuple[str, int]] = {}
+    seen_strides: set[int] = set()  # every stride of any square feature map, so an error can say what exists
     for name in candidates:  # graph order, so a later node of the same stride replaces an earlier one
         output = outputs.get(name)
         if not (torch.is_tensor(output) and output.ndim == 4):
             continue
+        height, width = output.shape[-2:]
+        if height == width and 0 < height < PROBE_SIZE and PROBE_SIZE % height == 0:  # not the input itself
+            seen_strides.add(PROBE_SIZE // int(height))
         for stride in FEATURE_STRIDES:
             if tuple(output.shape[-2:]) == (PROBE_SIZE // stride, PROBE_SIZE // stride):
                 found[stride] = (name, int(output.shape[1]))
     missing = [stride for stride in FEATURE_STRIDES if stride not in found]
     if missing:
         raise CompressKitError(f"{type(model).__name__} has no feature map at stride {missing} of a "
-                               f"{PROBE_SIZE}x{PROBE_SIZE} input; pick a backbone that downsamples by 2 per stage")
+                               f"{PROBE_SIZE}x{PROBE_SIZE} input (found strides {sorted(seen_strides)}); pick a "
+                               "backbone that downsamples by 2 per stage down to stride 32")
     return {stride: found[stride] for stride in FEATURE_STRIDES}
 
 

@@ -64,6 +64,7 @@ def prune_and_finetune(out_dir: Path | str, preset: str = "teacher", prune_confi
     target = out_dir / f"{name}.pt"
     if not is_main_process():
         return target
+    model.cpu()  # fit leaves it on the training device; MACs are counted on a CPU example batch
     meta = {"preset": preset, "prune_config": asdict(prune_config), "train_config": asdict(train_config),
             "macs_before": macs_before, "macs_after": core_macs(model, prune_config.image_size),
             "map_before_finetune": before, "train_seconds": round(result["train_seconds"], 1),

@@ -161,16 +161,6 @@ def frozen_head_statistics(detector: nn.Module) -> Iterator[nn.Module]:
             handle.remove()
 
 
-def training_device_name() -> str:
-    """What a fine-tune runs on: the CUDA device's name, else the CPU model."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    # measure only counts things and never imports quantize, so this cannot form a cycle.
-    from compresskit.measure import environment_stamp
-
-    return str(environment_stamp()["cpu"])
-
-
 def finetune_deploy_head(out_dir: Path | str, preset: str = "teacher", train_config: TrainConfig | None = None,
                          data_dir: Path | str | None = None, name: str | None = None,
                          max_iters_per_epoch: int | None = None, progress: bool = True) -> Path:
@@ -218,7 +208,7 @@ def finetune_deploy_head(out_dir: Path | str, preset: str = "teacher", train_con
             "map_before_finetune": before,
             "source_val_metrics": source_meta.get("val_metrics"), "train_seconds": round(result["train_seconds"], 1),
             "wall_seconds_incl_eval": round(time.perf_counter() - started, 1), "history": result["history"],
-            "trained_on": training_device_name(), "seed": train_config.seed}
+            "seed": train_config.seed}
     return ship_checkpoint(target, model.cpu(), spec, label_map, meta, val_set, progress=progress)
 
 
