@@ -217,11 +217,13 @@ def test_distill_builds_its_kd_config_from_the_options(monkeypatch, tmp_path):
 
     distill_student = _Calls(result=tmp_path / "student_kd_logit.pt")
     monkeypatch.setattr(distill, "distill_student", distill_student)
-    assert main(["distill", "--method", "logit", "--temperature", "4", "--epochs", "3", "--out", str(tmp_path)]) == 0
+    assert main(["distill", "--method", "logit", "--temperature", "4", "--epochs", "3", "--warmup-iters", "20",
+                 "--out", str(tmp_path)]) == 0
     (args, kwargs), = distill_student.calls
     assert args == (tmp_path,) and kwargs["method"] == "logit" and kwargs["kd_config"].method == "logit"
     assert kwargs["kd_config"].temperature == 4 and kwargs["kd_config"].logit_weight == distill.KDConfig().logit_weight
     assert kwargs["train_config"].epochs == 3 and kwargs["train_config"].lr == distill.DISTILL_RECIPE.lr
+    assert kwargs["train_config"].warmup_iters == 20
 
 
 def test_distill_rejects_a_teacher_with_another_label_map(tiny_embedded, tmp_path, capsys):

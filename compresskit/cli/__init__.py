@@ -128,6 +128,9 @@ def _add_model_commands(commands: Any) -> None:
     distill.add_argument("--feature-weight", type=positive_float,
                          help="weight of the feature term (default: KDConfig's)")
     distill.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (default: the recipe's)")
+    distill.add_argument("--warmup-iters", type=non_negative_int,
+                         help="override the recipe's warm-up steps, e.g. for runs shorter than it (default: the "
+                              "recipe's)")
     distill.add_argument("--out", type=Path, default=Path("runs/distill"), help="folder for the checkpoint")
     distill.add_argument("--name", type=file_stem, help="checkpoint file name, without .pt (default: "
                                                         "student_kd_METHOD)")

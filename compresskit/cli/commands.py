@@ -66,7 +66,8 @@ def _distill(args: argparse.Namespace) -> int:
     overrides = {"temperature": args.temperature, "logit_weight": args.logit_weight,
                  "feature_weight": args.feature_weight}
     kd_config = KDConfig(method=args.method, **{key: value for key, value in overrides.items() if value is not None})
-    train_config = replace(DISTILL_RECIPE, epochs=args.epochs or DISTILL_RECIPE.epochs)
+    train_config = replace(DISTILL_RECIPE, epochs=args.epochs or DISTILL_RECIPE.epochs,
+                           warmup_iters=DISTILL_RECIPE.warmup_iters if args.warmup_iters is None else args.warmup_iters)
     checkpoint = distill_student(args.out, method=args.method, student=args.student, teacher=args.teacher,
                                  kd_config=kd_config, train_config=train_config, data_dir=args.data,
                                  max_iters_per_epoch=args.max_iters, name=args.name,

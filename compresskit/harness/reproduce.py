@@ -51,7 +51,7 @@ def reproduce(out: Path | str = DEFAULT_OUT, *, studies: list[str] | tuple[str, 
         The path of the results file.
     """
     from compresskit.errors import CompressKitError
-    from compresskit.report import format_records_table, plot_pareto, write_records
+    from compresskit.report import format_records_table, plot_pareto, read_results, write_records
 
     out = Path(out)
     if is_reference(out) and not update_reference:
@@ -70,10 +70,11 @@ def reproduce(out: Path | str = DEFAULT_OUT, *, studies: list[str] | tuple[str, 
         records += study.records
         log(f"[{index}/{len(names)}] {name}: {len(study.records)} records in {time.perf_counter() - started:.0f} s")
     results = write_records(records, reports_dir=out)
+    everything = read_results(results)["records"]  # an --only run merges into the file: draw all it now holds
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     for axis in ("latency", "size", "macs"):
-        figure = plot_pareto(records, x=axis, title=f"mAP against {axis}, every measured variant")
+        figure = plot_pareto(everything, x=axis, title=f"mAP against {axis}, every measured variant")
         figure.savefig(figures / f"pareto_{axis}.png", dpi=120)
     log(format_records_table(records))
     log(f"results: {results.resolve()}; figures: {figures.resolve()}")
