@@ -281,3 +281,21 @@ def train_backbone(name: str, out_dir: Path | str, config: TrainConfig | None = 
     meta = {"backbone": name, "width_mult": width_mult, "train_config": asdict(config),
             "train_seconds": round(result["train_seconds"], 1), "history": result["history"], "seed": config.seed}
     return ship_checkpoint(checkpoint, model.cpu(), spec, train_set.label_map, meta, val_set, progress=progress)
+
+
+def plot_macs_split(rows: list[dict]) -> "Figure":
+    """Stacked bars of :func:`backbone_table` rows: the trunk's MACs and the FPN's and head's, per backbone."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 0.45 * len(rows) + 1.2), layout="constrained")
+    ax = figure.add_subplot()
+    names = [row["name"] for row in rows]
+    trunk = [row["trunk_macs"] / 1e9 for row in rows]
+    rest = [(row["macs"] - row["trunk_macs"]) / 1e9 for row in rows]
+    ax.barh(names, trunk, color="#4363d8", label="trunk")
+    ax.barh(names, rest, left=trunk, color="#a9a9a9", label="FPN and FCOS head (the same design on every trunk)")
+    ax.invert_yaxis()
+    ax.set_xlabel("multiply-accumulates per 320x320 image (G)")
+    figure.legend(fontsize=8, loc="outside upper center", ncols=2)
+    ax.grid(alpha=0.3, axis="x")
+    return figure

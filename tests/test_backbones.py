@@ -175,6 +175,13 @@ def test_backbone_table_counts_depthwise_convs_and_macs():
     assert mobile["trunk_macs"] < mobile["macs"] and mobile["trunk_macs"] < rows["resnet_basic"]["trunk_macs"]
     assert mobile["nodes"] == {stride: list(tap) for stride, tap in tapped_nodes(detector).items()}
 
+    from compresskit.backbones import plot_macs_split
+
+    bars = plot_macs_split(list(rows.values())).axes[0].patches  # trunk bars, then FPN-and-head bars
+    assert [bar.get_width() for bar in bars[:2]] == pytest.approx([r["trunk_macs"] / 1e9 for r in rows.values()])
+    assert [bar.get_width() for bar in bars[2:]] == pytest.approx(
+        [(r["macs"] - r["trunk_macs"]) / 1e9 for r in rows.values()])
+
 
 def test_train_backbone_ships_a_loadable_checkpoint_naming_its_backbone(tiny_embedded, tmp_path):
     config = TrainConfig(epochs=1, batch_size=4, lr=1e-3, warmup_iters=2, workers=0)

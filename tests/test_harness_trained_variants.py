@@ -79,7 +79,8 @@ def test_backbone_study_measures_each_trunk_in_three_runtimes(tiny_profile, pack
         json.dumps({**trained, "backbone": "shufflenet_v2_x1_0", "val_metrics": recorded}))
 
     study = harness.backbones.backbone_study(val_images=4, runs=3, calibration_images=4,
-                                             backbones=["mobilenet_v3_small", "shufflenet_v2_x1_0"])
+                                             backbones=["mobilenet_v3_small", "shufflenet_v2_x1_0"],
+                                             trunk_float=["mobilenet_v3_small"])
     records = study.records_by_id
     eager, ort = records["backbones/teacher/eager"], records["backbones/teacher/ort-fp32"]
     assert eager["baseline"] is None and ort["baseline"] == eager["id"] and ort["runtime"] == "onnxruntime"
@@ -96,6 +97,35 @@ def test_backbone_study_measures_each_trunk_in_three_runtimes(tiny_profile, pack
     unshipped = records["backbones/shufflenet_v2_x1_0/ort-fp32"]
     assert {key: unshipped[key] for key in METRIC_NAMES} == recorded
     assert records["backbones/shufflenet_v2_x1_0/ort-int8"]["map"] is None  # untrained weights: not measured
+
+    # The trunk-in-float control: only where asked, against the same fp32 core, with the trunk's weights in float.
+    control = records["backbones/mobilenet_v3_small/ort-int8-trunk-fp32"]
+    assert control["baseline"] == "backbones/mobilenet_v3_small/ort-fp32"
+    assert list(control["config"]["config"]["exclude"]) == ["/backbone/body/"] and control["config"]["excluded_nodes"] > 0
+    assert records["backbones/mobilenet_v3_small/ort-int8"]["size_bytes"] < control["size_bytes"]
+    assert "backbones/shufflenet_v2_x1_0/ort-int8-trunk-fp32" not in records
+
+    rows = {row["name"]: row for row in harness.backbones.tradeoff_rows(study.records)}
+    assert set(rows) == {"mobilenet_v3_small", "shufflenet_v2_x1_0"}
+    assert rows["shufflenet_v2_x1_0"]["map"] == recorded["map"]
+    assert rows["shufflenet_v2_x1_0"]["map_source"] == "training record"
+    assert rows["mobilenet_v3_small"]["map_source"] == "measured"
+    own_ort = records["backbones/mobilenet_v3_small/ort-fp32"]
+    assert rows["mobilenet_v3_small"]["map_gap"] == pytest.approx(ort["map"] - own_ort["map"])
+    assert rows["mobilenet_v3_small"]["speedup"] == own_ort["paired_latency"]["speedup"]
+    assert rows["mobilenet_v3_small"]["int8_map"] == shipped["map"]
+    full_val = {"teacher": {key: 0.9 for key in METRIC_NAMES}, "mobilenet_v3_small": recorded,
+                "shufflenet_v2_x1_0": recorded}
+    replaced = harness.backbones.tradeoff_rows(study.records, reference_metrics=full_val)
+    assert all(row["map_gap"] == pytest.approx(0.9 - recorded["map"]) and row["int8_map"] is None
+               for row in replaced)
+    figure = harness.backbones.plot_tradeoffs(replaced, teacher_map=0.9)
+    assert len(figure.axes[0].collections) >= 4  # fp32 and int8 points of both backbones
+
+
+def test_tradeoff_rows_need_the_teachers_record():
+    with pytest.raises(ValueError, match="backbones/teacher/ort-fp32"):
+        harness.backbones.tradeoff_rows([])
 
 
 def test_a_variant_with_neither_checkpoint_nor_record_names_the_command(package_checkpoints):

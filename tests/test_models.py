@@ -241,3 +241,32 @@ def test_shipped_teacher_meets_its_target_and_leads_the_student():
 def test_unknown_preset_is_a_kit_error():
     with pytest.raises(CompressKitError, match="unknown preset"):
         load_preset("teachr")
+
+
+def test_package_checkpoints_fit_their_budget_and_each_has_its_training_record():
+    folder = shipped_checkpoint("teacher").parent
+    checkpoints = sorted(folder.glob("*.pt"))
+    assert sum(path.stat().st_size for path in checkpoints) <= 50_000_000  # the package's checkpoint budget
+    for path in checkpoints:
+        record = json.loads(path.with_suffix(".json").read_text())
+        assert record["val_metrics"]["map"] == load_checkpoint(path)[2]["val_metrics"]["map"], path.name
+
+
+def test_every_backbone_ships_a_training_record_of_the_one_recipe():
+    from compresskit.backbones import BACKBONES, TRAIN_RECIPE_BACKBONE
+    from compresskit.harness import training_record
+
+    for name in BACKBONES:
+        record = training_record(f"backbone_{name}")
+        assert record["backbone"] == name and record["train_config"] == asdict(TRAIN_RECIPE_BACKBONE)
+        assert record["command"].startswith(f"compresskit train --backbone {name} ")
+        assert record["trained_on"] and 0 < record["val_metrics"]["map"] < 1
+
+
+@pytest.mark.slow
+def test_shipped_backbone_checkpoint_reproduces_its_recorded_map():
+    model, label_map, meta = load_checkpoint(shipped_checkpoint("backbone_mobilenet_v3_small"))
+    subset = val_subset(load_split("val", label_map=label_map))
+    metrics = evaluate(model, make_loader(subset, batch_size=8, train=False), label_map, progress=False)
+    # trained and first evaluated on a GPU; the same fp16 weights evaluated here on the CPU
+    assert metrics["map"] == pytest.approx(meta["val_subset"]["metrics"]["map"], abs=0.005)

@@ -13,7 +13,7 @@ from typing import Callable
 
 from torch import nn
 
-from compresskit.harness.loading import load_for_study, load_trained, require_embedded, with_recorded_map
+from compresskit.harness.loading import load_for_study, load_trained, require_embedded
 from compresskit.harness.variant import Study
 
 LESSON = "04_distillation"
@@ -51,8 +51,9 @@ def measure_trained(study: Study, name: str, record_id: str, technique: str, unt
     config = {key: value for key, value in config.items() if value is not None}
     record = study.measure(detector, record_id, technique=technique, baseline=baseline, model=model,
                            variant=variant if shipped else f"{variant}, mAP from its training record",
-                           train_seconds=meta.get("train_seconds"), config=config, evaluate_map=shipped)
-    return record if shipped else with_recorded_map(record, meta)
+                           train_seconds=meta.get("train_seconds"), config=config,
+                           recorded_metrics=None if shipped else meta["val_metrics"])
+    return record
 
 
 def distillation_study(profile: str | None = None, val_images: int | None = None, runs: int = 30,

@@ -90,14 +90,3 @@ def load_trained(name: str, untrained: Callable[[dict], nn.Module]) -> tuple[nn.
         return detector, meta, True
     meta = training_record(name)
     return untrained(meta).eval(), meta, False
-
-
-def with_recorded_map(record: dict, meta: dict) -> dict:
-    """``record`` with its mAP fields taken from a training record (for a variant whose checkpoint is not shipped;
-    the record's config says so)."""
-    from compresskit.engine import METRIC_NAMES
-
-    for key in METRIC_NAMES:
-        record[key] = meta["val_metrics"][key]
-    record["config"] = {**(record.get("config") or {}), "map_source": "training record (checkpoint not shipped)"}
-    return record

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from compresskit.harness.backbones import backbone_study
 from compresskit.harness.baselines import baseline_study
 from compresskit.harness.distillation import distillation_study
 from compresskit.harness.pruning import pruning_study
@@ -21,7 +22,7 @@ from compresskit.harness.variant import Study
 STUDIES: dict[str, Callable[..., Study]] = {"baselines": baseline_study, "pruning": pruning_study,
                                             "quantization": quantization_study,
                                             "quantization_sensitivity": sensitivity_study,
-                                            "distillation": distillation_study}
+                                            "distillation": distillation_study, "backbones": backbone_study}
 DEFAULT_OUT = Path("runs") / "reproduce"
 
 

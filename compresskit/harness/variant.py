@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from compresskit.engine import evaluate
+from compresskit.engine import METRIC_NAMES, evaluate
 from compresskit.measure import (compare_latency, count_macs, count_nonzero_params, count_params, measure_latency,
                                  serialized_size)
 from compresskit.models.core import CoreDetector, DetectorCore, OnnxCore, example_batch, export_core_onnx
@@ -105,7 +105,8 @@ class Study:
     def measure(self, detector: nn.Module, record_id: str, technique: str, runtime: str = "torch-eager",
                 variant: str = "", baseline: str | None = None, core: Any = None, artifact: Any = None,
                 model: str | None = None, label_map: Any = None, train_seconds: float | None = None,
-                config: Any = None, evaluate_map: bool = True, runs: int | None = None) -> dict:
+                config: Any = None, evaluate_map: bool = True, runs: int | None = None,
+                recorded_metrics: dict | None = None) -> dict:
         """Evaluate and measure ``detector`` as one record, keep it, and return it. The detector is put in eval
         mode; its weights are not touched.
 
@@ -122,14 +123,23 @@ class Study:
                 baseline study).
             evaluate_map: False for a variant too slow to evaluate (its mAP fields stay None: not measured).
             runs: timed runs for this record only (default: the study's).
+            recorded_metrics: the mAP metrics a training run measured on the weights it wrote, for a variant whose
+                checkpoint is not shipped (``detector`` then has the same architecture, untrained): nothing is
+                evaluated, and the record's config says where its mAP comes from.
         """
         baseline = baseline or self.baseline
         if baseline is not None and baseline not in self.runners:
             raise ValueError(f"baseline {baseline!r} is not a record of this study; measure it first, in this run")
         detector.eval()
         runner, default_artifact = runner_for(detector, record_id, runtime, core=core, threads=self.threads)
-        metrics = evaluate(runner, self.val_loader, label_map or self.label_map, progress=self.progress,
-                           desc=f"evaluate {record_id}") if evaluate_map else None
+        if recorded_metrics is not None:
+            metrics = {key: recorded_metrics[key] for key in METRIC_NAMES}
+            config = {**(config or {}), "map_source": "training record (checkpoint not shipped)"}
+        elif evaluate_map:
+            metrics = evaluate(runner, self.val_loader, label_map or self.label_map, progress=self.progress,
+                               desc=f"evaluate {record_id}")
+        else:
+            metrics = None
         image = self.example_image()
         hw = tuple(image.shape[-2:])
         paired = None
