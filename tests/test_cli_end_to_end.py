@@ -4,6 +4,7 @@ runs): train, prune, bench and reproduce each write what they promise, and it lo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,33 @@ def test_quantize_writes_the_int8_artifact_and_a_measured_summary(tiny_profile, 
     assert {r["id"] for r in read_results(tmp_path)["records"]} == {"quantize/student/ort-fp32",
                                                                    "quantize/student/ort-int8"}
     assert "x" in capsys.readouterr().out
+
+
+def test_quantize_torchao_with_qat_writes_both_int8_programs_and_a_training_record(tiny_profile, tmp_path, capsys):
+    import torch
+
+    code = main(["quantize", "--preset", "student", "--runtime", "torchao", "--qat-steps", "1",
+                 "--calibration-images", "2", "--runs", "3", "--out", str(tmp_path)])
+    assert code == 0
+    summary = json.loads((tmp_path / "student-int8.json").read_text())
+    assert set(summary["map"]) == {"fp32", "ptq", "qat"}
+    assert summary["paired_latency"]["qat"]["baseline"] == "quantization/student/compile-fp32"
+    for key in ("ptq", "qat"):  # the shipped int8 programs load back with torch.export
+        program = torch.export.load(summary["artifacts"][key])
+        assert any(node.target == torch.ops.quantized_decomposed.dequantize_per_channel.default
+                   for node in program.graph.nodes)
+        assert summary["size_bytes"][key] == Path(summary["artifacts"][key]).stat().st_size
+    assert summary["qat_config"]["max_iters_per_epoch"] == 1 and len(summary["history"]) == 1
+    assert summary["val_metrics"]["map"] == summary["map"]["qat"]  # usable as a training record
+    assert "command" in summary and summary["trained_on"] and summary["environment"]["isa"]
+    records = {r["id"]: r for r in read_results(tmp_path)["records"]}
+    assert records["quantization/student/pt2e-qat-int8"]["technique"] == "qat"
+    assert "faster than the compiled fp32 core" in capsys.readouterr().out
+
+
+def test_qat_needs_the_torchao_runtime(tiny_profile, tmp_path, capsys):
+    code = main(["quantize", "--preset", "student", "--qat-steps", "1", "--out", str(tmp_path)])
+    assert code == 2 and "--runtime torchao" in capsys.readouterr().err
 
 
 def test_quantize_refuses_more_calibration_images_than_the_train_split(tiny_profile, tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from compresskit.harness import quantization
+from compresskit.harness import quantization, training_record
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +30,11 @@ def test_quantization_study_pairs_int8_with_fp32_of_the_same_runtime(tiny_profil
     pt2e, compiled = records["quantization/teacher/pt2e-int8"], records["quantization/teacher/compile-fp32"]
     assert pt2e["runtime"] == compiled["runtime"] == "torch-compile" and pt2e["baseline"] == compiled["id"]
     assert pt2e["config"]["float_convs"] == 0 and compiled["size_bytes"] / pt2e["size_bytes"] > 3.0
+    qat = records["quantization/teacher/pt2e-qat-int8"]  # from the package's QAT training record
+    recorded = training_record("teacher_qat")
+    assert (qat["technique"], qat["baseline"]) == ("qat", compiled["id"])
+    assert qat["map"] == recorded["val_metrics"]["map"] and qat["config"]["map_source"].startswith("training")
+    assert qat["size_bytes"] == pt2e["size_bytes"] and qat["train_seconds"] == recorded["train_seconds"]
     signed = records["quantization/teacher/int8-activations/ort-int8"]
     assert signed["config"]["activations"] == "int8"
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
 from torch import nn
 
+from compresskit.data import load_split
+from compresskit.engine import evaluate, make_loader
 from compresskit.errors import ConfigError
 from compresskit.measure import environment_stamp, serialized_size
 from compresskit.models import EMBEDDED_PRESETS, build_detector, load_preset
@@ -16,6 +19,7 @@ from compresskit.quantize.dynamic import (HalfCompute, article_dynamic_quant, fp
                                           fp16_to_float, module_type_counts, torchao_dynamic_quant)
 from compresskit.quantize.pt2e import (Pt2eConfig, needs_reduce_range, prepare_qat_core, quantize_pt2e,
                                        separate_call_sites_, x86_quantizer)
+from compresskit.quantize.qat import QatConfig, QatDetector, qat_finetune
 
 # Mean |int8 - fp32| over mean |fp32|, per head output, on real images after 2 calibration images. Measured on
 # the shipped student: 0.8 % (class logits), 1.3 % (boxes), 4.8 % (centerness); 10 % leaves room for other
@@ -32,8 +36,6 @@ def student():
 
 @pytest.fixture(scope="module")
 def student_train(student, tiny_embedded):
-    from compresskit.data import load_split
-
     return load_split("train", tiny_embedded, label_map=student[1])
 
 
@@ -225,3 +227,49 @@ def test_compiled_pt2e_core_runs_int8_kernels(student, student_train, student_ba
         # The oneDNN kernels compute what the converted graph simulates, up to rounding of the fused
         # requantization (measured 0.2 %, 0.3 %, 1.3 %).
         assert _relative_error(c, b[:1]) < 0.03
+
+
+# ------------------------------------------------------------------------------------------------ QAT
+def test_qat_detector_returns_the_detectors_losses_and_trains_only_the_fake_quant_core(student, student_train):
+    detector, _ = student
+    qat_core = prepare_qat_core(detector, torch.zeros(1, 3, 320, 320), Pt2eConfig(reduce_range=False))
+    model = QatDetector(detector, qat_core, 320)
+    assert {id(p) for p in model.parameters()} == {id(p) for p in qat_core.parameters()}
+    images, targets = zip(*(student_train[i] for i in range(2)))
+    model.train()
+    losses = model(list(images), list(targets))
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    sum(losses.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in qat_core.parameters())
+    assert all(p.grad is None for p in detector.parameters())
+    model.eval()
+    with torch.no_grad():
+        detections = model(list(images))
+    assert len(detections) == 2 and {"boxes", "scores", "labels"} <= set(detections[0])
+    with pytest.raises(ConfigError, match="up to 320x320"):
+        model.run_core(torch.zeros(1, 3, 352, 320))
+
+
+@pytest.mark.slow
+def test_qat_finetune_runs_in_the_engine_and_converts_to_int8(student, student_train, tiny_embedded, tmp_path):
+    detector, label_map = student
+    before = {key: value.clone() for key, value in detector.state_dict().items()}
+    config = QatConfig(batch_size=2, max_iters_per_epoch=2, warmup_iters=1, compile=False, reduce_range=False)
+    result = qat_finetune(detector, student_train, tmp_path / "qat", config, progress=False)
+    assert (tmp_path / "qat" / "last.pt").is_file()  # resumable like every kit run
+    assert len(result.history) == 1 and all(math.isfinite(v) for v in result.history[0]["losses"].values())
+    summary = result.core.summary
+    assert summary["convs"] > 0 and summary["quantized_convs"] == summary["convs"]  # every conv int8
+    assert all(torch.equal(value, before[key]) for key, value in detector.state_dict().items())  # untouched
+    val = load_split("val", tiny_embedded, label_map=label_map)
+    metrics = evaluate(CoreDetector(detector, result.core), make_loader(val, batch_size=1, train=False), label_map,
+                       progress=False)
+    assert 0.0 <= metrics["map"] <= 1.0
+    assert result.as_dict()["qat_config"]["max_iters_per_epoch"] == 2
+
+
+def test_qat_config_refuses_what_cannot_train():
+    with pytest.raises(ConfigError, match="batch_size"):
+        QatConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="lr"):
+        QatConfig(lr=float("nan"))

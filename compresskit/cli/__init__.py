@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 from compresskit import settings
 from compresskit.cli.arguments import (CHECKPOINTS_OUT, PATH_ERRORS, PATH_OPTIONS, PRESETS, REPRODUCE_OUT, LazyChoices,
-                                       file_stem, non_negative_int, part_ratio, positive_float, positive_int,
-                                       pruning_ratio)
-from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_embedded, _distill, _evaluate, _prune,
-                                      _quantize, _reproduce, _train, format_metrics, is_reference_folder)
+                                       file_stem, non_negative_int, open_fraction, part_ratio, positive_float,
+                                       positive_int, pruning_ratio)
+from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_embedded, _data_split, _distill,
+                                      _evaluate, _prune, _quantize, _reproduce, _train, format_metrics,
+                                      is_reference_folder)
 from compresskit.errors import CompressKitError
 
 __all__ = ["LazyChoices", "build_parser", "file_stem", "format_metrics", "is_reference_folder", "main",
@@ -74,6 +75,21 @@ def _add_data_commands(commands: Any) -> None:
                                               "allowed); 1: errors, each listed with the record and the fix.")
     check.add_argument("annotations", type=Path, help="the COCO annotation JSON file")
     check.add_argument("--images", type=Path, required=True, help="folder that file_name entries are relative to")
+    split = _command(data_commands, "split", "split one COCO file + image folder into the kit's train/val layout",
+                     _data_split, description="Split a COCO export (one annotation file and its image folder) into "
+                     "annotations/instances_{train,val}.json with train/ and val/ image folders, deterministic from "
+                     "the seed, rarest category first into val, near-duplicate groups kept on one side. Runs "
+                     "`data check` first and refuses a dataset with errors; images are linked or copied, never "
+                     "moved; a manifest records what went where.")
+    split.add_argument("annotations", type=Path, help="the COCO annotation JSON file")
+    split.add_argument("--images", type=Path, required=True, help="folder that file_name entries are relative to")
+    split.add_argument("--out", type=Path, required=True, help="a new (or empty) folder for the split dataset")
+    split.add_argument("--val-fraction", type=open_fraction, default=0.2, help="share of the images put in val")
+    split.add_argument("--seed", type=non_negative_int, default=0, help="one seed gives the same split")
+    split.add_argument("--group-by", metavar="REGEX",
+                       help="images whose file_name gives the same match (its first group, if any) stay on one side, "
+                            r"e.g. '^(.+)_frame\d+' for video frames (default: every image alone)")
+    split.add_argument("--copy", action="store_true", help="copy the images (default: hard links where possible)")
 
 
 def _add_model_commands(commands: Any) -> None:
@@ -145,7 +161,11 @@ def _add_model_commands(commands: Any) -> None:
     quantize.add_argument("--preset", choices=("teacher", "student", "teacher_pruned", "teacher_bnhead"),
                           default="teacher", help="which detector (teacher_bnhead: the BatchNorm deployment head)")
     quantize.add_argument("--checkpoint", type=Path, help="a checkpoint of that preset (default: the shipped one)")
-    quantize.add_argument("--runtime", choices=("onnxruntime",), default="onnxruntime", help="int8 runtime")
+    quantize.add_argument("--runtime", choices=("onnxruntime", "torchao"), default="onnxruntime",
+                          help="int8 runtime: ONNX Runtime QDQ, or torchao PT2E lowered by torch.compile")
+    quantize.add_argument("--qat-steps", type=positive_int, default=None,
+                          help="torchao only: also fine-tune quantization-aware for this many steps of batch 16 "
+                               "(default: post-training quantization only)")
     quantize.add_argument("--calibration-images", type=positive_int, default=64,
                           help="train images used for calibration (never more than the train split holds)")
     quantize.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",

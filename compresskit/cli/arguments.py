@@ -45,6 +45,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def open_fraction(text: str) -> float:
+    """argparse type: a fraction strictly between 0 and 1 (the share of a dataset that goes to val)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (exclusive), got {text!r}")
+    return value
+
+
 def pruning_ratio(text: str) -> float:
     """argparse type: a fraction of channels to remove, in [0, 1) (1 would remove every channel)."""
     try:

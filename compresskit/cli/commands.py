@@ -36,6 +36,21 @@ def _data_check(args: argparse.Namespace) -> int:
     return main_check(args.annotations, args.images)
 
 
+def _data_split(args: argparse.Namespace) -> int:
+    from compresskit.data.split import SplitConfig, split_dataset
+
+    config = SplitConfig(val_fraction=args.val_fraction, seed=args.seed, group_by=args.group_by,
+                         images="copy" if args.copy else "link")
+    manifest = split_dataset(args.annotations, args.images, args.out, config, progress=True)
+    for name, counts in manifest["splits"].items():
+        print(f"{name:5s} {counts['images']:6d} images {counts['boxes']:7d} boxes in {counts['groups']} group(s)")
+    if manifest["not_in_val"]:
+        print(f"only one image group has boxes of {', '.join(manifest['not_in_val'])}: kept in train, so val cannot "
+              "measure them")
+    print(f"written to {args.out} (manifest.json records the split); train with --data {args.out}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -120,7 +135,17 @@ def _quantize(args: argparse.Namespace) -> int:
     from compresskit.harness.quantization import quantize_command
 
     summary = quantize_command(args.preset, args.out, checkpoint=args.checkpoint, runtime=args.runtime,
-                               calibration_images=args.calibration_images, method=args.method, runs=args.runs)
+                               calibration_images=args.calibration_images, method=args.method, runs=args.runs,
+                               qat_steps=args.qat_steps or 0)
+    if args.runtime == "torchao":
+        for key in ("ptq", "qat"):
+            if key in summary["artifacts"]:
+                low, high = summary["paired_latency"][key]["interval"]
+                print(f"{summary['artifacts'][key]}: mAP (0-1) {summary['map']['fp32']:.4f} -> "
+                      f"{summary['map'][key]:.4f}, x{summary['paired_latency'][key]['speedup']:.2f} "
+                      f"[{low:.2f}-{high:.2f}] faster than the compiled fp32 core (paired, same run)")
+        print(f"summary written to {Path(args.out) / (summary['preset'] + '-int8.json')}")
+        return 0
     paired = summary["paired_latency"]
     print(f"{summary['artifact']}: {summary['size_ratio']:.2f}x smaller than fp32, mAP (0-1) "
           f"{summary['map']['fp32']:.4f} -> {summary['map']['int8']:.4f}, x{paired['speedup']:.2f} "

@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from compresskit.harness.loading import Loaded, load_for_study, train_split, val_loader
+from compresskit.engine import METRIC_NAMES
+from compresskit.harness.loading import Loaded, load_for_study, train_split, training_record, val_loader
 from compresskit.harness.variant import Study, artifact_dir
 from compresskit.models.core import OnnxCore
 from compresskit.quantize import dynamic
@@ -97,13 +98,21 @@ class SingleImageCore:
         return tuple(torch.cat(parts, dim=0) for parts in zip(*outputs))
 
 
-def measure_pt2e(study: Study, detector: nn.Module, calibration_set, calibration_images: int = 32) -> list[dict]:
+def measure_pt2e(study: Study, detector: nn.Module, calibration_set, calibration_images: int = 32,
+                 recorded_qat: bool = False) -> tuple[dict, dict, bytes]:
     """torchao PT2E int8 lowered by ``torch.compile``, paired with the fp32 core compiled the same way (same
-    runtime, same run). Returns ``[fp32 compiled, int8 compiled]``."""
+    runtime, same run). Returns the fp32 and int8 records and the int8 artifact (``torch.export.save`` bytes).
+
+    With ``recorded_qat`` and a QAT training record in the package (``checkpoints/<model>_qat.json``, written
+    by ``compresskit quantize --runtime torchao --qat-steps N``), a ``qat`` record follows: the int8 program
+    after QAT has this graph, operators and dtypes (only the int8 values and scales differ), so its size and
+    latency are measured on this one, and its mAP is the QAT run's, measured on the full val split; the record
+    says so."""
     import copy
 
     import torch
 
+    from compresskit.models import shipped_checkpoint
     from compresskit.models.core import DetectorCore
     from compresskit.quantize.pt2e import Pt2eConfig, quantize_pt2e
 
@@ -113,13 +122,23 @@ def measure_pt2e(study: Study, detector: nn.Module, calibration_set, calibration
                          runtime="torch-compile", core=fp32_core, variant="fp32 core, torch.compile (inductor)")
     summary = {key: value for key, value in pt2e.summary.items() if key != "lowered"}
     summary["lowered_conv_ops"] = pt2e.summary.get("lowered", {})
+    artifact = pt2e.artifact_bytes()
     int8 = study.measure(detector, f"quantization/{study.model}/pt2e-int8", technique="static_ptq",
-                         runtime="torch-compile", core=pt2e, baseline=fp32["id"], artifact=pt2e.artifact_bytes(),
+                         runtime="torch-compile", core=pt2e, baseline=fp32["id"], artifact=artifact,
                          variant=f"torchao PT2E, X86 Inductor quantizer, {calibration_images} calibration images, "
                                  "torch.compile",
                          config={**dataclasses.asdict(pt2e.config), **summary,
                                  "compile_seconds": round(pt2e.compile_seconds or 0.0, 1)})
-    return [fp32, int8]
+    if recorded_qat and shipped_checkpoint(f"{study.model}_qat").with_suffix(".json").is_file():
+        qat = training_record(f"{study.model}_qat")
+        study.measure(detector, f"quantization/{study.model}/pt2e-qat-int8", technique="qat",
+                      runtime="torch-compile", core=pt2e, baseline=fp32["id"], artifact=artifact,
+                      variant=f"torchao PT2E QAT ({qat['qat_config']['max_iters_per_epoch']} steps), size and "
+                              "latency of the same int8 graph, mAP from its run",
+                      train_seconds=qat["train_seconds"], recorded_metrics=qat["val_metrics"],
+                      config={"qat_config": qat["qat_config"], "trained_on": qat["trained_on"],
+                              "ptq_val_metrics": qat["ptq_val_metrics"], "fp32_val_metrics": qat["fp32_val_metrics"]})
+    return fp32, int8, artifact
 
 
 def calibration_sweep(study: Study, detector: nn.Module, calibration_set, baseline: str,
@@ -208,7 +227,8 @@ def quantization_study(profile: str | None = None, val_images: int | None = None
         pruned = load_pruned_teacher()
         measure_ort_pair(study, pruned, calibration_set, "teacher_pruned", config, fp32_baseline=fp32["id"],
                          variant="pruned teacher, ", model="teacher_pruned")
-        measure_pt2e(study, teacher.model, calibration_set, calibration_images=calibration_images)
+        measure_pt2e(study, teacher.model, calibration_set, calibration_images=calibration_images,
+                     recorded_qat=True)
     student = load_for_study("student", teacher.profile)
     measure_ort_pair(study, student.model, train_split(student, augment=False), "student", config,
                      fp32_baseline=fp32["id"], variant="student, ", model="student")
@@ -256,9 +276,13 @@ def load_quantize_subject(preset: str, checkpoint=None, profile: str | None = No
 
 def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxruntime",
                      calibration_images: int = 64, method: str = "minmax", runs: int = 30,
-                     val_images: int | None = None, log: Callable[[str], None] = print) -> dict:
+                     val_images: int | None = None, qat_steps: int = 0,
+                     log: Callable[[str], None] = print) -> dict:
     """``compresskit quantize``: write the int8 artifact of a detector and a JSON summary measured against the
     fp32 core of the same runtime, in the same run (size, mAP, paired latency), plus their results records.
+
+    ``runtime="torchao"`` quantizes with PT2E and lowers with ``torch.compile`` (see :func:`torchao_command`);
+    ``qat_steps`` adds a quantization-aware fine-tune of that many steps there.
 
     Returns:
         The summary written to ``out/<preset>-int8.json``.
@@ -266,12 +290,19 @@ def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxr
     from pathlib import Path
 
     from compresskit.data.files import atomic_write_json
+    from compresskit.errors import ConfigError
     from compresskit.report import compare, write_records
 
-    if runtime != "onnxruntime":
-        raise ValueError(f"runtime {runtime!r} is not wired to the quantize command")
+    if runtime not in ("onnxruntime", "torchao"):
+        raise ConfigError(f"unknown runtime {runtime!r}; use onnxruntime or torchao")
+    if qat_steps and runtime != "torchao":
+        raise ConfigError("quantization-aware training runs with torchao PT2E: add --runtime torchao")
     out = Path(out)
     detector, base = load_quantize_subject(preset, checkpoint)
+    if runtime == "torchao":
+        return torchao_command(preset, detector, base, out, checkpoint=checkpoint,
+                               calibration_images=calibration_images, runs=runs, val_images=val_images,
+                               qat_steps=qat_steps, log=log)
     config = OrtQuantConfig(calibration_images=calibration_images, method=method,
                             fixed_shape=base.profile == "embedded")
     study = Study(lesson="quantize_command", model=preset, profile=base.profile,
@@ -294,6 +325,64 @@ def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxr
                    "fp32": fp32["latency_ms"], "int8": int8["latency_ms"]}, "paired_latency": int8["paired_latency"],
                "activations": quantized.activations, "activation_reason": quantized.activation_reason,
                "calibration_images": quantized.calibration_images, "method": method}
+    write_records(study.records, reports_dir=out)
+    atomic_write_json(out / f"{preset}-int8.json", summary, indent=1)
+    return summary
+
+
+def torchao_command(preset: str, detector: nn.Module, base: Loaded, out, *, checkpoint=None,
+                    calibration_images: int = 64, runs: int = 30, val_images: int | None = None,
+                    qat_steps: int = 0, log: Callable[[str], None] = print) -> dict:
+    """The torchao side of ``compresskit quantize``: PT2E post-training int8 and, with ``qat_steps``, a QAT
+    fine-tune of that many steps (batch 16, through the engine's loop), each against the fp32 core compiled the
+    same way. Writes ``out/<preset>-pt2e-int8.pt2`` (and ``-qat-int8.pt2``: ``torch.export.load`` reads them), the
+    records, and the summary ``out/<preset>-int8.json``, which is also a training record when QAT ran (command,
+    environment, hardware, history, ``val_metrics`` of the QAT int8 core)."""
+    from pathlib import Path
+
+    from compresskit.data.files import atomic_write_bytes, atomic_write_json
+    from compresskit.engine.recipes import console_command, training_device_name
+    from compresskit.measure import environment_stamp
+    from compresskit.quantize.qat import QatConfig, qat_finetune
+    from compresskit.report import compare, write_records
+
+    out = Path(out)
+    study = Study(lesson="quantize_command", model=preset, profile=base.profile,
+                  val_loader=val_loader(base, val_images), label_map=base.label_map, runs=runs,
+                  log=log)
+    log(f"calibrating on {calibration_images} train images and quantizing {preset} with torchao PT2E ...")
+    fp32, ptq, ptq_bytes = measure_pt2e(study, detector, train_split(base, augment=False), calibration_images)
+    records, artifacts = {"fp32": fp32, "ptq": ptq}, {"ptq": (out / f"{preset}-pt2e-int8.pt2", ptq_bytes)}
+    qat_result = None
+    if qat_steps:
+        log(f"quantization-aware fine-tune: {qat_steps} steps of batch 16 ...")
+        qat_config = QatConfig(max_iters_per_epoch=qat_steps)
+        qat_result = qat_finetune(detector, train_split(base), out / f"{preset}-qat-run", qat_config)
+        qat_bytes = qat_result.core.artifact_bytes()
+        records["qat"] = study.measure(
+            detector, f"quantization/{preset}/pt2e-qat-int8", technique="qat", runtime="torch-compile",
+            core=qat_result.core, baseline=fp32["id"], artifact=qat_bytes,
+            variant=f"torchao PT2E QAT, {qat_steps} steps, torch.compile", train_seconds=qat_result.train_seconds,
+            config=qat_result.as_dict())
+        artifacts["qat"] = (out / f"{preset}-qat-int8.pt2", qat_bytes)
+    for path, payload in artifacts.values():
+        atomic_write_bytes(path, payload)
+    summary = {"preset": preset, "checkpoint": None if checkpoint is None else str(checkpoint), "runtime": "torchao",
+               "profile": base.profile, "artifacts": {key: str(path) for key, (path, _) in artifacts.items()},
+               "map": {key: record["map"] for key, record in records.items()},
+               "map_drop_points": {key: round(compare(record, fp32)["map_drop_points"], 3)
+                                   for key, record in records.items() if key != "fp32"},
+               "size_bytes": {key: record["size_bytes"] for key, record in records.items()},
+               "latency_ms": {key: record["latency_ms"] for key, record in records.items()},
+               "paired_latency": {key: record["paired_latency"] for key, record in records.items() if key != "fp32"},
+               "calibration_images": calibration_images}
+    if qat_result is not None:
+        summary.update(qat_result.as_dict())
+        summary.update({"val_metrics": {key: records["qat"][key] for key in METRIC_NAMES},
+                        "ptq_val_metrics": {key: ptq[key] for key in METRIC_NAMES},
+                        "fp32_val_metrics": {key: fp32[key] for key in METRIC_NAMES},
+                        "val_images": val_images, "trained_on": training_device_name(),
+                        "command": console_command(), "environment": environment_stamp()})
     write_records(study.records, reports_dir=out)
     atomic_write_json(out / f"{preset}-int8.json", summary, indent=1)
     return summary

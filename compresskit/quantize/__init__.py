@@ -8,6 +8,7 @@
 - ``profile``: what an int8 file holds (bytes by kind, int8 vs fp32 convs as ORT runs them) and where its time goes
   (ONNX Runtime's own profiler, per operator type).
 - ``pt2e``: torchao PT2E int8 with the X86 Inductor quantizer, lowered with ``torch.compile``.
+- ``qat``: quantization-aware training of the PT2E fake-quant core through the engine's one training loop.
 - ``deploy_head``: the FCOS head with BatchNorm instead of GroupNorm, so int8 has no float island in the head;
   fine-tuned through the engine.
 - ``calibration``: exactly N train images as core inputs.
@@ -20,10 +21,12 @@ from compresskit.quantize.dynamic import (DynamicQuantResult, article_dynamic_qu
                                           fp16_to_float, torchao_dynamic_quant)
 from compresskit.quantize.ort import OrtQuantConfig, QuantizedCore, choose_activations, quantize_core_onnx
 from compresskit.quantize.pt2e import Pt2eConfig, Pt2eCore, prepare_qat_core, quantize_pt2e
+from compresskit.quantize.qat import QatConfig, QatDetector, qat_finetune
 from compresskit.quantize.profile import (int8_report, onnx_bytes_by_kind, op_time_profile, part_node_names,
                                           plot_op_profile)
 
 __all__ = ["DynamicQuantResult", "OrtQuantConfig", "QuantizedCore", "article_dynamic_quant", "calibration_batches",
            "calibration_indices", "choose_activations", "fp16_compute", "fp16_storage", "fp16_to_float",
            "int8_report", "onnx_bytes_by_kind", "op_time_profile", "part_node_names", "plot_op_profile",
-           "Pt2eConfig", "Pt2eCore", "prepare_qat_core", "quantize_core_onnx", "quantize_pt2e", "torchao_dynamic_quant"]
+           "Pt2eConfig", "Pt2eCore", "QatConfig", "QatDetector", "prepare_qat_core", "qat_finetune",
+           "quantize_core_onnx", "quantize_pt2e", "torchao_dynamic_quant"]

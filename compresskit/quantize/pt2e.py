@@ -325,17 +325,24 @@ def quantize_pt2e(detector: nn.Module, calibration_dataset, config: Pt2eConfig |
         for batch in batches:
             prepared(batch)
     converted = convert_pt2e(prepared)
+    return lower_converted(converted, batches[0], config, core.output_names)
+
+
+def lower_converted(converted: torch.fx.GraphModule, example: torch.Tensor, config: Pt2eConfig,
+                    output_names: Sequence[str]) -> Pt2eCore:
+    """A converted PT2E graph (from calibration or QAT) as a :class:`Pt2eCore`: unused attributes stripped and,
+    with ``config.compile``, an untied copy compiled into int8 kernels (timed on ``example``, its input shape)."""
     strip_unused_attributes_(converted)
     summary: dict[str, Any] = quantized_conv_count(converted)
-    result = Pt2eCore(converted=converted, runner=converted, input_shape=tuple(batches[0].shape),
-                      config=config, summary=summary, output_names=core.output_names)
+    result = Pt2eCore(converted=converted, runner=converted, input_shape=tuple(example.shape),
+                      config=config, summary=summary, output_names=tuple(output_names))
     if config.compile:
         untied, summary["untied_weights"] = untie_int8_weights(converted)
         result.runner = torch.compile(untied, dynamic=False)
         started = time.perf_counter()
-        result(batches[0])
+        result(example)
         result.compile_seconds = time.perf_counter() - started
-        summary["lowered"] = lowered_conv_ops(result, batches[0])
+        summary["lowered"] = lowered_conv_ops(result, example)
     return result
 
 
