@@ -107,6 +107,9 @@ def _add_model_commands(commands: Any) -> None:
                        help="width multiplier of the trunk, for backbones that have one (default: 1.0)")
     train.add_argument("--out", type=Path, default=CHECKPOINTS_OUT, help="folder for the checkpoint")
     train.add_argument("--data", type=Path, help="dataset folder (default: the embedded dataset)")
+    train.add_argument("--init", choices=("scratch", "shipped"), default="scratch",
+                       help="--preset only: start from random weights, or from the shipped detector (weights that "
+                            "fit are kept; the class logits are re-initialised for the dataset's categories)")
     train.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (default: the recipe's)")
     train.add_argument("--max-iters", type=positive_int,
                        help="cap iterations per epoch for a smoke run (default: no cap)")

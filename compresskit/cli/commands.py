@@ -57,6 +57,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.backbone is not None:
         from compresskit.backbones import TRAIN_RECIPE_BACKBONE, train_backbone
 
+        if args.init != "scratch":
+            raise CompressKitError("--init shipped applies to --preset only: no backbone detector ships for every "
+                                   "trunk")
         config = replace(TRAIN_RECIPE_BACKBONE, epochs=args.epochs or TRAIN_RECIPE_BACKBONE.epochs)
         checkpoint = train_backbone(args.backbone, args.out, config=config, data_dir=args.data,
                                     max_iters_per_epoch=args.max_iters, width_mult=args.width_mult)
@@ -68,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
         config = TRAIN_RECIPES[args.preset]
         config = replace(config, epochs=args.epochs or config.epochs)
         checkpoint = train_preset(args.preset, args.out, data_dir=args.data, config=config,
-                                  max_iters_per_epoch=args.max_iters)
+                                  max_iters_per_epoch=args.max_iters, init=args.init)
     print(f"checkpoint written to {checkpoint}")
     return 0
 

@@ -92,10 +92,13 @@ def ship_checkpoint(path: Path | str, model: nn.Module, spec: DetectorSpec, labe
     return path
 
 
+INITS = ("scratch", "shipped")
+
+
 def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = None,
                  config: TrainConfig | None = None, max_iters_per_epoch: int | None = None,
-                 progress: bool = True) -> Path:
-    """Train preset ``name`` from scratch on the embedded dataset (or ``data_dir``) and ship it.
+                 progress: bool = True, init: str = "scratch") -> Path:
+    """Train preset ``name`` on the embedded dataset (or ``data_dir``) and ship it.
 
     Writes ``out_dir/NAME.pt`` (fp16 weights, spec, label map, metadata) and ``out_dir/NAME.json`` through
     :func:`ship_checkpoint`; the training run itself (resumable) lives in ``out_dir/NAME-run``.
@@ -107,16 +110,30 @@ def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = N
         config: the recipe (default: ``TRAIN_RECIPES[name]``).
         max_iters_per_epoch: cap on steps per epoch (quick checks only).
         progress: show progress bars.
+        init: ``scratch`` (seeded random weights) or ``shipped``: start from the shipped checkpoint of ``name``,
+            keeping every weight whose shape fits and re-initialising the class logits unless the dataset has
+            exactly the shipped categories (see :func:`~compresskit.models.transfer_weights_`); the checkpoint's
+            label map is always the dataset's.
 
     Returns:
         Path of the checkpoint.
     """
+    from compresskit.errors import ConfigError
+    from compresskit.models import load_preset, transfer_weights_
+
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}; choose one of {INITS}")
     config = config or TRAIN_RECIPES[name]
     out_dir = Path(out_dir)
     seed_everything(config.seed)
     train_set, val_set = load_split("train", data_dir), load_split("val", data_dir)
     spec = replace(EMBEDDED_PRESETS[name], num_classes=train_set.label_map.num_classes)
     model = build_detector(spec)
+    init_meta: dict = {"init": init}
+    if init == "shipped":
+        shipped, shipped_labels, _ = load_preset(name)
+        transferred = transfer_weights_(model, shipped, same_categories=shipped_labels == train_set.label_map)
+        init_meta.update({"kept_tensors": len(transferred["kept"]), "reinitialised": transferred["reinitialised"]})
     val_loader = make_loader(val_set, batch_size=EVAL_BATCH_SIZE, train=False)
     started = time.perf_counter()
     result = fit(model, train_set, val_loader, config, out_dir / f"{name}-run",
@@ -126,7 +143,7 @@ def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = N
         return checkpoint
     meta = {"preset": name, "train_config": asdict(config), "train_seconds": round(result["train_seconds"], 1),
             "wall_seconds_incl_eval": round(time.perf_counter() - started, 1), "history": result["history"],
-            "seed": config.seed}
+            "seed": config.seed, **init_meta}
     return ship_checkpoint(checkpoint, model, spec, train_set.label_map, meta, val_set, progress=progress)
 
 

@@ -2,11 +2,12 @@
 ``trunks``, ``checkpoints`` and ``core``)."""
 
 from compresskit.models.checkpoints import (architecture_of, checkpoint_spec, load_checkpoint, load_detector,
-                                            load_preset, save_checkpoint, shipped_checkpoint)
+                                            load_preset, save_checkpoint, shipped_checkpoint, transfer_weights_)
 from compresskit.models.presets import (COCO_PRESETS, EMBEDDED_PRESETS, DetectorSpec, build_coco_architecture,
                                         build_detector, load_coco_pretrained)
 from compresskit.models.trunks import RESNET_BASIC, feature_nodes
 
 __all__ = ["COCO_PRESETS", "EMBEDDED_PRESETS", "RESNET_BASIC", "DetectorSpec", "architecture_of",
            "build_coco_architecture", "build_detector", "checkpoint_spec", "feature_nodes", "load_checkpoint",
-           "load_coco_pretrained", "load_detector", "load_preset", "save_checkpoint", "shipped_checkpoint"]
+           "load_coco_pretrained", "load_detector", "load_preset", "save_checkpoint", "shipped_checkpoint",
+           "transfer_weights_"]

@@ -214,3 +214,27 @@ def load_detector(name: str, profile: str | None = None) -> tuple[nn.Module, Lab
         return load_preset(name)
     model, label_map = load_coco_pretrained(name)
     return model, label_map, {}
+
+
+CLASS_SIZED = ("cls_logits",)  # the only tensors whose shape and meaning follow the category list
+
+
+def transfer_weights_(target: nn.Module, source: nn.Module, same_categories: bool) -> dict[str, list[str]]:
+    """Copy into ``target``, in place, every tensor of ``source`` with the same name and shape, except the class
+    logits when the categories differ (``same_categories`` False): a class slot of one dataset means nothing in
+    another, even where the counts match. What is not copied keeps ``target``'s fresh initialisation (for FCOS's
+    class logits, the bias that starts every class at a low prior).
+
+    Returns:
+        ``{"kept": [...], "reinitialised": [...]}``, names of the state-dict entries.
+    """
+    source_state, report = source.state_dict(), {"kept": [], "reinitialised": []}
+    target_state = target.state_dict()
+    for name, value in target_state.items():
+        fits = name in source_state and source_state[name].shape == value.shape
+        if fits and (same_categories or not any(part in name for part in CLASS_SIZED)):
+            value.copy_(source_state[name])
+            report["kept"].append(name)
+        else:
+            report["reinitialised"].append(name)
+    return report
