@@ -30,7 +30,7 @@ from compresskit.models import EMBEDDED_PRESETS, RESNET_BASIC, DetectorSpec, bui
 from compresskit.models.core import DetectorCore, example_batch
 from compresskit.models.presets import weights_dir
 from compresskit.models.trunks import FEATURE_STRIDES
-from compresskit.settings import seed_everything
+from compresskit.settings import seed_everything, shown_path
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,9 @@ def load_imagenet_trunk_(detector: FCOS, name: str) -> FCOS:
     weights = get_model_weights(choice.model).DEFAULT
     cached = weights_dir() / "checkpoints" / Path(weights.url).name
     if not cached.is_file():
-        raise DownloadError(f"ImageNet weights {weights} are not cached at {cached}; the kit does not download "
-                            f"them. Fetch {weights.url} into that folder (or set COMPRESSKIT_WEIGHTS to a folder "
-                            "holding checkpoints/), or use weights=None to train from scratch.")
+        raise DownloadError(f"ImageNet weights {weights} are not cached at {shown_path(cached)}; the kit does not "
+                            f"download them. Fetch {weights.url} into that folder (or set COMPRESSKIT_WEIGHTS to a "
+                            "folder holding checkpoints/), or use weights=None to train from scratch.")
     stored = torch.load(cached, map_location="cpu", weights_only=True)
     body = detector.backbone.body
     expected = body.state_dict()

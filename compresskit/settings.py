@@ -44,10 +44,13 @@ def repository_root() -> Path | None:
 
 def shown_path(path: Path | str) -> str:
     """``path`` as a learner should read it: relative to the checkout when inside it (``runs/results.json``),
-    else as given."""
-    resolved, root = Path(path).resolve(), repository_root()
+    under ``~`` when inside the home folder (``~/.cache/torch/hub/...``: the same on every machine), else as
+    given."""
+    resolved, root, home = Path(path).resolve(), repository_root(), Path.home().resolve()
     if root is not None and root in resolved.parents:
         return str(resolved.relative_to(root))
+    if home in resolved.parents:
+        return str(Path("~") / resolved.relative_to(home))
     return str(path)
 
 

@@ -133,3 +133,8 @@ def test_shown_path_is_relative_inside_the_checkout(tmp_path):
     root = Path(settings.__file__).resolve().parents[1]
     assert settings.shown_path(root / "runs" / "results.json") == str(Path("runs") / "results.json")
     assert settings.shown_path(tmp_path / "results.json") == str(tmp_path / "results.json")
+
+
+def test_shown_path_writes_the_home_folder_as_a_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert settings.shown_path(tmp_path / ".cache" / "w.pth") == str(Path("~") / ".cache" / "w.pth")
