@@ -25,7 +25,7 @@ from compresskit import cli
 from compresskit.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("data", "train", "prune", "distill", "quantize", "evaluate", "bench", "reproduce")
+COMMANDS = ("data", "train", "prune", "distill", "quantize", "evaluate", "bench", "study", "reproduce")
 
 
 def _stub_module(monkeypatch, name: str, **attributes) -> types.ModuleType:

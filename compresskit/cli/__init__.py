@@ -18,7 +18,7 @@ from compresskit.cli.arguments import (CHECKPOINTS_OUT, PATH_ERRORS, PATH_OPTION
                                        file_stem, non_negative_int, open_fraction, part_ratio, positive_float,
                                        positive_int, pruning_ratio)
 from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_embedded, _data_split, _distill,
-                                      _evaluate, _prune, _quantize, _reproduce, _train, format_metrics,
+                                      _evaluate, _prune, _quantize, _reproduce, _study, _train, format_metrics,
                                       is_reference_folder)
 from compresskit.errors import CompressKitError
 
@@ -93,10 +93,11 @@ def _add_data_commands(commands: Any) -> None:
 
 
 def _add_model_commands(commands: Any) -> None:
-    train = _command(commands, "train", "train a preset or a backbone detector from scratch",
+    train = _command(commands, "train", "train a detector: from scratch, or fine-tune a shipped one",
                      _train, description="Train a preset detector with its shipped recipe, or (--backbone) the "
                                          "teacher's FPN and FCOS head on a torchvision classification trunk with the "
-                                         "backbone recipe; both from scratch, seeded.")
+                                         "backbone recipe; seeded. --init shipped fine-tunes the shipped preset "
+                                         "on a dataset's own categories instead of starting from scratch.")
     target = train.add_mutually_exclusive_group(required=True)
     target.add_argument("--preset", choices=PRESETS,
                         help="which preset detector to train (no default: give --preset or --backbone)")
@@ -193,6 +194,23 @@ def _add_study_commands(commands: Any) -> None:
     bench.add_argument("--json", type=Path, help="also write the records to this file (default: none)")
     bench.add_argument("--reports", type=Path, help="results folder (default: $COMPRESSKIT_REPORTS or runs/)")
     bench.add_argument("--runs", type=positive_int, default=30, help="timed latency runs per record")
+
+    study = _command(commands, "study", "compress and measure a detector on your own dataset",
+                     _study, description="On a checkpoint and the kit-layout dataset it was trained on: the "
+                     "detector in torch eager and ONNX Runtime fp32, static int8, structured pruning with a short "
+                     "fine-tune, and pruning + int8; every variant timed against the fp32 detector of its runtime. "
+                     "Writes OUT/results.json (merged), OUT/figures/pareto_*.png and the ONNX files in "
+                     "OUT/artifacts/.")
+    study.add_argument("--checkpoint", type=Path, required=True, help="the fine-tuned detector (a kit .pt file)")
+    study.add_argument("--data", type=Path, required=True,
+                       help="its dataset in the kit's layout (what `compresskit data split` writes)")
+    study.add_argument("--out", type=Path, required=True, help="folder for results.json, figures/ and artifacts/")
+    study.add_argument("--ratio", type=open_fraction, default=0.5, help="share of channels pruned per layer")
+    study.add_argument("--finetune-steps", type=non_negative_int, default=200,
+                       help="fine-tuning steps after pruning (0: measure the cut alone)")
+    study.add_argument("--calibration-images", type=positive_int, default=32, help="int8 calibration images")
+    study.add_argument("--val-images", type=positive_int, help="evaluate on the first N val images (default: all)")
+    study.add_argument("--runs", type=positive_int, default=30, help="timed latency pairs per record")
 
     reproduce = _command(commands, "reproduce", "rerun every study; write results.json and figures",
                          _reproduce, description="Rerun the lessons' studies whole and write results.json and "

@@ -177,6 +177,17 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from compresskit.harness.own_data import DatasetStudyConfig, dataset_study
+
+    config = DatasetStudyConfig(prune_ratio=args.ratio, finetune_steps=args.finetune_steps,
+                                calibration_images=args.calibration_images, val_images=args.val_images,
+                                runs=args.runs)
+    dataset_study(args.checkpoint, args.data, args.out, config, progress=True)
+    print(f"results written to {args.out / 'results.json'}; figures in {args.out / 'figures'}")
+    return 0
+
+
 def is_reference_folder(out: Path, reference_dir: Path | None) -> bool:
     """Whether writing results into ``out`` would overwrite the committed reference results.
 

@@ -8,7 +8,7 @@ from compresskit.data.dataset import CocoDetection, LabelMap, collate_fn, detect
 from compresskit.data.embedded import CATEGORIES, EmbeddedConfig, embedded_dataset_dir, generate_embedded
 
 __all__ = ["CATEGORIES", "CocoDetection", "EmbeddedConfig", "LabelMap", "collate_fn", "detection_transforms",
-           "embedded_dataset_dir", "generate_embedded", "load_coco", "load_split", "profile_split"]
+           "embedded_dataset_dir", "generate_embedded", "load_coco", "load_split", "profile_split", "require_clean_layout"]
 
 
 def load_split(split: str, root: Path | str | None = None, train_transforms: bool | None = None,
@@ -21,6 +21,19 @@ def load_split(split: str, root: Path | str | None = None, train_transforms: boo
     annotations = root / "annotations" / f"instances_{split}.json"
     augment = split.startswith("train") if train_transforms is None else train_transforms
     return CocoDetection(root, annotations, transforms=detection_transforms(augment), label_map=label_map)
+
+
+def require_clean_layout(root: Path | str, progress: bool = False) -> None:
+    """Run ``data check`` on both splits of a kit-layout folder before anything trains or measures on it.
+
+    Raises:
+        DatasetError: listing every error of either split with its fix (warnings pass).
+    """
+    from compresskit.data.check import check_dataset
+
+    root = Path(root)
+    for split in ("train", "val"):
+        check_dataset(root / "annotations" / f"instances_{split}.json", root, progress=progress).raise_for_errors()
 
 
 def profile_split(split: str, profile: str | None = None, label_map: LabelMap | None = None,

@@ -199,7 +199,9 @@ def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_di
     loader = make_loader(train_dataset, config.batch_size, train=True, workers=config.workers, seed=config.seed)
     optimizer = _optimizer(trained, config)
     iters_per_epoch = min(len(loader), max_iters_per_epoch or len(loader))
-    scheduler = warmup_cosine(optimizer, config.epochs * iters_per_epoch, config.warmup_iters)
+    total_iters = config.epochs * iters_per_epoch
+    # A recipe's warm-up is sized for the embedded dataset; on a small dataset of your own it would outlast the run.
+    scheduler = warmup_cosine(optimizer, total_iters, min(config.warmup_iters, total_iters // 5))
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     checkpoint = out_dir / "last.pt"
     if checkpoint.exists():  # resume: weights, optimiser, schedule and progress

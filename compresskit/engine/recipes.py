@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from compresskit.data import load_split
+from compresskit.data import load_split, require_clean_layout
 from compresskit.data.dataset import LabelMap
 from compresskit.data.files import atomic_write_json
 from compresskit.engine.evaluation import VAL_SUBSET_IMAGES, evaluate, val_subset
@@ -125,6 +125,8 @@ def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = N
         raise ConfigError(f"unknown init {init!r}; choose one of {INITS}")
     config = config or TRAIN_RECIPES[name]
     out_dir = Path(out_dir)
+    if data_dir is not None:  # a dataset of your own: the check's messages, before any file is written
+        require_clean_layout(data_dir)
     seed_everything(config.seed)
     train_set, val_set = load_split("train", data_dir), load_split("val", data_dir)
     spec = replace(EMBEDDED_PRESETS[name], num_classes=train_set.label_map.num_classes)

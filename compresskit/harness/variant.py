@@ -38,19 +38,21 @@ def _safe_name(record_id: str) -> str:
 
 
 def runner_for(detector: nn.Module, record_id: str, runtime: str, core: Any = None,
-               threads: int = 2) -> tuple[CoreDetector, Any]:
+               threads: int = 2, artifacts: Path | None = None) -> tuple[CoreDetector, Any]:
     """The end-to-end callable measured for ``runtime`` and the file or object whose size is shipped.
 
     Returns:
         ``(runner, default artifact)``: torch eager (and a compiled core, unless the caller names its artifact)
-        ships the state_dict (the detector itself); ONNX Runtime ships the exported (or given) ``.onnx`` file.
+        ships the state_dict (the detector itself); ONNX Runtime ships the exported (or given) ``.onnx`` file,
+        written into ``artifacts`` (default: :func:`artifact_dir`).
     """
     if runtime not in RUNTIMES_MEASURED:
         raise ValueError(f"runtime {runtime!r} is not measured by the harness; use one of {RUNTIMES_MEASURED}")
     if runtime == "torch-compile" and core is None:
         raise ValueError("a torch-compile record needs its compiled core (core=...)")
     if runtime == "onnxruntime" and core is None:
-        onnx_path = export_core_onnx(DetectorCore(detector), artifact_dir() / f"{_safe_name(record_id)}.onnx")
+        onnx_path = export_core_onnx(DetectorCore(detector),
+                                     (artifacts or artifact_dir()) / f"{_safe_name(record_id)}.onnx")
         core = OnnxCore(onnx_path, threads=threads)
     artifact = core.path if isinstance(core, OnnxCore) else detector
     return CoreDetector(detector, core), artifact
@@ -71,6 +73,7 @@ class Study:
         val_loader: evaluation loader; label_map: the detector's label <-> category-id mapping.
         threads: torch/ORT threads for latency; runs: timed runs (pairs for a comparison), >= 30 per DESIGN.
         log: called with one line per measured record (``print`` for progress; None for silence).
+        artifacts: where exported ONNX files go (default: :func:`artifact_dir`, beside ``COMPRESSKIT_REPORTS``).
     """
 
     lesson: str
@@ -85,6 +88,7 @@ class Study:
     records: list[dict] = field(default_factory=list)
     log: Callable[[str], None] | None = None
     runners: dict[str, Callable] = field(default_factory=dict, repr=False)
+    artifacts: Path | None = None
 
     @classmethod
     def of(cls, lesson: str, loaded, val_images: int | None = None, **settings: Any) -> Study:
@@ -131,7 +135,8 @@ class Study:
         if baseline is not None and baseline not in self.runners:
             raise ValueError(f"baseline {baseline!r} is not a record of this study; measure it first, in this run")
         detector.eval()
-        runner, default_artifact = runner_for(detector, record_id, runtime, core=core, threads=self.threads)
+        runner, default_artifact = runner_for(detector, record_id, runtime, core=core, threads=self.threads,
+                                                  artifacts=self.artifacts)
         if recorded_metrics is not None:
             metrics = {key: recorded_metrics[key] for key in METRIC_NAMES}
             config = {**(config or {}), "map_source": "training record (checkpoint not shipped)"}

@@ -44,6 +44,10 @@ class ResultsFileError(CompressKitError, ValueError):
     """A results file or record breaks the DESIGN §5 contract; the message names the file or record and the fix."""
 
 
+# The two data profiles, plus "custom": a dataset of the user's own (its records name the dataset in their config).
+RECORD_PROFILES = (*settings.PROFILES, "custom")
+
+
 def _empty_document() -> dict[str, Any]:
     return {"schema": SCHEMA, "environment": {}, "records": []}
 
@@ -98,7 +102,8 @@ def make_record(*, id: str, lesson: str, profile: str, technique: str, model: st
     Args:
         id: unique key, e.g. ``"quantization/teacher/ort-int8"``; a rerun with the same id replaces it.
         lesson: the notebook or command that produced it, e.g. ``"03_quantization"``.
-        profile: the data profile the variant was actually evaluated on, ``"embedded"`` or ``"coco"``.
+        profile: the data profile the variant was actually evaluated on, ``"embedded"`` or ``"coco"``, or
+            ``"custom"`` for a user's own dataset (``compresskit study``).
         technique: one of ``TECHNIQUES``.
         model: the preset measured (``teacher``, ``student``, a backbone name...).
         runtime: one of ``RUNTIMES``.
@@ -121,9 +126,9 @@ def make_record(*, id: str, lesson: str, profile: str, technique: str, model: st
     """
     if not isinstance(id, str) or not id:
         raise ResultsFileError(f"record id must be a non-empty string, got {id!r}")
-    if profile not in settings.PROFILES:
+    if profile not in RECORD_PROFILES:
         raise ResultsFileError(f"unknown profile {profile!r} for record {id!r}; use one of "
-                               f"{', '.join(settings.PROFILES)} (the profile the data was loaded with)")
+                               f"{', '.join(RECORD_PROFILES)} (the profile the data was loaded with)")
     if technique not in TECHNIQUES:
         raise ResultsFileError(f"unknown technique {technique!r} for record {id!r}; use one of "
                                f"{', '.join(TECHNIQUES)}")
