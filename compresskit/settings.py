@@ -3,6 +3,9 @@
 `COMPRESSKIT_PROFILE` (contract) picks the data profile: ``embedded`` (default, offline) or ``coco``.
 `COMPRESSKIT_REPORTS` (contract) is the folder lessons and commands write ``results.json`` into.
 `COMPRESSKIT_DATA` is where generated and downloaded datasets are cached.
+The coco profile also reads `COMPRESSKIT_COCO_ROOT` (a local COCO install), `COMPRESSKIT_COCO_RECIPES` (your own
+subset recipes) and `COMPRESSKIT_COCO_IMAGE_SIZE` (the detectors' input size); `COMPRESSKIT_LATENCY_RUNS` sets
+the timed runs of every study that is not given its own.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ PROFILE_ENV = "COMPRESSKIT_PROFILE"
 REPORTS_ENV = "COMPRESSKIT_REPORTS"
 DATA_ENV = "COMPRESSKIT_DATA"
 COCO_ROOT_ENV = "COMPRESSKIT_COCO_ROOT"
+COCO_RECIPES_ENV = "COMPRESSKIT_COCO_RECIPES"
+LATENCY_RUNS_ENV = "COMPRESSKIT_LATENCY_RUNS"
+COCO_IMAGE_SIZE_ENV = "COMPRESSKIT_COCO_IMAGE_SIZE"
 
 
 def profile() -> str:
@@ -90,3 +96,32 @@ def coco_root() -> Path | None:
     or None. Subsets are then copied from it instead of downloaded."""
     value = os.environ.get(COCO_ROOT_ENV)
     return Path(value).expanduser() if value else None
+
+
+def _positive_int_env(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{name}={value!r} must be a positive whole number (or unset it for the default)")
+    return int(value)
+
+
+def coco_recipes_dir() -> Path | None:
+    """A folder of subset recipes replacing the pinned ones of the coco profile (``COMPRESSKIT_COCO_RECIPES``):
+    ``train2017.json`` and ``val2017.json`` in the format of ``data/recipes/``; None for the pinned recipes."""
+    value = os.environ.get(COCO_RECIPES_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def latency_runs(default: int = 30) -> int:
+    """Timed runs (pairs, for a paired comparison) per record: ``COMPRESSKIT_LATENCY_RUNS``, else ``default``.
+    Fewer than 30 gives a quick look, not a reported number (DESIGN section 7)."""
+    return _positive_int_env(LATENCY_RUNS_ENV) or default
+
+
+def coco_image_size() -> int | None:
+    """Input size of the coco profile's detectors (their shorter image side; the longer is capped at 4/3 of it)
+    from ``COMPRESSKIT_COCO_IMAGE_SIZE``; None keeps torchvision's own (800 for RetinaNet, 320 for SSDlite).
+    Smaller inputs trade small-object accuracy for CPU time."""
+    return _positive_int_env(COCO_IMAGE_SIZE_ENV)

@@ -25,7 +25,7 @@ from compresskit import cli
 from compresskit.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("data", "train", "prune", "distill", "quantize", "evaluate", "bench", "study", "reproduce")
+COMMANDS = ("data", "train", "prune", "distill", "quantize", "evaluate", "bench", "study", "reproduce", "figures")
 
 
 def _stub_module(monkeypatch, name: str, **attributes) -> types.ModuleType:
@@ -305,13 +305,14 @@ def reference(monkeypatch, tmp_path):
 def test_reproduce_writes_under_runs_by_default(reference):
     folder, run = reference
     assert main(["reproduce"]) == 0
-    assert run.calls == [((Path("runs/reproduce"),), {"studies": None, "runs": 30, "update_reference": False})]
+    assert run.calls == [((Path("runs/reproduce"),), {"studies": None, "profile": None, "runs": 30,
+                                                    "update_reference": False})]
 
 
 def test_reproduce_passes_only_and_runs(reference):
     folder, run = reference
     assert main(["reproduce", "--out", "mine", "--only", "pruning", "baselines", "--runs", "7"]) == 0
-    assert run.calls == [((Path("mine"),), {"studies": ["pruning", "baselines"], "runs": 7,
+    assert run.calls == [((Path("mine"),), {"studies": ["pruning", "baselines"], "profile": None, "runs": 7,
                                                     "update_reference": False})]
 
 
@@ -334,7 +335,7 @@ def test_reproduce_into_the_reference_needs_update_reference(reference, where, t
     assert "--update-reference" in _one_error_line(capsys.readouterr().err)
     assert run.calls == []
     assert main(["reproduce", "--out", str(out), "--update-reference"]) == 0
-    assert run.calls == [((out,), {"studies": None, "runs": 30, "update_reference": True})]
+    assert run.calls == [((out,), {"studies": None, "profile": None, "runs": 30, "update_reference": True})]
 
 
 def test_is_reference_folder_compares_records(tmp_path):

@@ -58,7 +58,8 @@ def test_reproduce_runs_every_study_and_draws_the_figures(tiny_profile, tmp_path
     lessons = {r["lesson"] for r in records}
     assert lessons == {"01_baseline_detectors", "02_pruning"}
     assert {p.name for p in (out / "figures").iterdir()} == {"pareto_latency.png", "pareto_size.png",
-                                                             "pareto_macs.png"}
+                                                             "pareto_macs.png", "sparsity.png"}
+    assert "| pruning-accuracy |" in (out / "summary.md").read_text()
     printed = capsys.readouterr().out
     assert "[1/2] baselines" in printed and "[2/2] pruning" in printed
 

@@ -18,8 +18,8 @@ from compresskit.cli.arguments import (CHECKPOINTS_OUT, PATH_ERRORS, PATH_OPTION
                                        file_stem, non_negative_int, open_fraction, part_ratio, positive_float,
                                        positive_int, pruning_ratio)
 from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_embedded, _data_split, _distill,
-                                      _evaluate, _prune, _quantize, _reproduce, _study, _train, format_metrics,
-                                      is_reference_folder)
+                                      _evaluate, _figures, _prune, _quantize, _reproduce, _study, _train,
+                                      format_metrics, is_reference_folder)
 from compresskit.errors import CompressKitError
 
 __all__ = ["LazyChoices", "build_parser", "file_stem", "format_metrics", "is_reference_folder", "main",
@@ -93,11 +93,14 @@ def _add_data_commands(commands: Any) -> None:
 
 
 def _add_model_commands(commands: Any) -> None:
-    train = _command(commands, "train", "train a detector: from scratch, or fine-tune a shipped one",
+    train = _command(commands, "train", "train a detector: from scratch, or fine-tune a shipped/COCO one",
                      _train, description="Train a preset detector with its shipped recipe, or (--backbone) the "
                                          "teacher's FPN and FCOS head on a torchvision classification trunk with the "
                                          "backbone recipe; seeded. --init shipped fine-tunes the shipped preset "
-                                         "on a dataset's own categories instead of starting from scratch.")
+                                         "on a dataset's own categories instead of starting from scratch; --init "
+                                         "coco-pretrained fine-tunes the coco profile's COCO-pretrained torchvision "
+                                         "detector for the preset (RetinaNet for the teacher, SSDlite for the "
+                                         "student) on --data.")
     target = train.add_mutually_exclusive_group(required=True)
     target.add_argument("--preset", choices=PRESETS,
                         help="which preset detector to train (no default: give --preset or --backbone)")
@@ -108,9 +111,12 @@ def _add_model_commands(commands: Any) -> None:
                        help="width multiplier of the trunk, for backbones that have one (default: 1.0)")
     train.add_argument("--out", type=Path, default=CHECKPOINTS_OUT, help="folder for the checkpoint")
     train.add_argument("--data", type=Path, help="dataset folder (default: the embedded dataset)")
-    train.add_argument("--init", choices=("scratch", "shipped"), default="scratch",
-                       help="--preset only: start from random weights, or from the shipped detector (weights that "
-                            "fit are kept; the class logits are re-initialised for the dataset's categories)")
+    train.add_argument("--init", choices=("scratch", "shipped", "coco-pretrained"), default="scratch",
+                       help="--preset only. scratch: seeded random weights; shipped: start from the shipped "
+                            "detector (weights that fit are kept, the class logits re-initialised for the dataset's "
+                            "categories); coco-pretrained: fine-tune torchvision's COCO-pretrained detector of the "
+                            "coco profile on --data (needs --data and its cached or downloadable weights, see "
+                            "COMPRESSKIT_WEIGHTS; class-sized layers re-initialised)")
     train.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (default: the recipe's)")
     train.add_argument("--max-iters", type=positive_int,
                        help="cap iterations per epoch for a smoke run (default: no cap)")
@@ -213,17 +219,42 @@ def _add_study_commands(commands: Any) -> None:
     study.add_argument("--runs", type=positive_int, default=30, help="timed latency pairs per record")
 
     reproduce = _command(commands, "reproduce", "rerun every study; write results.json and figures",
-                         _reproduce, description="Rerun the lessons' studies whole and write results.json and "
-                                                 "figures/. The committed reports/ folder is written only with "
-                                                 "--update-reference.")
+                         _reproduce, description="Rerun the lessons' studies whole and write results.json, "
+                                                 "figures/ and summary.md (every record, and the lessons' targets "
+                                                 "marked met, missed or not measured). The committed reports/ "
+                                                 "folder's results.json is written only with --update-reference. "
+                                                 "--check then compares results.json with the reference record by "
+                                                 "record (mAP within 0.005, MACs/params exact, size within 1 %; "
+                                                 "latency shown, never failing) and exits 1 naming each failing "
+                                                 "record and field; --skip-run --check checks an existing OUT "
+                                                 "without rerunning.")
     reproduce.add_argument("--out", type=Path, default=REPRODUCE_OUT,
-                           help="folder for results.json and figures/; the committed reports/ needs --update-reference")
+                           help="folder for results.json, figures/ and summary.md; the committed reports/ needs "
+                                "--update-reference")
     reproduce.add_argument("--only", nargs="+", metavar="STUDY",
                            choices=LazyChoices("compresskit.harness.reproduce", "STUDIES"),
                            help="run only these studies, among %(choices)s (default: all)")
     reproduce.add_argument("--runs", type=positive_int, default=30, help="timed latency runs per record")
     reproduce.add_argument("--update-reference", action="store_true",
                            help="allow replacing the committed reference results (default: refuse)")
+    reproduce.add_argument("--profile", choices=settings.PROFILES,
+                           help=f"data profile of the studies (default: ${settings.PROFILE_ENV}, else embedded)")
+    reproduce.add_argument("--skip-run", action="store_true",
+                           help="run no study: redraw OUT/figures/ and OUT/summary.md from the OUT/results.json "
+                                "already there (default: run the studies first)")
+    reproduce.add_argument("--check", action="store_true",
+                           help="compare OUT/results.json with the reference afterwards; exit 1 on a mismatch "
+                                "(default: no check)")
+    reproduce.add_argument("--reference", type=Path,
+                           help="folder of the reference results.json for --check (default: the repository's "
+                                "reports/)")
+
+    figures = _command(commands, "figures", "redraw every figure from a results.json alone", _figures,
+                       description="Redraw pareto_{latency,size,macs}.png, sparsity.png, calibration.png, "
+                                   "distillation.png and backbones.png from a results file alone, running nothing; "
+                                   "a figure whose records are not in the file is skipped, and said so.")
+    figures.add_argument("results", type=Path, help="a results.json, or the folder holding it")
+    figures.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
     Returns:
-        The exit status: 0 done, 1 ``data check`` found errors, 2 a problem the user can fix (one message on
-        stderr), 130 interrupted.
+        The exit status: 0 done, 1 ``data check`` found errors or ``reproduce --check`` mismatches, 2 a problem
+        the user can fix (one message on stderr), 130 interrupted.
     """
     try:
         args = build_parser().parse_args(argv)

@@ -58,8 +58,9 @@ def _train(args: argparse.Namespace) -> int:
         from compresskit.backbones import TRAIN_RECIPE_BACKBONE, train_backbone
 
         if args.init != "scratch":
-            raise CompressKitError("--init shipped applies to --preset only: no backbone detector ships for every "
-                                   "trunk")
+            raise CompressKitError(f"--init {args.init} applies to --preset only: no backbone detector ships, "
+                                   "and no COCO-pretrained one exists, for every trunk; drop --init or train a "
+                                   "--preset")
         config = replace(TRAIN_RECIPE_BACKBONE, epochs=args.epochs or TRAIN_RECIPE_BACKBONE.epochs)
         checkpoint = train_backbone(args.backbone, args.out, config=config, data_dir=args.data,
                                     max_iters_per_epoch=args.max_iters, width_mult=args.width_mult)
@@ -209,9 +210,33 @@ def is_reference_folder(out: Path, reference_dir: Path | None) -> bool:
 def _reproduce(args: argparse.Namespace) -> int:
     from compresskit.harness.reproduce import REFERENCE_DIR, reproduce
 
-    if not args.update_reference and is_reference_folder(args.out, REFERENCE_DIR):
-        raise CompressKitError(f"{args.out} holds the committed reference results; write your run elsewhere (the "
-                               f"default is {REPRODUCE_OUT}) or add --update-reference to replace them")
-    results = reproduce(args.out, studies=args.only, runs=args.runs, update_reference=args.update_reference)
-    print(f"results written to {results} (figures beside it)")
+    if args.skip_run:
+        if args.only or args.profile:
+            raise CompressKitError("--skip-run runs no study, so --only and --profile have nothing to act on; drop "
+                                   "them, or drop --skip-run to rerun those studies")
+        from compresskit.harness.reproduce import write_derived
+
+        write_derived(args.out)
+    else:
+        if not args.update_reference and is_reference_folder(args.out, REFERENCE_DIR):
+            raise CompressKitError(f"{args.out} holds the committed reference results; write your run elsewhere "
+                                   f"(the default is {REPRODUCE_OUT}) or add --update-reference to replace them")
+        results = reproduce(args.out, studies=args.only, profile=args.profile, runs=args.runs,
+                            update_reference=args.update_reference)
+        print(f"results written to {results} (figures and summary.md beside it)")
+    if not args.check:
+        return 0
+    from compresskit.harness.reproduce import check_results
+
+    outcome = check_results(args.out, reference_dir=args.reference)
+    print(outcome.format())
+    return 0 if outcome.passed else 1
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from compresskit.harness.figures import draw_figures
+
+    if not draw_figures(args.results, args.out):
+        raise CompressKitError(f"{args.results} holds none of the records the figures are drawn from; give the "
+                               "results.json of `compresskit reproduce` or of a lesson")
     return 0

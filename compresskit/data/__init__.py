@@ -8,7 +8,8 @@ from compresskit.data.dataset import CocoDetection, LabelMap, collate_fn, detect
 from compresskit.data.embedded import CATEGORIES, EmbeddedConfig, embedded_dataset_dir, generate_embedded
 
 __all__ = ["CATEGORIES", "CocoDetection", "EmbeddedConfig", "LabelMap", "collate_fn", "detection_transforms",
-           "embedded_dataset_dir", "generate_embedded", "load_coco", "load_split", "profile_split", "require_clean_layout"]
+           "embedded_dataset_dir", "generate_embedded", "load_coco", "load_split", "profile_split",
+           "require_clean_layout"]
 
 
 def load_split(split: str, root: Path | str | None = None, train_transforms: bool | None = None,
@@ -42,14 +43,15 @@ def profile_split(split: str, profile: str | None = None, label_map: LabelMap | 
     when ``train_transforms`` is True (default: for the train split only; calibration wants it off).
 
     ``embedded`` gives the generated dataset; ``coco`` builds (once, then reuses) the pinned COCO 2017 subset of
-    ``data/recipes`` — downloaded, or copied from ``COMPRESSKIT_COCO_ROOT`` — and reads it with the same class.
+    ``data/recipes`` (or of ``COMPRESSKIT_COCO_RECIPES``) — downloaded, or copied from ``COMPRESSKIT_COCO_ROOT``
+    — and reads it with the same class.
     """
     from compresskit import settings
-    from compresskit.data.coco_subset import DEFAULT_RECIPES, build_coco_subset, default_subset_dir
+    from compresskit.data.coco_subset import build_coco_subset, default_subset_dir, profile_recipe
 
     if (profile or settings.profile()) == "embedded":
         return load_split(split, label_map=label_map, train_transforms=train_transforms)
-    recipe = DEFAULT_RECIPES["train2017" if split == "train" else "val2017"]
+    recipe = profile_recipe("train2017" if split == "train" else "val2017")
     out = default_subset_dir(recipe)
     build_coco_subset(out, recipe, coco_root=settings.coco_root())
     return CocoDetection(out, out / "annotations" / f"instances_{recipe.split}.json",

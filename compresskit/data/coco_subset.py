@@ -97,6 +97,24 @@ DEFAULT_RECIPES = {
 }
 
 
+def profile_recipe(split: str) -> SubsetRecipe:
+    """The recipe the coco profile builds for ``split`` (``train2017`` or ``val2017``): the pinned one, or
+    ``<COMPRESSKIT_COCO_RECIPES>/<split>.json`` when that variable names a folder of your own recipes."""
+    from compresskit.settings import COCO_RECIPES_ENV, coco_recipes_dir
+
+    folder = coco_recipes_dir()
+    if folder is None:
+        return DEFAULT_RECIPES[split]
+    path = folder / f"{split}.json"
+    if not path.is_file():
+        raise DatasetError(f"{COCO_RECIPES_ENV} names {folder}, which has no {path.name}; add the recipe (see "
+                           "data/recipes/ for the format) or unset the variable for the pinned subsets")
+    recipe = load_recipe(path)
+    if recipe.split != split:
+        raise DatasetError(f"{path} is a recipe for {recipe.split}, not {split}")
+    return recipe
+
+
 def load_recipe(name_or_path: str | Path) -> SubsetRecipe:
     """A recipe by name (``val2017``, ``train2017``, ``coco-val2017-500``, ``coco-train2017-2000``) or JSON path.
 

@@ -22,12 +22,16 @@ EXAMPLE_CATEGORIES = ({"id": 0, "name": "disc"}, {"id": 3, "name": "tile"},
                       {"id": 7, "name": "ring (no boxes yet)"})
 EXAMPLE_SIZES = ((480, 320), (320, 480), (400, 400), (640, 360))
 GRAYSCALE_INDEX = 5  # which image is saved in mode "L"
+FRAMES_PER_BURST = 3
+BURST_PATTERN = r"^(burst\d+)_"  # the --group-by pattern that keeps a burst together
 
 
 def write_example_export(folder: Path | str, images: int = 12, seed: int = 0) -> Path:
-    """Write ``folder/annotations.json`` and ``folder/images/shot_NNN.jpg`` (``images`` of them).
+    """Write ``folder/annotations.json`` and ``folder/images/burstNN_frameK.jpg`` (``images`` of them).
 
-    Each image holds two or three objects: discs (category id 0) and tiles (id 3); the category with id 7 has no
+    Images come in bursts of ``FRAMES_PER_BURST`` near-duplicate frames (the same objects, moved a few pixels),
+    as a camera or a video gives them: ``data split --group-by '^(burst\\d+)_'`` keeps a burst on one side.
+    Each burst holds two or three objects: discs (category id 0) and tiles (id 3); the category with id 7 has no
     boxes. Image ``GRAYSCALE_INDEX`` is grayscale.
 
     Args:
@@ -47,13 +51,19 @@ def write_example_export(folder: Path | str, images: int = 12, seed: int = 0) ->
     (folder / "images").mkdir(parents=True, exist_ok=True)
     document = {"images": [], "annotations": [], "categories": [dict(c) for c in EXAMPLE_CATEGORIES]}
     for index in range(images):
-        width, height = EXAMPLE_SIZES[index % len(EXAMPLE_SIZES)]
-        image = Image.fromarray(rng.integers(70, 160, size=(height, width, 3), dtype=np.uint8))
+        burst, frame = divmod(index, FRAMES_PER_BURST)
+        width, height = EXAMPLE_SIZES[burst % len(EXAMPLE_SIZES)]
+        if frame == 0:  # a new burst: new background and objects
+            background = rng.integers(70, 160, size=(height, width, 3), dtype=np.uint8)
+            objects = []
+            for object_index in range(2 + burst % 2):
+                side = int(rng.integers(max(24, min(width, height) // 10), min(width, height) // 3))
+                objects.append((EXAMPLE_CATEGORIES[(burst + object_index) % 2], side,
+                                int(rng.integers(8, width - side - 8)), int(rng.integers(8, height - side - 8))))
+        image = Image.fromarray(background)
         draw = ImageDraw.Draw(image)
-        for box_index in range(2 + index % 2):
-            category = EXAMPLE_CATEGORIES[(index + box_index) % 2]
-            side = int(rng.integers(max(24, min(width, height) // 10), min(width, height) // 3))
-            x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+        for category, side, x0, y0 in objects:
+            x, y = x0 + int(rng.integers(-8, 9)), y0 + int(rng.integers(-8, 9))  # the frame-to-frame jitter
             shape = [x, y, x + side - 1, y + side - 1]
             if category["id"] == 0:
                 draw.ellipse(shape, fill=(220, 60, 40))
@@ -64,7 +74,7 @@ def write_example_export(folder: Path | str, images: int = 12, seed: int = 0) ->
                                             "area": side * side, "iscrowd": 0})
         if index == GRAYSCALE_INDEX:
             image = image.convert("L")  # exports mix in the odd grayscale frame
-        name = f"shot_{index:03d}.jpg"
+        name = f"burst{burst:02d}_frame{frame}.jpg"
         image.save(folder / "images" / name, quality=95)
         document["images"].append({"id": index + 1, "file_name": name, "width": width, "height": height})
     return atomic_write_json(folder / "annotations.json", document)

@@ -79,9 +79,10 @@ def measure_backbone(study: Study, name: str, detector: nn.Module, meta: dict, s
     return records
 
 
-def backbone_study(profile: str | None = None, val_images: int | None = None, runs: int = 30,
+def backbone_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
                    backbones: Sequence[str] | None = None, int8: bool = True, calibration_images: int = 64,
-                   trunk_float: Sequence[str] = TRUNK_FLOAT_CONTROLS, progress: bool = False, log: Callable[[str], None] | None = None) -> Study:
+                   trunk_float: Sequence[str] = TRUNK_FLOAT_CONTROLS, progress: bool = False,
+                   log: Callable[[str], None] | None = None) -> Study:
     """Every record of lesson 05: the teacher (eager and ONNX Runtime fp32), then each backbone detector.
 
     Args:

@@ -14,8 +14,8 @@ from compresskit.harness.variant import Study
 LESSON = "01_baseline_detectors"
 
 
-def baseline_study(profile: str | None = None, val_images: int | None = None, runs: int = 30, threads: int = 2,
-                   models: tuple[str, ...] = ("teacher", "student"), progress: bool = False,
+def baseline_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
+                   threads: int = 2, models: tuple[str, ...] = ("teacher", "student"), progress: bool = False,
                    log: Callable[[str], None] | None = None, lesson: str = LESSON) -> Study:
     """Measure each preset in torch eager and ONNX Runtime fp32, in one run.
 

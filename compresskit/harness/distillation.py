@@ -56,7 +56,7 @@ def measure_trained(study: Study, name: str, record_id: str, technique: str, unt
     return record
 
 
-def distillation_study(profile: str | None = None, val_images: int | None = None, runs: int = 30,
+def distillation_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
                        progress: bool = False, log: Callable[[str], None] | None = None) -> Study:
     """Every record of lesson 04: the teacher, the four equal-budget students (none, logit, feature, both) against
     the no-distillation one, and the pruned teacher recovered with and without distillation against the teacher."""

@@ -61,8 +61,8 @@ def pruned_for_profile(loaded) -> tuple:
     return pruned, config, f"{config.ratio:.0%} channels, no fine-tune", {}
 
 
-def pruning_study(profile: str | None = None, val_images: int | None = None, runs: int = 30, model: str = "teacher",
-                  amounts: Sequence[float] | None = None, progress: bool = False,
+def pruning_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
+                  model: str = "teacher", amounts: Sequence[float] | None = None, progress: bool = False,
                   log: Callable[[str], None] | None = None) -> Study:
     """The records of lesson 02: baseline, unstructured sweep, structured prune (eager and ONNX Runtime).
 

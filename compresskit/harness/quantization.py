@@ -202,7 +202,7 @@ def sensitivity_study(profile: str | None = None, val_images: int | None = 100, 
     return study
 
 
-def quantization_study(profile: str | None = None, val_images: int | None = None, runs: int = 30,
+def quantization_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
                        calibration_images: int = 64, sweep: bool = True, progress: bool = False,
                        log: Callable[[str], None] | None = None) -> Study:
     """Every record of lesson 03 (see the module docstring), for ``compresskit reproduce``."""

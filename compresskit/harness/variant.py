@@ -23,7 +23,7 @@ from compresskit.measure import (compare_latency, count_macs, count_nonzero_para
                                  serialized_size)
 from compresskit.models.core import CoreDetector, DetectorCore, OnnxCore, example_batch, export_core_onnx
 from compresskit.report import make_record
-from compresskit.settings import reports_dir
+from compresskit.settings import latency_runs, reports_dir
 
 RUNTIMES_MEASURED = ("torch-eager", "torch-compile", "onnxruntime")
 
@@ -71,7 +71,8 @@ class Study:
         model: preset name recorded with each record.
         profile: the data profile the detector *and* the data were actually loaded from.
         val_loader: evaluation loader; label_map: the detector's label <-> category-id mapping.
-        threads: torch/ORT threads for latency; runs: timed runs (pairs for a comparison), >= 30 per DESIGN.
+        threads: torch/ORT threads for latency; runs: timed runs (pairs for a comparison), >= 30 per DESIGN
+            (default: ``COMPRESSKIT_LATENCY_RUNS``, else 30).
         log: called with one line per measured record (``print`` for progress; None for silence).
         artifacts: where exported ONNX files go (default: :func:`artifact_dir`, beside ``COMPRESSKIT_REPORTS``).
     """
@@ -82,13 +83,17 @@ class Study:
     val_loader: Any
     label_map: Any
     threads: int = 2
-    runs: int = 30
+    runs: int | None = None
     progress: bool = False
     baseline: str | None = None
     records: list[dict] = field(default_factory=list)
     log: Callable[[str], None] | None = None
     runners: dict[str, Callable] = field(default_factory=dict, repr=False)
     artifacts: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.runs is None:
+            self.runs = latency_runs()
 
     @classmethod
     def of(cls, lesson: str, loaded, val_images: int | None = None, **settings: Any) -> Study:

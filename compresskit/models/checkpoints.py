@@ -1,22 +1,27 @@
-"""The one checkpoint format of the kit: plain, pruned and fine-tuned detectors alike (DESIGN section 8).
+"""The checkpoint format of the kit: plain, pruned and fine-tuned detectors alike (DESIGN section 8).
 
-A file holds ``spec`` (the :class:`DetectorSpec`), ``label_map``, ``architecture`` (the channel counts of every
-Conv2d, BatchNorm2d, FrozenBatchNorm2d, GroupNorm and Linear: plain numbers), ``meta`` and ``state_dict``.
-Loading builds the spec's detector, reshapes each layer whose stored channel counts differ (a pruned model), and
-loads the tensors with ``weights_only=True``: a checkpoint never unpickles code, and a pruned model needs no
-``torch.save(model)``. Files without ``architecture`` (written before it existed) load as the spec's design.
+A file of the kit's own FCOS detectors holds ``spec`` (the :class:`DetectorSpec`), ``label_map``, ``architecture``
+(the channel counts of every Conv2d, BatchNorm2d, FrozenBatchNorm2d, GroupNorm and Linear: plain numbers),
+``meta`` and ``state_dict``. Loading builds the spec's detector, reshapes each layer whose stored channel counts
+differ (a pruned model), and loads the tensors with ``weights_only=True``: a checkpoint never unpickles code, and a
+pruned model needs no ``torch.save(model)``. Files without ``architecture`` (written before it existed) load as the
+spec's design. A torchvision detector fine-tuned from its COCO weights (``compresskit train --init
+coco-pretrained``) has no spec: its file holds ``torchvision`` (``{"model": name, "num_classes": K}``) instead, and
+loads as ``get_model(name, weights=None, num_classes=K)`` with the stored tensors.
 Introduced in ``01_baseline_detectors.ipynb``; pruned models in ``02_pruning.ipynb``.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision import models as tv_models
 from torchvision.models.detection import FCOS
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -73,14 +78,46 @@ def save_checkpoint(path: Path | str, model: nn.Module, spec: DetectorSpec, labe
     Returns:
         ``path``.
     """
+    payload = {"spec": asdict(spec), "label_map": label_map.to_json(), "architecture": architecture_of(model),
+               "meta": meta or {}, "state_dict": _stored_state(path, model, half)}
+    return _write(path, payload)
+
+
+def save_torchvision_checkpoint(path: Path | str, model: nn.Module, model_name: str, num_classes: int,
+                                label_map: LabelMap, meta: dict | None = None, half: bool = False) -> Path:
+    """Write a torchvision detector as ``{"torchvision", "label_map", "meta", "state_dict"}`` atomically.
+
+    For detectors that are not the kit's FCOS (no :class:`DetectorSpec`), e.g. a COCO-pretrained SSDlite
+    fine-tuned on a dataset of your own. :func:`load_checkpoint` rebuilds them by name.
+
+    Args:
+        path: target file (parents are created; a reader never sees a half-written file).
+        model: the detector, as ``torchvision.models.get_model(model_name, num_classes=num_classes)`` builds it.
+        model_name: its torchvision name (``ssdlite320_mobilenet_v3_large``, ``retinanet_resnet50_fpn_v2``, ...).
+        num_classes: its classifier width (background slot included).
+        label_map: its label <-> category-id mapping.
+        meta: JSON-able extras (training recipe, mAP, ...).
+        half: store float tensors as fp16 (half the file; loading converts back to fp32).
+
+    Returns:
+        ``path``.
+    """
+    payload = {"torchvision": {"model": model_name, "num_classes": int(num_classes)},
+               "label_map": label_map.to_json(), "meta": meta or {}, "state_dict": _stored_state(path, model, half)}
+    return _write(path, payload)
+
+
+def _stored_state(path: Path | str, model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
+    """``model``'s tensors as written to ``path``: detached copies, floats in fp16 when ``half``."""
     state = model.state_dict()
     if any(key.endswith(("_orig", "_mask")) for key in state):
         raise CheckpointError(f"cannot save {path}: the model still carries torch.nn.utils.prune masks; call "
                               "compresskit.prune.make_permanent_(model) first")
-    state = {key: (value.half() if half and value.is_floating_point() else value).detach().clone()
-             for key, value in state.items()}
-    payload = {"spec": asdict(spec), "label_map": label_map.to_json(), "architecture": architecture_of(model),
-               "meta": meta or {}, "state_dict": state}
+    return {key: (value.half() if half and value.is_floating_point() else value).detach().clone()
+            for key, value in state.items()}
+
+
+def _write(path: Path | str, payload: dict) -> Path:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
@@ -130,6 +167,10 @@ def _reshape_(module: nn.Module, shape: dict) -> None:
         _refill(module, "bias", module.out_features)
 
 
+# What a file describes its detector by: the kit's FCOS design, or a torchvision detector's name.
+CHECKPOINT_KINDS = ("spec", "torchvision")
+
+
 def _read(path: Path | str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -137,29 +178,41 @@ def _read(path: Path | str) -> dict:
         raise CheckpointError(f"checkpoint {path} not found") from None
     except Exception as exc:  # corrupt, truncated, or holding objects weights_only refuses
         raise CheckpointError(f"{path} is not a compresskit checkpoint ({type(exc).__name__}: {exc})") from None
-    required = ("spec", "label_map", "state_dict")
-    missing = [key for key in required if not isinstance(payload, dict) or key not in payload]
+    found = payload if isinstance(payload, dict) else {}
+    kind = next((key for key in CHECKPOINT_KINDS if key in found), "spec")  # neither: name the usual one
+    missing = [key for key in (kind, "label_map", "state_dict") if key not in found]
     if missing:
         raise CheckpointError(f"{path} is not a compresskit checkpoint (missing {missing}); write checkpoints "
-                              "with compresskit.models.save_checkpoint")
+                              "with compresskit.models.save_checkpoint (a torchvision detector: "
+                              "save_torchvision_checkpoint, which stores 'torchvision' in place of 'spec')")
     return payload
 
 
 def checkpoint_spec(path: Path | str) -> DetectorSpec:
-    """The :class:`DetectorSpec` stored in a checkpoint (safe load, no model built)."""
+    """The :class:`DetectorSpec` stored in a checkpoint (safe load, no model built).
+
+    Only the kit's FCOS checkpoints have one: a torchvision detector's checkpoint raises :class:`CheckpointError`.
+    """
     payload = _read(path)
+    if "spec" not in payload:
+        raise CheckpointError(f"{path} holds a torchvision detector (written by save_torchvision_checkpoint, e.g. "
+                              "`compresskit train --init coco-pretrained`), not one of the kit's FCOS designs, so "
+                              "it has no DetectorSpec; load it with load_checkpoint, and prune, distil or convert "
+                              "a checkpoint of the kit's own presets instead")
     try:
         return DetectorSpec.from_json(payload["spec"])
     except Exception as exc:  # unknown fields, or not a mapping at all
         raise CheckpointError(f"{path} holds an unreadable detector spec ({type(exc).__name__}: {exc})") from None
 
 
-def load_checkpoint(path: Path | str) -> tuple[FCOS, LabelMap, dict]:
-    """Rebuild the detector of a checkpoint written by :func:`save_checkpoint` (or by an earlier kit version).
+def load_checkpoint(path: Path | str) -> tuple[nn.Module, LabelMap, dict]:
+    """Rebuild the detector of a checkpoint written by :func:`save_checkpoint` (or by an earlier kit version) or
+    by :func:`save_torchvision_checkpoint`.
 
-    Only tensors and plain data are read (``weights_only=True``). The spec's detector is built, every layer whose
-    stored channel counts differ is reshaped, the weights are loaded strictly, and a dry run checks that the
-    layers fit each other.
+    Only tensors and plain data are read (``weights_only=True``). For the kit's FCOS, the spec's detector is built,
+    every layer whose stored channel counts differ is reshaped, the weights are loaded strictly, and a dry run
+    checks that the layers fit each other. A torchvision detector is built by its stored name and class count (a
+    detection model of torchvision only) and its weights are loaded strictly.
 
     Args:
         path: the checkpoint file.
@@ -169,25 +222,50 @@ def load_checkpoint(path: Path | str) -> tuple[FCOS, LabelMap, dict]:
         inconsistent file raises :class:`CheckpointError` naming the file and the reason.
     """
     payload = _read(path)
+    torchvision_kind = "spec" not in payload
     try:
-        spec = DetectorSpec.from_json(payload["spec"])
-        detector = build_detector(spec)
-        for name, shape in (payload.get("architecture") or {}).items():
-            module = detector.get_submodule(name)
-            if type(module) not in SHAPE_ATTRIBUTES:
-                raise ValueError(f"{name} is a {type(module).__name__}, which has no stored channel counts")
-            _reshape_(module, shape)
+        detector = _build_torchvision(payload["torchvision"]) if torchvision_kind else _build_embedded(payload)
         state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
         detector.load_state_dict(state, strict=True)
         detector.eval()
-        with torch.inference_mode():  # catches channel counts that fit the tensors but not each other
-            DetectorCore(detector)(example_batch(DRY_RUN_SIZE))
+        if not torchvision_kind:
+            with torch.inference_mode():  # catches channel counts that fit the tensors but not each other
+                DetectorCore(detector)(example_batch(DRY_RUN_SIZE))
         label_map = LabelMap.from_json(payload["label_map"])
     except Exception as exc:
+        writer = "save_torchvision_checkpoint" if torchvision_kind else "save_checkpoint"
         raise CheckpointError(f"{path} does not describe a loadable detector ({type(exc).__name__}: {exc}); "
-                              "re-create it with compresskit.models.save_checkpoint") from None
+                              f"re-create it with compresskit.models.{writer}") from None
     meta = payload.get("meta") or {}
     return detector, label_map, meta
+
+
+def _build_embedded(payload: dict) -> FCOS:
+    """The spec's FCOS, with every layer reshaped to its stored channel counts (empty tensors: loading fills them)."""
+    detector = build_detector(DetectorSpec.from_json(payload["spec"]))
+    for name, shape in (payload.get("architecture") or {}).items():
+        module = detector.get_submodule(name)
+        if type(module) not in SHAPE_ATTRIBUTES:
+            raise ValueError(f"{name} is a {type(module).__name__}, which has no stored channel counts")
+        _reshape_(module, shape)
+    return detector
+
+
+def _build_torchvision(description: dict) -> nn.Module:
+    """``get_model(name, weights=None, num_classes=K)`` for a stored ``{"model", "num_classes"}``, random weights.
+
+    The name must be one of torchvision's detection models: a tampered file cannot make the loader build (or
+    download) anything else.
+    """
+    if not isinstance(description, dict):
+        raise ValueError(f"the torchvision entry must be a mapping, got {type(description).__name__}")
+    name, num_classes = description.get("model"), description.get("num_classes")
+    known = tv_models.list_models(module=tv_models.detection)
+    if name not in known:
+        raise ValueError(f"{name!r} is not a torchvision detection model; known are {known}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2 (background + one class), got {num_classes!r}")
+    return tv_models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes)
 
 
 def shipped_checkpoint(name: str) -> Path:
@@ -196,7 +274,8 @@ def shipped_checkpoint(name: str) -> Path:
 
 
 def load_preset(name: str, checkpoint: Path | str | None = None) -> tuple[FCOS, LabelMap, dict]:
-    """The shipped (or the given) embedded detector, in eval mode, with its label map and training metadata."""
+    """The shipped embedded detector ``name`` (or the given checkpoint of it, which may be a torchvision detector
+    fine-tuned with ``--init coco-pretrained``), in eval mode, with its label map and training metadata."""
     if name not in EMBEDDED_PRESETS:
         raise CompressKitError(f"unknown preset {name!r}; choose one of {sorted(EMBEDDED_PRESETS)}")
     return load_checkpoint(checkpoint or shipped_checkpoint(name))
@@ -216,14 +295,18 @@ def load_detector(name: str, profile: str | None = None) -> tuple[nn.Module, Lab
     return model, label_map, {}
 
 
-CLASS_SIZED = ("cls_logits",)  # the only tensors whose shape and meaning follow the category list
+# The tensors whose shape and meaning follow the category list, by state-dict name: the class-logit conv of FCOS
+# and RetinaNet, and the final conv of each level of SSDlite's classification head (its ``.0.`` block is a
+# depthwise conv + norm over features, the same for any category list).
+CLASS_SIZED = re.compile(r"cls_logits|^head\.classification_head\.module_list\.\d+\.1\.")
 
 
 def transfer_weights_(target: nn.Module, source: nn.Module, same_categories: bool) -> dict[str, list[str]]:
-    """Copy into ``target``, in place, every tensor of ``source`` with the same name and shape, except the class
-    logits when the categories differ (``same_categories`` False): a class slot of one dataset means nothing in
-    another, even where the counts match. What is not copied keeps ``target``'s fresh initialisation (for FCOS's
-    class logits, the bias that starts every class at a low prior).
+    """Copy into ``target``, in place, every tensor of ``source`` with the same name and shape, except the
+    class-sized ones (:data:`CLASS_SIZED`) when the categories differ (``same_categories`` False): a class slot of
+    one dataset means nothing in another, even where the counts match (SSDlite's anchors x classes can even equal
+    its anchors x 4 box outputs). What is not copied keeps ``target``'s fresh initialisation (for FCOS's class
+    logits, the bias that starts every class at a low prior).
 
     Returns:
         ``{"kept": [...], "reinitialised": [...]}``, names of the state-dict entries.
@@ -232,7 +315,7 @@ def transfer_weights_(target: nn.Module, source: nn.Module, same_categories: boo
     target_state = target.state_dict()
     for name, value in target_state.items():
         fits = name in source_state and source_state[name].shape == value.shape
-        if fits and (same_categories or not any(part in name for part in CLASS_SIZED)):
+        if fits and (same_categories or not CLASS_SIZED.search(name)):
             value.copy_(source_state[name])
             report["kept"].append(name)
         else:

@@ -144,6 +144,22 @@ def build_coco_architecture(name: str, **kwargs) -> nn.Module:
     return get_model(COCO_PRESETS.get(name, name), weights=None, weights_backbone=None, **kwargs).eval()
 
 
+def apply_coco_image_size_(model: nn.Module) -> nn.Module:
+    """Set a coco-profile detector's input size from ``COMPRESSKIT_COCO_IMAGE_SIZE``, in place (no-op when unset).
+
+    The transform resizes every image so its shorter side is that size (the longer side at most 4/3 of it), before
+    the network sees it. SSD models keep their fixed input: they are built for one size (320 for SSDlite).
+    """
+    from torchvision.models.detection.ssd import SSD
+
+    from compresskit.settings import coco_image_size
+
+    size = coco_image_size()
+    if size is not None and not isinstance(model, SSD):
+        model.transform.min_size, model.transform.max_size = (size,), size * 4 // 3
+    return model
+
+
 def load_coco_pretrained(name: str) -> tuple[nn.Module, LabelMap]:
     """A torchvision COCO-pretrained detector and its identity label map (labels are COCO category ids).
 
@@ -161,6 +177,7 @@ def load_coco_pretrained(name: str) -> tuple[nn.Module, LabelMap]:
                             f"downloaded ({exc}). Connect to the internet once, or copy {Path(weights.url).name} "
                             "into that folder (set COMPRESSKIT_WEIGHTS to use another); the embedded profile "
                             "needs no download.") from None
+    apply_coco_image_size_(model)
     names = weights.meta["categories"]  # index = COCO category id; "N/A" marks the holes
     categories = [{"id": i, "name": n} for i, n in enumerate(names) if i > 0 and n != "N/A"]
     return model, LabelMap.identity(categories)
