@@ -229,8 +229,8 @@ def test_plot_pareto_points_colours_and_lines() -> None:
     assert isinstance(figure, Figure)
     assert _points(figure) == 3  # the record without latency is left out
     axes = figure.axes[0]
-    assert len(axes.collections) == 3  # one scatter (colour) per technique
-    assert len(axes.lines) == 2  # dashed lines to the baseline
+    assert len(axes.collections) == 3  # one scatter per technique (colour) and runtime (marker)
+    assert len(axes.lines) == 3  # dashed lines to the baseline, and the Pareto frontier's step line
     assert {text.get_text() for text in axes.texts} == {"base", "int8", "fp16"}
     assert _points(report.plot_pareto(records, x="size", baseline_lines=False)) == 3
     assert _points(report.plot_pareto(records, x="macs")) == 3

@@ -1,22 +1,29 @@
 """``compresskit reproduce``: every study, headless, through the same functions the lessons call.
 
-Writes ``OUT/results.json`` and ``OUT/figures/*.png`` and prints a table of every record. The committed reference
-(``reports/`` of the repository) is only written on purpose (``update_reference=True``).
-Introduced in ``02_pruning.ipynb``.
+Writes ``OUT/results.json``, ``OUT/figures/*.png`` (:func:`~compresskit.harness.figures.draw_figures`) and
+``OUT/summary.md`` (every record and the lessons' targets), and prints a table of every record; :func:`check_results`
+compares a results file with the committed reference. The committed reference (``reports/`` of the repository)
+is only written on purpose (``update_reference=True``). Introduced in ``02_pruning.ipynb``.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from compresskit.errors import CompressKitError
 from compresskit.harness.backbones import backbone_study
 from compresskit.harness.baselines import baseline_study
 from compresskit.harness.distillation import distillation_study
+from compresskit.harness.figures import draw_figures
 from compresskit.harness.pruning import pruning_study
 from compresskit.harness.quantization import quantization_study, sensitivity_study
+from compresskit.harness.summary import write_summary
 from compresskit.harness.variant import Study
+
+if TYPE_CHECKING:
+    from compresskit.report import CheckOutcome
 
 # name -> study function; each takes (profile, val_images, runs, progress, log) and returns a Study.
 STUDIES: dict[str, Callable[..., Study]] = {"baselines": baseline_study, "pruning": pruning_study,
@@ -42,7 +49,7 @@ def is_reference(out: Path | str) -> bool:
 def reproduce(out: Path | str = DEFAULT_OUT, *, studies: list[str] | tuple[str, ...] | None = None,
               profile: str | None = None, runs: int = 30, val_images: int | None = None, progress: bool = True,
               update_reference: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Run ``studies`` (default: all of ``STUDIES``) into ``out/results.json`` and redraw ``out/figures/``.
+    """Run ``studies`` (default: all of ``STUDIES``) into ``out/results.json``, then :func:`write_derived`.
 
     Args:
         out: results folder; the committed reference folder only with ``update_reference=True``.
@@ -51,8 +58,7 @@ def reproduce(out: Path | str = DEFAULT_OUT, *, studies: list[str] | tuple[str, 
     Returns:
         The path of the results file.
     """
-    from compresskit.errors import CompressKitError
-    from compresskit.report import format_records_table, plot_pareto, read_results, write_records
+    from compresskit.report import format_records_table, write_records
 
     out = Path(out)
     if is_reference(out) and not update_reference:
@@ -71,12 +77,47 @@ def reproduce(out: Path | str = DEFAULT_OUT, *, studies: list[str] | tuple[str, 
         records += study.records
         log(f"[{index}/{len(names)}] {name}: {len(study.records)} records in {time.perf_counter() - started:.0f} s")
     results = write_records(records, reports_dir=out)
-    everything = read_results(results)["records"]  # an --only run merges into the file: draw all it now holds
-    figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    for axis in ("latency", "size", "macs"):
-        figure = plot_pareto(everything, x=axis, title=f"mAP against {axis}, every measured variant")
-        figure.savefig(figures / f"pareto_{axis}.png", dpi=120)
     log(format_records_table(records))
-    log(f"results: {results.resolve()}; figures: {figures.resolve()}")
+    write_derived(out, log=log)  # an --only run merges into the file: draw and summarise all it now holds
     return results
+
+
+def write_derived(out: Path | str, log: Callable[[str], None] = print) -> Path:
+    """Redraw ``out/figures/`` and rewrite ``out/summary.md`` from ``out/results.json`` alone (no study runs).
+
+    Returns:
+        The path of the summary.
+    """
+    from compresskit.report import read_results
+
+    out = Path(out)
+    if not (out / "results.json").is_file():
+        raise CompressKitError(f"no results.json in {out}; run `compresskit reproduce --out {out}` first")
+    document = read_results(out)
+    draw_figures(document, out / "figures", log=log)
+    summary = write_summary(document, out)
+    log(f"results: {(out / 'results.json').resolve()}; figures: {(out / 'figures').resolve()}; "
+        f"summary: {summary.resolve()}")
+    return summary
+
+
+def check_results(out: Path | str, reference_dir: Path | str | None = None) -> "CheckOutcome":
+    """Compare ``out/results.json`` with ``reference_dir/results.json`` (default: the committed reference).
+
+    Returns:
+        The :class:`~compresskit.report.CheckOutcome` (see :func:`~compresskit.report.check_against_reference`).
+
+    Raises:
+        CompressKitError: either results file is missing (the message says which and how to get it).
+    """
+    from compresskit.report import check_against_reference, read_results
+
+    reference = Path(reference_dir) if reference_dir is not None else REFERENCE_DIR
+    if reference is None:
+        raise CompressKitError("no committed reference here (the package does not run from a checkout); pass "
+                               "--reference DIR, a folder holding the reference results.json")
+    for folder, what in ((Path(out), "results to check"), (reference, "reference results")):
+        if not (folder / "results.json").is_file():
+            raise CompressKitError(f"no results.json in {folder} ({what}); run `compresskit reproduce --out "
+                                   f"{folder}` or give another folder")
+    return check_against_reference(read_results(out), read_results(reference))

@@ -10,25 +10,33 @@ from typing import Sequence
 from matplotlib.figure import Figure
 
 
+def _scaled(record: dict, factor: float, *keys: str) -> float:
+    """``record[keys...] * factor``, NaN when not measured (a gap in the line)."""
+    value = record
+    for key in keys:
+        value = (value or {}).get(key)
+    return float("nan") if value is None else value * factor
+
+
 def plot_unstructured(baseline: dict, records: Sequence[dict]) -> Figure:
     """Three panels against conv sparsity: mAP, dense vs gzip size, latency — with the baseline at 0 %."""
     rows = [(0.0, baseline)] + [(r["config"]["amount"], r) for r in records]
     sparsity = [100 * amount for amount, _ in rows]
     figure = Figure(figsize=(10, 3), layout="constrained")
     ax_map, ax_size, ax_latency = figure.subplots(1, 3)
-    ax_map.plot(sparsity, [100 * r["map"] for _, r in rows], marker="o")
+    ax_map.plot(sparsity, [_scaled(r, 100, "map") for _, r in rows], marker="o")
     ax_map.set_ylabel("mAP x 100")
-    ax_size.plot(sparsity, [r["size_bytes"] / 1e6 for _, r in rows], marker="o", label="dense file")
-    ax_size.plot(sparsity, [r["size_gzip_bytes"] / 1e6 for _, r in rows], marker="s", label="gzip")
+    ax_size.plot(sparsity, [_scaled(r, 1e-6, "size_bytes") for _, r in rows], marker="o", label="dense file")
+    ax_size.plot(sparsity, [_scaled(r, 1e-6, "size_gzip_bytes") for _, r in rows], marker="s", label="gzip")
     ax_size.set_ylabel("size (MB)")
     ax_size.legend(fontsize=8)
-    ax_latency.plot(sparsity, [r["latency_ms"]["median"] for _, r in rows], marker="o")
+    ax_latency.plot(sparsity, [_scaled(r, 1, "latency_ms", "median") for _, r in rows], marker="o")
     ax_latency.set_ylabel("latency, median (ms)")
     ax_latency.set_ylim(bottom=0)
     for ax in (ax_map, ax_size, ax_latency):
         ax.set_xlabel("conv weights zeroed (%)")
         ax.grid(alpha=0.3)
-    figure.suptitle("Global L1 unstructured pruning of the teacher")
+    figure.suptitle(f"Global L1 unstructured pruning of the {baseline.get('model') or 'detector'}")
     return figure
 
 

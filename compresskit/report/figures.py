@@ -1,7 +1,9 @@
-"""Figures regenerated from results records: accuracy against cost (Pareto), curves, metric bars.
+"""Figures regenerated from results records: curves, metric bars, the calibration sweep and the KD comparison (the
+Pareto figures are in :mod:`compresskit.report.pareto`).
 
 Every function returns a bare matplotlib ``Figure`` (not pyplot), so notebooks show it once and scripts never
-leak open figures. Introduced in ``01_baseline_detectors.ipynb``.
+leak open figures. A figure drawn from a whole results document carries a caption naming the machine (CPU model,
+ISA flags) under its axes. Introduced in ``01_baseline_detectors.ipynb``.
 """
 
 from __future__ import annotations
@@ -10,19 +12,20 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from compresskit.engine import METRIC_NAMES
 from compresskit.errors import CompressKitError
-from compresskit.report.comparisons import latency_median
 from compresskit.report.records import TECHNIQUES, records_frame, records_of
+from compresskit.report.tables import short_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-# x axis name -> (label, value from a record); None values are skipped when plotting.
-_PARETO_X = {
-    "latency": ("CPU latency, median (ms)", latency_median),
-    "size": ("serialized size (MB)", lambda r: None if r.get("size_bytes") is None else r["size_bytes"] / 1e6),
-    "macs": ("MACs (G)", lambda r: None if r.get("macs") is None else r["macs"] / 1e9),
-}
 
+KD_TECHNIQUES = ("logit_kd", "feature_kd", "kd")
+QUANTIZATION_TECHNIQUES = ("static_ptq", "qat")
+MAP_LABEL = "COCO mAP@[.5:.95] (x100)"
+
+
+class MissingRecordsError(CompressKitError):
+    """A results document lacks the records a figure is drawn from; the message names the study that makes them."""
 
 # Group names of metric_bars: the size buckets read as sizes, the others as COCO writes them.
 _METRIC_LABELS = {"map": "AP (all sizes)", "map50": "AP50", "map75": "AP75", "map_small": "small",
@@ -38,53 +41,54 @@ def _new_axes(ax: "Axes | None") -> "Axes":
     return Figure(figsize=(7, 4.5), layout="constrained").add_subplot()
 
 
-def plot_pareto(records: Mapping[str, Any] | Sequence[Mapping[str, Any]], x: str = "latency", y: str = "map",
-                *, baseline_lines: bool = True, ax: "Axes | None" = None, title: str | None = None) -> "Figure":
-    """Accuracy against cost for every record: one colour per technique, points labelled by id.
-
-    Args:
-        records: a results document or a list of records; records lacking x or y are left out.
-        x: ``"latency"`` (median ms), ``"size"`` (MB) or ``"macs"`` (G).
-        y: a metric key (``map``, ``map50``, ...), drawn x100.
-        baseline_lines: draw a dashed line from each record to its baseline when both are plotted.
-        ax: axes to draw into; a new Figure when None.
-        title: optional axes title.
-
-    Returns:
-        The matplotlib Figure.
-    """
-    if x not in _PARETO_X:
-        raise CompressKitError(f"x must be one of {', '.join(_PARETO_X)}, got {x!r}")
-    if y not in METRIC_NAMES:
-        raise CompressKitError(f"y must be one of {', '.join(METRIC_NAMES)}, got {y!r}")
-    xlabel, x_of = _PARETO_X[x]
-    points = {r["id"]: (x_of(r), r[y] * 100.0, r) for r in records_of(records)
-              if x_of(r) is not None and r.get(y) is not None}
-    ax = _new_axes(ax)
+def technique_colour(technique: str) -> tuple[float, float, float]:
+    """The kit's stable colour of a technique, the same in every figure (unknown techniques share one colour)."""
     from matplotlib import colormaps
 
-    palette = colormaps["tab20"].colors  # stable colour per technique across every figure of the kit
-    if baseline_lines:
-        for x_value, y_value, record in points.values():
-            if record.get("baseline") in points:
-                base_x, base_y, _ = points[record["baseline"]]
-                ax.plot([base_x, x_value], [base_y, y_value], linestyle="--", color="0.7", linewidth=0.8, zorder=1)
-    order = {technique: index for index, technique in enumerate(TECHNIQUES)}
-    techniques = sorted({r["technique"] for _, _, r in points.values()}, key=lambda t: order.get(t, len(order)))
-    for technique in techniques:
-        group = [(px, py) for px, py, r in points.values() if r["technique"] == technique]
-        slot = 2 * order.get(technique, len(order))  # tab20's dark shades first, so neighbours differ
-        ax.scatter(*zip(*group), label=technique, zorder=2, color=palette[slot % 20 + (slot // 20) % 2])
-    for record_id, (x_value, y_value, _) in points.items():
-        ax.annotate(record_id, (x_value, y_value), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{y.replace('map', 'mAP')} (x100)")
-    if title:
-        ax.set_title(title)
-    if techniques:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return ax.figure
+    palette = colormaps["tab20"].colors
+    slot = 2 * (TECHNIQUES.index(technique) if technique in TECHNIQUES else len(TECHNIQUES))
+    return palette[slot % 20 + (slot // 20) % 2]  # tab20's dark shades first, so neighbours differ
+
+
+def environment_caption(environment: Mapping[str, Any] | None) -> str | None:
+    """One line naming where the numbers were measured: CPU model, ISA flags, threads and runtime versions.
+
+    Args:
+        environment: a results document's ``environment`` stamp.
+
+    Returns:
+        The caption, or None when the stamp is empty.
+    """
+    environment = environment or {}
+    parts = [f"CPU: {environment['cpu']}" if environment.get("cpu") else None,
+             f"ISA: {' '.join(environment['isa'])}" if environment.get("isa") else None,
+             f"{environment['threads']} threads" if environment.get("threads") else None,
+             ", ".join(f"{name} {environment[name]}" for name in ("torch", "onnxruntime") if environment.get(name))]
+    caption = "; ".join(part for part in parts if part)
+    return caption or None
+
+
+def add_caption(figure: "Figure", document: Any) -> "Figure":
+    """Write the environment caption under everything in ``figure`` when ``document`` is a whole results document
+    (a list of records carries no environment: no caption).
+
+    The caption goes below the lowest thing the figure draws (an x label, or a legend laid out under the axes), so
+    call this once the axes and legends are in place: it freezes the layout. Save with ``bbox_inches="tight"`` to
+    keep it, as ``draw_figures`` and notebooks' inline display do.
+    """
+    caption = environment_caption(document.get("environment")) if isinstance(document, Mapping) else None
+    if not caption:
+        return figure
+    figure.draw_without_rendering()  # runs the layout, so every artist has its final place
+    to_figure = figure.transFigure.inverted()
+    for legend in figure.legends:
+        # A figure legend follows the figure's box, which a tight save grows down to the caption: pin it instead.
+        legend.set_bbox_to_anchor(legend.get_window_extent().transformed(to_figure), transform=figure.transFigure)
+        legend.set_loc("center")
+    figure.set_layout_engine("none")  # pinned legends would no longer get their room from a new layout
+    lowest = figure.get_tightbbox().y0 / figure.get_figheight()  # inches -> figure fraction
+    figure.text(0.5, min(lowest, 0.0) - 0.01, caption, ha="center", va="top", fontsize=7, color="0.35")
+    return figure
 
 
 def plot_curve(xs: Sequence[float], ys: Sequence[float], xlabel: str, ylabel: str, label: str | None = None,
@@ -201,3 +205,125 @@ def plot_ranked_bars(values: Mapping[str, float], xlabel: str, title: str | None
         ax.set_title(title)
     ax.grid(alpha=0.3, axis="x")
     return ax.figure
+
+
+def _calibration_setting(record: Mapping[str, Any]) -> str:
+    """What a quantized record was calibrated with, apart from the number of images (one curve per setting)."""
+    config = record.get("config") or {}
+    inner = config.get("config") or {}
+    parts = [str(record.get("model")), inner.get("method") or ("PT2E" if record.get("runtime") == "torch-compile"
+                                                                else None)]
+    if config.get("activations"):
+        parts.append(f"{config['activations']} activations")
+    if inner.get("exclude") or config.get("float_parts"):
+        parts.append("some parts kept in float")
+    return ", ".join(part for part in parts if part)
+
+
+def calibration_sweeps(document: Mapping[str, Any] | Sequence[Mapping[str, Any]]) \
+        -> dict[tuple[str, str], dict[str, dict[int, Mapping[str, Any]]]]:
+    """The calibration sweeps of a results document: ``{(baseline id, model): {setting: {images: record}}}``.
+
+    Quantized records (``static_ptq``, ``qat``) whose config names ``calibration_images`` are grouped by the
+    baseline they are compared against and their model, then by their other settings (method, activations). Only
+    groups with at least one setting measured at two or more image counts are kept (a sweep); the single-count
+    settings beside it stay, to be drawn as points next to the curve.
+    """
+    groups: dict[tuple[str, str], dict[str, dict[int, Mapping[str, Any]]]] = {}
+    for record in records_of(document):
+        images = (record.get("config") or {}).get("calibration_images")
+        if record.get("technique") in QUANTIZATION_TECHNIQUES and images and record.get("map") is not None:
+            group = groups.setdefault((str(record.get("baseline")), str(record.get("model"))), {})
+            # A repeated count (the study's default run is also a point of its sweep) keeps the later record.
+            group.setdefault(_calibration_setting(record), {})[int(images)] = record
+    return {key: settings for key, settings in groups.items() if any(len(points) > 1 for points in settings.values())}
+
+
+def plot_calibration_sweep(document: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> "Figure":
+    """int8 mAP against the number of calibration images (log x), one curve per calibration setting, with the
+    fp32 baseline as a dashed line. Introduced in ``03_quantization.ipynb``.
+
+    Args:
+        document: a results document (its environment becomes the caption) or a list of records.
+
+    Returns:
+        The matplotlib Figure.
+
+    Raises:
+        MissingRecordsError: no quantized records at two or more calibration sizes against one baseline.
+    """
+    sweeps = calibration_sweeps(document)
+    if not sweeps:
+        raise MissingRecordsError("no calibration sweep in these records (quantized records with config "
+                                  "'calibration_images' at two or more sizes against one baseline); run "
+                                  "`compresskit reproduce --only quantization`")
+    by_id = {record["id"]: record for record in records_of(document)}
+    ax = _new_axes(None)
+    counts = sorted({images for settings in sweeps.values() for points in settings.values() for images in points})
+    for baseline in dict.fromkeys(baseline for baseline, _ in sweeps):  # one line per baseline, in order
+        if by_id.get(baseline, {}).get("map") is not None:
+            ax.axhline(100 * by_id[baseline]["map"], color="0.3", linestyle="--", linewidth=0.8,
+                       label=f"fp32 baseline ({short_label(baseline)})")
+    for settings in sweeps.values():
+        for setting, points in settings.items():
+            images = sorted(points)
+            maps = [100 * points[count]["map"] for count in images]
+            ax.plot(images, maps, marker="o" if len(images) > 1 else "D", linestyle="-" if len(images) > 1 else "",
+                    label=setting)
+    ax.set_xscale("log", base=2)  # image counts are chosen as powers of two (4, 16, 64, 256)
+    ax.set_xticks(counts, [str(count) for count in counts])
+    ax.set_xlabel("calibration images (log scale)")
+    ax.set_ylabel(MAP_LABEL)
+    ax.set_title("int8 accuracy against calibration set size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return add_caption(ax.figure, document)
+
+
+def plot_distillation(document: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> "Figure":
+    """mAP of each distilled student next to its no-KD control (the record it names as baseline), as bars with
+    the gain in points. Introduced in ``04_distillation.ipynb``.
+
+    Args:
+        document: a results document (its environment becomes the caption) or a list of records.
+
+    Returns:
+        The matplotlib Figure.
+
+    Raises:
+        MissingRecordsError: no ``logit_kd``/``feature_kd``/``kd`` record whose control is in the records.
+    """
+    by_id = {record["id"]: record for record in records_of(document)}
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for record in by_id.values():
+        control = by_id.get(record.get("baseline") or "")
+        if record.get("technique") in KD_TECHNIQUES and record.get("map") is not None and control \
+                and control.get("map") is not None:
+            groups.setdefault(control["id"], []).append(record)
+    if not groups:
+        raise MissingRecordsError(f"no distillation records ({', '.join(KD_TECHNIQUES)}) with their no-KD control "
+                                  "in these records; run `compresskit reproduce --only distillation`")
+    ax = _new_axes(None)
+    position, ticks, names = 0, [], []
+    for control_id, students in groups.items():
+        control = by_id[control_id]
+        start = position
+        for record in [control, *students]:
+            value = 100 * record["map"]
+            is_control = record is control
+            style = {"color": "white", "edgecolor": "0.3", "hatch": "//"} if is_control else \
+                {"color": technique_colour(record["technique"])}
+            bar = ax.bar(position, value, **style)
+            gain = "" if is_control else f"\n{value - 100 * control['map']:+.1f}"
+            ax.bar_label(bar, [f"{value:.1f}{gain}"], fontsize=7)
+            ticks.append(position)
+            names.append(f"{short_label(record['id'])}\n({'no KD, control' if is_control else record['technique']})")
+            position += 1
+        ax.hlines(100 * control["map"], start - 0.4, position - 0.6, color="0.3", linestyle="--", linewidth=0.8)
+        position += 0.5  # a gap between the groups of different controls
+    ax.set_xticks(ticks, names, fontsize=7)
+    ax.set_ylabel(MAP_LABEL)
+    ax.set_ylim(0, 1.15 * ax.get_ylim()[1])  # room for the two-line bar labels
+    ax.set_title("Distillation under one budget: gain over the no-KD control (points)")
+    ax.grid(alpha=0.3, axis="y")
+    return add_caption(ax.figure, document)

@@ -1,4 +1,4 @@
-"""Fixed-width text tables of results records, for a terminal or a notebook's output.
+"""Tables of results records: fixed-width text for a terminal or a notebook's output, Markdown for a summary.md.
 
 Every header says its unit (mAP x100 as COCO papers print it, params in millions, MACs in G, sizes in MB,
 latency in ms). A timing that should not be trusted is marked ``~`` and explained in a legend under the table.
@@ -42,6 +42,18 @@ def _scaled(key: str, factor: float, decimals: int) -> Callable[[Mapping[str, An
     return cell
 
 
+def short_label(record_id: str) -> str:
+    """A record id without its study prefix, e.g. ``"teacher/ort-int8"`` for ``"quantization/teacher/ort-int8"``;
+    an id of one part is returned as it is."""
+    _, sep, rest = record_id.partition("/")
+    return rest if sep and rest else record_id
+
+
+def _study(record: Mapping[str, Any]) -> str:
+    study, sep, _ = str(record.get("id", "")).partition("/")
+    return study if sep else "-"
+
+
 def _text(key: str) -> Callable[[Mapping[str, Any]], str]:
     return lambda record: "-" if record.get(key) in (None, "") else str(record[key])
 
@@ -60,6 +72,8 @@ def _paired_noisy(record: Mapping[str, Any]) -> bool:
 
 TABLE_COLUMNS: dict[str, Column] = {
     "id": Column("id", False, _text("id")),
+    "study": Column("study", False, _study),
+    "label": Column("label", False, lambda record: short_label(str(record.get("id", "")))),
     "model": Column("model", False, _text("model")),
     "technique": Column("technique", False, _text("technique")),
     "runtime": Column("runtime", False, _text("runtime")),
@@ -74,6 +88,7 @@ TABLE_COLUMNS: dict[str, Column] = {
     "size_gzip_bytes": Column("gzip MB", True, _scaled("size_gzip_bytes", 1e-6, 2)),
     "latency": Column("latency ms", True, _scaled("latency_ms.median", 1, 2), latency_noisy),
     "speedup": Column("speedup", True, _speedup, _paired_noisy),
+    "baseline": Column("baseline", False, _text("baseline")),
 }
 DEFAULT_COLUMNS = ("id", "technique", "runtime", "map", "params", "nonzero_params", "macs", "size_bytes",
                    "size_gzip_bytes", "latency", "speedup")
@@ -88,6 +103,18 @@ def _column_cells(column: Column, records: Sequence[Mapping[str, Any]]) -> list[
     return [f"{text} {NOISE_MARK}" if flag else f"{text}  " for text, flag in zip(texts, flags)]
 
 
+def _specs(columns: Sequence[str]) -> list[Column]:
+    unknown = [name for name in columns if name not in TABLE_COLUMNS]
+    if unknown:
+        raise CompressKitError(f"unknown table columns {unknown}; choose from {', '.join(TABLE_COLUMNS)}")
+    return [TABLE_COLUMNS[name] for name in columns]
+
+
+def _any_noisy(specs: Sequence[Column], by_column: Sequence[Sequence[str]]) -> bool:
+    return any(text.endswith(f" {NOISE_MARK}") for spec, cells in zip(specs, by_column) if spec.noisy
+               for text in cells)
+
+
 def format_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
     """A fixed-width text table of results records.
 
@@ -99,10 +126,7 @@ def format_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] = 
     Returns:
         The table as one string, header and rule first; a legend line last when a timing is marked noisy.
     """
-    unknown = [name for name in columns if name not in TABLE_COLUMNS]
-    if unknown:
-        raise CompressKitError(f"unknown table columns {unknown}; choose from {', '.join(TABLE_COLUMNS)}")
-    specs = [TABLE_COLUMNS[name] for name in columns]
+    specs = _specs(columns)
     by_column = [_column_cells(spec, records) for spec in specs]
     rows = [list(row) for row in zip(*by_column)] if by_column else []
     widths = [max([len(spec.header)] + [len(text) for text in cells]) for spec, cells in zip(specs, by_column)]
@@ -113,9 +137,30 @@ def format_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] = 
 
     header = line([spec.header for spec in specs])
     lines = [header, "-" * len(header)] + [line(row) for row in rows]
-    if any(text.endswith(f" {NOISE_MARK}") for spec, cells in zip(specs, by_column) if spec.noisy
-           for text in cells):
+    if _any_noisy(specs, by_column):
         lines.append(NOISE_LEGEND)
+    return "\n".join(lines)
+
+
+def format_markdown_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
+    """The same table as :func:`format_table` in Markdown (a ``summary.md``, a README): one row per record.
+
+    Args:
+        records: results records; missing values show as ``-``.
+        columns: names from ``TABLE_COLUMNS``.
+
+    Returns:
+        The Markdown table; a legend line after a blank line when a timing is marked noisy.
+    """
+    specs = _specs(columns)
+    by_column = [_column_cells(spec, records) for spec in specs]
+    # A '|' inside a cell would end it early.
+    rows = [[text.strip().replace("|", "\\|") for text in row] for row in zip(*by_column)] if by_column else []
+    lines = ["| " + " | ".join(spec.header for spec in specs) + " |",
+             "|" + "|".join("---:" if spec.right else "---" for spec in specs) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if _any_noisy(specs, by_column):
+        lines += ["", NOISE_LEGEND]
     return "\n".join(lines)
 
 

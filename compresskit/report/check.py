@@ -1,0 +1,141 @@
+"""A run's results compared with the committed reference, record by record (``compresskit reproduce --check``).
+
+What must reproduce on any machine: mAP (COCOeval on CPU is deterministic for one seed) within
+``MAP_TOLERANCE``, the counts (params, non-zero params, MACs) exactly, and the shipped file's size within
+``SIZE_TOLERANCE`` (serializers of other versions write a few bytes more or less). Latency belongs to the machine
+and its load (DESIGN §7): its ratios are printed beside the reference's and never fail the check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from compresskit.engine import METRIC_NAMES
+from compresskit.report.records import records_of
+
+MAP_TOLERANCE = 0.005  # absolute, on COCOeval's 0-1 scale (half a point of mAP x100)
+SIZE_TOLERANCE = 0.01  # relative to the reference's size_bytes
+EXACT_FIELDS = ("params", "nonzero_params", "macs")
+_FLOAT_SLACK = 1e-9  # so that a difference of exactly the tolerance passes despite rounding
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """One field of one record that is outside its tolerance (or measured on one side only)."""
+
+    record: str
+    field: str
+    value: Any
+    reference: Any
+    allowed: str
+
+    def __str__(self) -> str:
+        return f"{self.record}: {self.field} {self.value} vs reference {self.reference} (allowed: {self.allowed})"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckOutcome:
+    """What :func:`check_against_reference` found.
+
+    ``compared``: ids in both documents (same profile); ``mismatches``: each failing record and field;
+    ``not_rerun``: reference ids this run did not produce (``--only`` runs a subset: not a failure); ``new``: ids
+    only in this run; ``other_profile``: ids measured on another data profile than the reference's (not compared);
+    ``speedups``: ``(id, this run's paired speed-up, the reference's)``, information only.
+    """
+
+    compared: list[str]
+    mismatches: list[Mismatch]
+    not_rerun: list[str]
+    new: list[str]
+    other_profile: list[str]
+    speedups: list[tuple[str, float | None, float | None]]
+
+    @property
+    def passed(self) -> bool:
+        """True when no compared record has a field outside its tolerance."""
+        return not self.mismatches
+
+    def format(self) -> str:
+        """A plain-text report: the speed-ups side by side, the ids not compared, each mismatch, the verdict."""
+        lines = [f"check against the reference: {len(self.compared)} records compared"]
+        if self.speedups:
+            lines.append("paired speed-ups, this run vs the reference (machine-dependent, never failing):")
+            width = max(len(record_id) for record_id, _, _ in self.speedups)
+            lines += [f"  {record_id:<{width}}  {_times(mine)} vs {_times(theirs)}"
+                      for record_id, mine, theirs in self.speedups]
+        for title, ids in (("not rerun (in the reference only, not a failure)", self.not_rerun),
+                           ("new (not in the reference)", self.new),
+                           ("measured on another profile than the reference (not compared)", self.other_profile)):
+            if ids:
+                lines.append(f"{title}: {len(ids)}: {', '.join(ids)}")
+        # The verdict last, under the long lists, where a terminal leaves it in view.
+        lines += [f"FAIL {mismatch}" for mismatch in self.mismatches]
+        lines.append("check passed" if self.passed else
+                     f"check FAILED: {len(self.mismatches)} field(s) outside the tolerances")
+        return "\n".join(lines)
+
+
+def _times(speedup: float | None) -> str:
+    return "-" if speedup is None else f"{speedup:.2f}x"
+
+
+def _one_sided(record_id: str, field: str, value: Any, reference: Any, allowed: str) -> Mismatch | None:
+    """A mismatch when only one side has a value (both None: nothing measured, nothing to compare)."""
+    if (value is None) == (reference is None):
+        return None
+    return Mismatch(record_id, field, value, reference, allowed)
+
+
+def _record_mismatches(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[Mismatch]:
+    record_id = str(mine["id"])
+    found: list[Mismatch] = []
+    for field in METRIC_NAMES:
+        value, reference = mine.get(field), theirs.get(field)
+        allowed = f"±{MAP_TOLERANCE:g} absolute"
+        if value is None or reference is None:
+            found.append(_one_sided(record_id, field, value, reference, allowed))
+        elif abs(value - reference) > MAP_TOLERANCE + _FLOAT_SLACK:
+            found.append(Mismatch(record_id, field, value, reference, allowed))
+    for field in EXACT_FIELDS:
+        if mine.get(field) != theirs.get(field):
+            found.append(Mismatch(record_id, field, mine.get(field), theirs.get(field), "exact"))
+    value, reference = mine.get("size_bytes"), theirs.get("size_bytes")
+    allowed = f"±{SIZE_TOLERANCE:.0%}"
+    if value is None or reference is None:
+        found.append(_one_sided(record_id, "size_bytes", value, reference, allowed))
+    elif abs(value - reference) > SIZE_TOLERANCE * reference + _FLOAT_SLACK:
+        found.append(Mismatch(record_id, "size_bytes", value, reference, allowed))
+    return [mismatch for mismatch in found if mismatch is not None]
+
+
+def _paired_speedup(record: Mapping[str, Any]) -> float | None:
+    return (record.get("paired_latency") or {}).get("speedup")
+
+
+def check_against_reference(results: Mapping[str, Any], reference: Mapping[str, Any]) -> CheckOutcome:
+    """Compare a run's results document with the reference document, record by record, for ids in both.
+
+    Args:
+        results: the run's document (``read_results``), or a list of its records.
+        reference: the committed reference document, or a list of its records.
+
+    Returns:
+        The :class:`CheckOutcome`; ``passed`` is False when any compared record has an mAP metric off by more
+        than ``MAP_TOLERANCE``, other params/non-zero params/MACs, or a size off by more than ``SIZE_TOLERANCE``.
+    """
+    mine = {record["id"]: record for record in records_of(results)}
+    theirs = {record["id"]: record for record in records_of(reference)}
+    both = [record_id for record_id in theirs if record_id in mine]
+    same_profile = [record_id for record_id in both
+                    if mine[record_id].get("profile") == theirs[record_id].get("profile")]
+    mismatches = [mismatch for record_id in same_profile
+                  for mismatch in _record_mismatches(mine[record_id], theirs[record_id])]
+    speedups = [(record_id, _paired_speedup(mine[record_id]), _paired_speedup(theirs[record_id]))
+                for record_id in same_profile
+                if _paired_speedup(mine[record_id]) is not None or _paired_speedup(theirs[record_id]) is not None]
+    return CheckOutcome(compared=same_profile, mismatches=mismatches,
+                        not_rerun=[record_id for record_id in theirs if record_id not in mine],
+                        new=[record_id for record_id in mine if record_id not in theirs],
+                        other_profile=[record_id for record_id in both if record_id not in same_profile],
+                        speedups=speedups)
