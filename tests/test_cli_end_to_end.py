@@ -64,6 +64,30 @@ def test_reproduce_runs_every_study_and_draws_the_figures(tiny_profile, tmp_path
     assert "[1/2] baselines" in printed and "[2/2] pruning" in printed
 
 
+def test_reproduce_only_combined_writes_records_figure_summary_and_the_snippets(tiny_profile, tmp_path, monkeypatch):
+    monkeypatch.setattr(harness.combined, "CALIBRATION_IMAGES", 4)  # the tiny train split has a few images
+    monkeypatch.setattr(harness.combined, "FP32_ONLY_CALIBRATION", 2)
+    out = tmp_path / "combined"
+    assert main(["reproduce", "--out", str(out), "--runs", "3", "--only", "combined"]) == 0
+    records = {r["id"]: r for r in read_results(out)["records"]}
+    for stages in harness.combined.ROUTES.values():
+        for stage in stages:
+            assert records[stage.record]["baseline"] == (harness.combined.TEACHER_EAGER
+                                                         if stage.record == harness.combined.TEACHER_ORT
+                                                         else harness.combined.TEACHER_ORT)
+    final = records[harness.combined.FINAL_TEACHER]
+    assert final["technique"] == "combined" and final["runtime"] == "onnxruntime"
+    assert final["macs"] < 0.3 * records[harness.combined.TEACHER_ORT]["macs"]
+    assert final["config"]["prune_config"]["ratio"] == 0.5 and final["config"]["kd_config"]["method"] == "both"
+    assert set(records[harness.combined.TEACHER_EAGER]["config"]["errata"]) == {"prune", "quantize_dynamic",
+                                                                                "kd_loss", "pretrained"}
+    assert (out / "figures" / "combined.png").is_file()
+    summary = (out / "summary.md").read_text()
+    assert "## Combined pipeline" in summary and "| prune -> distil -> int8 | int8 |" in summary
+    assert "## The article's snippets, run" in summary and "'FCOS' object has no attribute 'weight'" in summary
+    assert "| combined-size |" in summary
+
+
 def test_quantize_writes_the_int8_artifact_and_a_measured_summary(tiny_profile, tmp_path, capsys):
     code = main(["quantize", "--preset", "student", "--calibration-images", "4", "--runs", "3", "--out",
                  str(tmp_path)])

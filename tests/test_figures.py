@@ -138,7 +138,7 @@ def test_every_figure_redraws_from_the_reference_file_alone(reference_figures):
     drawn, messages = reference_figures
     assert [path.name for path in drawn] == list(FIGURES)
     assert set(FIGURES) == {"pareto_latency.png", "pareto_size.png", "pareto_macs.png", "sparsity.png",
-                            "calibration.png", "distillation.png", "backbones.png"}
+                            "calibration.png", "distillation.png", "backbones.png", "combined.png"}
     for path in drawn:
         assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 20_000, path
     assert not any(message.startswith("skipped") for message in messages)
@@ -150,10 +150,11 @@ def test_a_figure_whose_records_are_absent_is_skipped_and_said(tmp_path):
     assert [path.name for path in drawn] == ["pareto_latency.png", "pareto_size.png", "pareto_macs.png",
                                              "sparsity.png"]
     skipped = [message for message in messages if message.startswith("skipped")]
-    assert len(skipped) == 3
+    assert len(skipped) == 4
     assert any("calibration.png" in message and "--only quantization" in message for message in skipped)
     assert any("distillation.png" in message and "--only distillation" in message for message in skipped)
     assert any("backbones.png" in message and "--only backbones" in message for message in skipped)
+    assert any("combined.png" in message and "--only combined" in message for message in skipped)
     assert all(path.stat().st_size > 10_000 for path in drawn)
 
 

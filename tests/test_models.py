@@ -221,10 +221,10 @@ def test_shipped_checkpoints_in_both_earlier_formats_load(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["teacher", "student"])
+@pytest.mark.parametrize("name", ["teacher", "student", "teacher_bnhead_pruned_kd"])  # the last trained on a GPU
 def test_shipped_checkpoint_reproduces_its_recorded_map(name):
     _shipped_payload(name)
-    model, label_map, meta = load_preset(name)
+    model, label_map, meta = load_checkpoint(shipped_checkpoint(name))
     recorded = meta["val_subset"]
     assert recorded["images"] == VAL_SUBSET_IMAGES
     subset = val_subset(load_split("val", label_map=label_map))

@@ -251,8 +251,9 @@ def _add_study_commands(commands: Any) -> None:
 
     figures = _command(commands, "figures", "redraw every figure from a results.json alone", _figures,
                        description="Redraw pareto_{latency,size,macs}.png, sparsity.png, calibration.png, "
-                                   "distillation.png and backbones.png from a results file alone, running nothing; "
-                                   "a figure whose records are not in the file is skipped, and said so.")
+                                   "distillation.png, backbones.png and combined.png from a results file alone, "
+                                   "running nothing; a figure whose records are not in the file is skipped, and "
+                                   "said so.")
     figures.add_argument("results", type=Path, help="a results.json, or the folder holding it")
     figures.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from compresskit.data import load_split
 from compresskit.distill.fcos import Distiller, KDConfig, check_label_maps
-from compresskit.engine import TrainConfig, evaluate, fit, is_main_process, make_loader, ship_checkpoint
+from compresskit.engine import (TrainConfig, deployed_head_statistics, evaluate, fit, is_main_process, make_loader,
+                                ship_checkpoint)
 from compresskit.engine.recipes import EVAL_BATCH_SIZE
 from compresskit.errors import ConfigError
 from compresskit.models import EMBEDDED_PRESETS, build_detector, checkpoint_spec, load_preset, shipped_checkpoint
@@ -34,9 +35,10 @@ def _fit_distilled(model: nn.Module, distiller: Distiller | None, train_set, val
                    run_dir: Path, max_iters_per_epoch: int | None, progress: bool) -> dict:
     """``fit`` with the distiller as extra loss and its adapters as extra modules; plain ``fit`` without one."""
     if distiller is None:
-        return fit(model, train_set, val_loader, config, run_dir, max_iters_per_epoch=max_iters_per_epoch,
-                   progress=progress)
-    with distiller.attach(model):
+        with deployed_head_statistics(model):
+            return fit(model, train_set, val_loader, config, run_dir, max_iters_per_epoch=max_iters_per_epoch,
+                       progress=progress)
+    with distiller.attach(model), deployed_head_statistics(model):
         return fit(model, train_set, val_loader, config, run_dir, extra_loss=distiller,
                    extra_modules=distiller.adapters, max_iters_per_epoch=max_iters_per_epoch, progress=progress)
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from compresskit.harness.loading import load_for_study, load_trained, require_embedded, train_split
 from compresskit.harness.variant import Study
+from compresskit.report.check import STAND_IN_WEIGHTS
 
 LESSON = "05_lightweight_backbones"
 REFERENCE = "resnet_basic"  # the teacher's own trunk
@@ -58,6 +59,7 @@ def measure_backbone(study: Study, name: str, detector: nn.Module, meta: dict, s
                          baseline=ort_baseline, variant=f"{name} trunk, ONNX Runtime fp32{note}", config=config,
                          **common)
     records = [eager, fp32]
+    stand_in = {} if shipped else {"weights": STAND_IN_WEIGHTS}  # said in the record, for reproduce --check
     if int8:
         quantized = quantize_for_study(study, detector, calibration_set, f"backbone-{name}",
                                        OrtQuantConfig(calibration_images=calibration_images))
@@ -66,7 +68,7 @@ def measure_backbone(study: Study, name: str, detector: nn.Module, meta: dict, s
             core=OnnxCore(quantized.int8_path, threads=study.threads), baseline=fp32["id"],
             variant=f"{name} trunk, QDQ int8 ({quantized.activations} activations)"
                     + ("" if shipped else ", latency and size only (untrained weights)"),
-            config={**config, **quantized.as_dict()}, model=name, evaluate_map=shipped))
+            config={**config, **quantized.as_dict(), **stand_in}, model=name, evaluate_map=shipped))
     if int8 and trunk_float:
         quantized = quantize_for_study(study, detector, calibration_set, f"backbone-{name}-trunk-fp32",
                                        OrtQuantConfig(calibration_images=calibration_images,
@@ -75,7 +77,7 @@ def measure_backbone(study: Study, name: str, detector: nn.Module, meta: dict, s
             detector, f"backbones/{name}/ort-int8-trunk-fp32", technique="static_ptq", runtime="onnxruntime",
             core=OnnxCore(quantized.int8_path, threads=study.threads), baseline=fp32["id"],
             variant=f"{name} trunk kept in float, FPN and head QDQ int8 (control)",
-            config={**config, **quantized.as_dict()}, model=name, evaluate_map=False))
+            config={**config, **quantized.as_dict(), **stand_in}, model=name, evaluate_map=False))
     return records
 
 

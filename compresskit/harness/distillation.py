@@ -23,7 +23,8 @@ KD_PRUNED = "teacher_pruned_kd"
 NO_KD_PRUNED = "teacher_pruned"  # the shipped recovery of lesson 02, same pruning and epochs
 
 
-def _student_architecture(label_map) -> Callable[[dict], nn.Module]:
+def student_architecture(label_map) -> Callable[[dict], nn.Module]:
+    """The untrained student for ``label_map``, as :func:`~compresskit.harness.load_trained` builds a variant."""
     from dataclasses import replace
 
     from compresskit.models import EMBEDDED_PRESETS, build_detector
@@ -65,7 +66,7 @@ def distillation_study(profile: str | None = None, val_images: int | None = None
     require_embedded(teacher, "distilled students")
     study = Study.of(LESSON, teacher, val_images, runs=runs, progress=progress, log=log)
     base = study.measure(teacher.model, "distill/teacher/eager", technique="baseline", variant="the teacher, fp32")
-    student = _student_architecture(teacher.label_map)
+    student = student_architecture(teacher.label_map)
     control = None
     for method, technique in KD_TECHNIQUES.items():
         record = measure_trained(study, f"student_kd_{method}", f"distill/student-{method}/eager", technique,

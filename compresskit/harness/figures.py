@@ -8,7 +8,8 @@ The files :func:`draw_figures` writes (each one skipped, and said so, when the d
   conv weights zeroed, with its unpruned baseline at 0 % (lesson 02);
 - ``calibration.png``: int8 mAP against the number of calibration images (lesson 03);
 - ``distillation.png``: each distilled student's mAP next to its no-KD control (lesson 04);
-- ``backbones.png``: the backbone trade-offs, mAP against ONNX Runtime speed-up over the teacher (lesson 05).
+- ``backbones.png``: the backbone trade-offs, mAP against ONNX Runtime speed-up over the teacher (lesson 05);
+- ``combined.png``: each stage of the combined pipeline's two routes against the fp32 teacher (lesson 06).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from compresskit.data.files import atomic_write_bytes
+from compresskit.harness.combined import plot_stages
 from compresskit.report import (PARETO_X, MissingRecordsError, ResultsFileError, add_caption, plot_calibration_sweep,
                                 plot_distillation, plot_pareto, read_results, records_of)
 
@@ -91,7 +93,7 @@ def plot_backbones(document: Mapping[str, Any]) -> "Figure":
 FIGURES: dict[str, Callable[[Mapping[str, Any]], "Figure"]] = {
     "pareto_latency.png": _pareto("latency"), "pareto_size.png": _pareto("size"), "pareto_macs.png": _pareto("macs"),
     "sparsity.png": plot_sparsity, "calibration.png": plot_calibration_sweep, "distillation.png": plot_distillation,
-    "backbones.png": plot_backbones,
+    "backbones.png": plot_backbones, "combined.png": plot_stages,
 }
 
 

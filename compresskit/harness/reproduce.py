@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 from compresskit.errors import CompressKitError
 from compresskit.harness.backbones import backbone_study
 from compresskit.harness.baselines import baseline_study
+from compresskit.harness.combined import combined_study
 from compresskit.harness.distillation import distillation_study
 from compresskit.harness.figures import draw_figures
 from compresskit.harness.pruning import pruning_study
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 STUDIES: dict[str, Callable[..., Study]] = {"baselines": baseline_study, "pruning": pruning_study,
                                             "quantization": quantization_study,
                                             "quantization_sensitivity": sensitivity_study,
-                                            "distillation": distillation_study, "backbones": backbone_study}
+                                            "distillation": distillation_study, "backbones": backbone_study,
+                                            "combined": combined_study}
 DEFAULT_OUT = Path("runs") / "reproduce"
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from compresskit.data.files import atomic_write_bytes
+from compresskit.harness.combined import captured_errata, stages_markdown
+from compresskit.harness.errata import errata_markdown, errata_rows
 from compresskit.harness.targets import MEASURES, TARGETS, Target, check_targets, format_value
 from compresskit.report import environment_caption, format_markdown_table, records_of
 
@@ -46,6 +48,17 @@ def format_summary(document: Mapping[str, Any]) -> str:
              "Each target is computed against each record's own baseline; with several records the worst decides "
              "(for `backbone-speed`, the best of those within the mAP budget). *not measured*: the records are not "
              "in this file.", "", format_targets(document)]
+    stages = stages_markdown(document)
+    if stages:
+        parts += ["", "## Combined pipeline", "",
+                  "Each stage against the fp32 teacher in ONNX Runtime, measured in the same run (lesson 06).", "",
+                  stages]
+    captured = captured_errata(document)
+    if captured:
+        parts += ["", "## The article's snippets, run", "",
+                  "What each snippet did on the libraries of this run (captured as it ran), what to do instead, and "
+                  "the measured effect of the fix, from the records above.", "",
+                  errata_markdown(errata_rows(captured, document))]
     return "\n".join(parts) + "\n"
 
 

@@ -12,6 +12,8 @@ import fnmatch
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from compresskit.harness.backbones import TARGET_MAP_GAP, TARGET_SPEEDUP
+from compresskit.harness.combined import FINAL_TEACHER, TARGET_MAP_DROP, TARGET_SIZE_RATIO
+from compresskit.harness.combined import TARGET_SPEEDUP as COMBINED_SPEEDUP
 from compresskit.report import compare, records_of
 
 _SLACK = 1e-9  # a value exactly at the threshold meets it despite float rounding
@@ -90,13 +92,12 @@ TARGETS: tuple[Target, ...] = (
            any_record=True, max_map_drop=100 * TARGET_MAP_GAP),
     Target("qat-accuracy", "QAT at most 0.5 mAP point below fp32", ("*",), "map_drop_points", 0.5,
            where=(("technique", "qat"),)),
-    Target("combined-size", "combined pipeline (teacher) at least 10x smaller than the fp32 teacher", ("*",),
-           "size_ratio", 10.0, where=(("technique", "combined"), ("model", "teacher"))),
-    Target("combined-speed", "combined pipeline (teacher) at least 4x faster in ONNX Runtime (paired)", ("*",),
-           "paired_speedup", 4.0, where=(("technique", "combined"), ("model", "teacher"),
-                                         ("runtime", "onnxruntime"))),
-    Target("combined-accuracy", "combined pipeline (teacher) at most 2.0 mAP points below the fp32 teacher", ("*",),
-           "map_drop_points", 2.0, where=(("technique", "combined"), ("model", "teacher"))),
+    Target("combined-size", f"prune -> distil -> int8 teacher at least {TARGET_SIZE_RATIO:g}x smaller than the fp32 "
+                            "teacher", (FINAL_TEACHER,), "size_ratio", TARGET_SIZE_RATIO),
+    Target("combined-speed", f"prune -> distil -> int8 teacher at least {COMBINED_SPEEDUP:g}x faster in ONNX "
+                             "Runtime (paired)", (FINAL_TEACHER,), "paired_speedup", COMBINED_SPEEDUP),
+    Target("combined-accuracy", f"prune -> distil -> int8 teacher at most {TARGET_MAP_DROP:g} mAP points below the "
+                                "fp32 teacher", (FINAL_TEACHER,), "map_drop_points", TARGET_MAP_DROP),
 )
 
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from compresskit.data import load_split
 from compresskit.data.dataset import LabelMap
-from compresskit.engine import TrainConfig, evaluate, fit, is_main_process, make_loader, ship_checkpoint
+from compresskit.engine import (TrainConfig, deployed_head_statistics, evaluate, fit, is_main_process, make_loader,
+                                ship_checkpoint)
 from compresskit.models import checkpoint_spec, load_checkpoint, load_preset, shipped_checkpoint
 from compresskit.prune.structured import StructuredConfig, core_macs, prune_structured_
 
@@ -59,8 +60,9 @@ def prune_and_finetune(out_dir: Path | str, preset: str = "teacher", prune_confi
     val_loader = make_loader(val_set, batch_size=8, train=False)
     before = evaluate(model, val_loader, label_map, progress=progress)
     started = time.perf_counter()
-    result = fit(model, train_set, val_loader, train_config, out_dir / f"{name}-run",
-                 max_iters_per_epoch=max_iters_per_epoch, progress=progress)
+    with deployed_head_statistics(model):  # a BatchNorm head trains as it is exported
+        result = fit(model, train_set, val_loader, train_config, out_dir / f"{name}-run",
+                     max_iters_per_epoch=max_iters_per_epoch, progress=progress)
     target = out_dir / f"{name}.pt"
     if not is_main_process():
         return target

@@ -15,18 +15,17 @@ Introduced in ``03_quantization.ipynb``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
 
 from compresskit.data import load_split
-from compresskit.engine import TrainConfig, evaluate, fit, is_main_process, make_loader, ship_checkpoint
+from compresskit.engine import (TrainConfig, evaluate, fit, frozen_head_statistics, is_main_process, make_loader,
+                                ship_checkpoint)
 from compresskit.errors import CompressKitError, ConfigError
 from compresskit.models import EMBEDDED_PRESETS, DetectorSpec, checkpoint_spec, load_preset, shipped_checkpoint
 from compresskit.models.core import DetectorCore
@@ -126,39 +125,6 @@ def batchnorm_head(detector: nn.Module, spec: DetectorSpec, calibration_dataset,
         setattr(converted.head.get_submodule(parent_name), child, batch_norm)
     measure_head_statistics_(converted, calibration_dataset, images=images)
     return converted, replace(spec, head_norm="batch")
-
-
-def _use_running_statistics(module: nn.BatchNorm2d, args: tuple) -> None:
-    module.training = False  # read by BatchNorm's forward: normalise with the stored statistics, update none
-
-
-@contextlib.contextmanager
-def frozen_head_statistics(detector: nn.Module) -> Iterator[nn.Module]:
-    """While active, the head's BatchNorm2d layers normalise with their running statistics even in train mode.
-
-    Their affine weight and bias still train. Why: a train-mode BatchNorm normalises each FPN level with that
-    level's batch statistics, but the deployed (folded) head uses one set of statistics for all five levels, and
-    the levels differ (measured on the converted teacher: per-level means 0.2 to 1.9 standard deviations off the
-    shared ones). Fine-tuned in train mode the teacher reached 0.48 mAP; with frozen statistics 0.83, the GroupNorm
-    teacher's own 0.83 (4 epochs of :data:`DEPLOY_HEAD_RECIPE` on an H100, full val split). Frozen, the fine-tune
-    trains exactly the function that is exported.
-
-    Args:
-        detector: an FCOS detector whose head holds BatchNorm2d layers (changed only while the context is open).
-
-    Yields:
-        ``detector``.
-    """
-    norms = [module for module in detector.head.modules() if isinstance(module, nn.BatchNorm2d)]
-    if not norms:
-        raise ConfigError("the detector's head has no BatchNorm2d layers; convert it with batchnorm_head first")
-    # fit() switches the whole model to train mode every epoch, so the flag is reset just before each forward.
-    handles = [norm.register_forward_pre_hook(_use_running_statistics) for norm in norms]
-    try:
-        yield detector
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def finetune_deploy_head(out_dir: Path | str, preset: str = "teacher", train_config: TrainConfig | None = None,

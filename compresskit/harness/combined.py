@@ -1,0 +1,268 @@
+"""The combined pipeline (lesson 06): techniques stacked, every stage measured against the fp32 teacher of the
+same run, in torch eager and ONNX Runtime.
+
+Two routes, both from shipped checkpoints (no training in the lesson):
+
+- **prune -> distil -> int8** (model ``teacher``): the teacher with the int8-friendly BatchNorm head of lesson 03,
+  structurally pruned (half the channels, lesson 02), recovered by a fine-tune with distillation from the unpruned
+  detector (lesson 04; ``compresskit prune --kd --checkpoint teacher_bnhead.pt``), then static int8 in ONNX Runtime
+  (lesson 03).
+- **lightweight design -> distil -> int8** (model ``student``): the small detector trained without distillation
+  (the equal-budget control of lesson 04), the same design trained with logit + feature distillation, then int8.
+
+Every stage is a ``combined`` record whose baseline is the teacher in the same runtime, so the ratios read "what
+the pipeline has bought so far". The study also runs the article's four snippets (``compresskit.harness.errata``)
+and keeps what they did in its baseline record.
+Introduced in ``06_combined_pipeline.ipynb``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from torch import nn
+
+from compresskit.harness.distillation import student_architecture
+from compresskit.harness.loading import load_for_study, load_trained, require_embedded, train_split
+from compresskit.harness.quantization import quantize_for_study
+from compresskit.harness.variant import Study
+from compresskit.models.core import OnnxCore
+from compresskit.quantize.ort import OrtQuantConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+LESSON = "06_combined_pipeline"
+SOURCE = "teacher_bnhead"  # lesson 03's BatchNorm head: the whole head quantizes (no GroupNorm float island)
+PRUNED_KD = "teacher_bnhead_pruned_kd"  # compresskit prune --kd --checkpoint teacher_bnhead.pt (see the README)
+STUDENT_CONTROL, STUDENT_KD = "student_kd_none", "student_kd_both"
+CALIBRATION_IMAGES = 64
+FP32_ONLY_CALIBRATION = 4  # the export step writes the fp32 core; its int8 twin is not measured
+TEACHER_EAGER, TEACHER_ORT = "combined/teacher/eager", "combined/teacher/ort-fp32"
+FINAL_TEACHER = "combined/teacher/prune-kd-int8"  # the record the combined targets are checked on
+FINAL_STUDENT = "combined/student/kd-int8"
+# The kit's targets for the prune route, against the fp32 teacher of the same run (see harness.targets).
+TARGET_SIZE_RATIO, TARGET_SPEEDUP, TARGET_MAP_DROP = 10.0, 4.0, 2.0
+ERRATA_IMAGES = 4  # val images whose class logits the article's loss is tried on
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a route as the figure and table show it: record id, short name, what was done."""
+
+    record: str
+    name: str
+    action: str
+
+
+ROUTES: dict[str, tuple[Stage, ...]] = {
+    "prune -> distil -> int8": (
+        Stage(TEACHER_ORT, "teacher", "fp32 teacher (ONNX Runtime)"),
+        Stage("combined/teacher/bnhead", "BN head", "GroupNorm head replaced by a BatchNorm head (lesson 03)"),
+        Stage("combined/teacher/prune-kd", "pruned + KD", "half the channels pruned, fine-tuned with distillation"),
+        Stage(FINAL_TEACHER, "int8", "static int8, ONNX Runtime QDQ"),
+    ),
+    "small design -> distil -> int8": (
+        Stage(TEACHER_ORT, "teacher", "fp32 teacher (ONNX Runtime)"),
+        Stage("combined/student/small", "small design", "the student design, trained without distillation"),
+        Stage("combined/student/kd", "+ KD", "same design and budget, logit + feature distillation"),
+        Stage(FINAL_STUDENT, "int8", "static int8, ONNX Runtime QDQ"),
+    ),
+}
+STEPS = 4  # stages per route, the teacher included
+
+
+def _ort_record(study: Study, detector: nn.Module, calibration_set, record_id: str, variant: str, model: str,
+                int8: bool, config: dict | None = None, quantized=None):
+    """``detector`` as an ONNX Runtime record against the teacher's fp32 core: its fp32 core, or its int8 one.
+
+    Returns ``(record, quantized)``; pass ``quantized`` back to measure the other precision without a second
+    export. The fp32 core comes from the same fixed-shape export as the int8 one; an fp32-only stage calibrates on
+    a few images only, since its int8 file is not used.
+    """
+    if quantized is None:
+        images = CALIBRATION_IMAGES if int8 else FP32_ONLY_CALIBRATION
+        quantized = quantize_for_study(study, detector, calibration_set, record_id.replace("combined/", ""),
+                                       OrtQuantConfig(calibration_images=images))
+    path = quantized.int8_path if int8 else quantized.fp32_path
+    extra = quantized.as_dict() if int8 else {}
+    record = study.measure(detector, record_id, technique="combined", runtime="onnxruntime", baseline=TEACHER_ORT,
+                           core=OnnxCore(path, threads=study.threads), model=model, variant=variant,
+                           config={**(config or {}), **extra})
+    return record, quantized
+
+
+def combined_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
+                   progress: bool = False, log: Callable[[str], None] | None = None) -> Study:
+    """Every record of lesson 06: the teacher (eager, ORT fp32) and each stage of :data:`ROUTES`.
+
+    Eager records (the pruned + KD detector, before int8) compare with the eager teacher, ONNX Runtime records
+    with the teacher's ONNX Runtime fp32 core; all timings are paired and interleaved in this run.
+    """
+    from compresskit.harness.errata import run_errata
+    from compresskit.models import load_checkpoint, shipped_checkpoint
+
+    teacher = load_for_study("teacher", profile)
+    require_embedded(teacher, "pruned and distilled detectors")
+    study = Study.of(LESSON, teacher, val_images, runs=runs, progress=progress, log=log)
+    calibration_set = train_split(teacher, augment=False)
+    images = [study.val_loader.dataset[index][0] for index in range(ERRATA_IMAGES)]
+    # The article's snippets run here, on this teacher and today's libraries; what they did is kept in the
+    # baseline record, so summary.md is drawn from results.json alone.
+    study.measure(teacher.model, TEACHER_EAGER, technique="baseline", variant="the teacher, fp32",
+                  config={"errata": run_errata(teacher.model, images)})
+    quantized = quantize_for_study(study, teacher.model, calibration_set, "teacher",
+                                   OrtQuantConfig(calibration_images=CALIBRATION_IMAGES))
+    study.measure(teacher.model, TEACHER_ORT, technique="baseline", runtime="onnxruntime",
+                  core=OnnxCore(quantized.fp32_path, threads=study.threads), baseline=TEACHER_EAGER,
+                  variant="the teacher, fp32 core in ONNX Runtime")
+    # int8 alone, from the same export: what the errata's quantization fix buys without pruning
+    study.measure(teacher.model, "combined/teacher/int8", technique="static_ptq", runtime="onnxruntime",
+                  core=OnnxCore(quantized.int8_path, threads=study.threads), baseline=TEACHER_ORT,
+                  variant="the teacher, QDQ int8 core", config=quantized.as_dict())
+
+    source = load_checkpoint(shipped_checkpoint(SOURCE))[0]
+    _ort_record(study, source, calibration_set, "combined/teacher/bnhead", "BatchNorm head, fp32 core",
+                "teacher", int8=False, config={"checkpoint": SOURCE})
+    pruned, _, meta = load_checkpoint(shipped_checkpoint(PRUNED_KD))  # shipped: no training in the lesson
+    trained = {"checkpoint": PRUNED_KD, "prune_config": meta.get("prune_config"), "kd_config": meta.get("kd_config"),
+               "train_config": meta.get("train_config"), "trained_on": meta.get("trained_on")}
+    study.measure(pruned, "combined/teacher/prune-kd/eager", technique="combined", baseline=TEACHER_EAGER,
+                  model="teacher", variant="BN head, pruned 50%, distilled fine-tune; fp32 eager",
+                  train_seconds=meta.get("train_seconds"), config=trained)
+    _, quantized = _ort_record(study, pruned, calibration_set, "combined/teacher/prune-kd", "BN head, pruned 50%, "
+                               "distilled fine-tune; fp32 core", "teacher", int8=False, config=trained,
+                               quantized=quantize_for_study(study, pruned, calibration_set, "teacher/prune-kd",
+                                                            OrtQuantConfig(calibration_images=CALIBRATION_IMAGES)))
+    _ort_record(study, pruned, calibration_set, FINAL_TEACHER, "BN head, pruned 50%, distilled fine-tune; QDQ "
+                "int8 core", "teacher", int8=True, config=trained, quantized=quantized)
+
+    architecture = student_architecture(teacher.label_map)
+    for name, record_id, variant in ((STUDENT_CONTROL, "combined/student/small", "student, no distillation"),
+                                     (STUDENT_KD, "combined/student/kd", "student, logit + feature distillation")):
+        student, student_meta, _ = load_trained(name, architecture)
+        config = {"checkpoint": name, "kd_config": student_meta.get("kd_config"),
+                  "train_config": student_meta.get("train_config")}
+        final = name == STUDENT_KD  # the distilled student goes on to int8: calibrate it fully
+        quantized = quantize_for_study(study, student, calibration_set, record_id.replace("combined/", ""),
+                                       OrtQuantConfig(calibration_images=CALIBRATION_IMAGES if final
+                                                      else FP32_ONLY_CALIBRATION))
+        _ort_record(study, student, calibration_set, record_id, f"{variant}; fp32 core", "student", int8=False,
+                    config=config, quantized=quantized)
+    _ort_record(study, student, calibration_set, FINAL_STUDENT, "student, logit + feature distillation; QDQ int8 "
+                "core", "student", int8=True, config=config, quantized=quantized)
+    return study
+
+
+def stage_rows(document) -> list[dict]:
+    """One row per stage of :data:`ROUTES` present in ``document`` (a results document or a list of records):
+    route, stage, action, mAP x100, size MB, MACs G and the ratios against the route's teacher record."""
+    from compresskit.report import compare, records_of
+
+    by_id = {record["id"]: record for record in records_of(document)}
+    rows = []
+    for route, stages in ROUTES.items():
+        for stage in stages:
+            record = by_id.get(stage.record)
+            if record is None:
+                continue
+            baseline = by_id.get(record.get("baseline") or "")
+            ratios = compare(record, baseline) if baseline is not None and stage.record != TEACHER_ORT else {}
+            rows.append({"route": route, "stage": stage.name, "action": stage.action, "record": stage.record,
+                         "map": record.get("map"), "size_mb": record["size_bytes"] / 1e6,
+                         "macs_g": record["macs"] / 1e9, "size_ratio": ratios.get("size_ratio", 1.0),
+                         "speedup": ratios.get("latency_speedup", 1.0),
+                         "speedup_interval": ratios.get("latency_interval"),
+                         "map_drop_points": ratios.get("map_drop_points", 0.0)})
+    return rows
+
+
+def captured_errata(document) -> dict[str, str]:
+    """What the article's snippets did when the combined study ran (kept in its baseline record's config)."""
+    from compresskit.report import records_of
+
+    for record in records_of(document):
+        if record["id"] == TEACHER_EAGER:
+            return dict((record.get("config") or {}).get("errata") or {})
+    return {}
+
+
+def stages_markdown(document) -> str:
+    """:func:`stage_rows` as a Markdown table (empty string when the document has no combined records)."""
+    rows = stage_rows(document)
+    if not rows:
+        return ""
+    lines = ["| route | stage | what was done | mAP x100 | size MB | MACs G | smaller | faster (paired) | "
+             "mAP drop |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        interval = row["speedup_interval"]
+        speed = f"{row['speedup']:.2f}x" + (f" [{interval[0]:.2f}-{interval[1]:.2f}]" if interval else "")
+        shown_map = "-" if row["map"] is None else f"{100 * row['map']:.1f}"
+        drop = "-" if row["map_drop_points"] is None else f"{row['map_drop_points']:.1f}"
+        lines.append(f"| {row['route']} | {row['stage']} | {row['action']} | {shown_map} | {row['size_mb']:.2f} "
+                     f"| {row['macs_g']:.2f} | {row['size_ratio']:.1f}x | {speed} | {drop} |")
+    return "\n".join(lines)
+
+
+def plot_stages(document) -> "Figure":
+    """What each stage of each route buys and costs, against the fp32 teacher in ONNX Runtime: three panels
+    (mAP, shipped size on a log axis, paired speed-up), one line of steps per route, the targets dashed.
+
+    Raises:
+        MissingRecordsError: the document holds no combined study.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from compresskit.report import MissingRecordsError, add_caption
+
+    rows = stage_rows(document)
+    if not rows:
+        raise MissingRecordsError("no combined study in these records; run `compresskit reproduce --only combined`")
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4.4), layout="constrained")
+    panels = (("map", "mAP@[.5:.95] x100", lambda row: None if row["map"] is None else 100 * row["map"], "{:.1f}"),
+              ("size", "shipped size (MB, log scale)", lambda row: row["size_mb"], "{:.1f}"),
+              ("speed", "speed-up vs the fp32 teacher (x, paired)", lambda row: row["speedup"], "{:.2f}x"))
+    colours = dict(zip(ROUTES, ("C1", "C0")))
+    teacher = next(row for row in rows if row["record"] == TEACHER_ORT)
+    for ax, (panel, label, value_of, shown) in zip(axes, panels):
+        values = {route: [value_of(row) for row in rows if row["route"] == route] for route in ROUTES}
+        for route, route_values in values.items():
+            ax.plot(range(len(route_values)), route_values, marker="o", color=colours[route], label=route)
+            for index, value in enumerate(route_values[1:], start=1):  # the shared teacher point is labelled once
+                if value is None:
+                    continue
+                others = [other[index] for other in values.values() if other is not route_values
+                          and index < len(other) and other[index] is not None]
+                above = all(value >= other for other in others)  # the higher point's label above, the lower's below
+                ax.annotate(shown.format(value), (index, value), textcoords="offset points",
+                            xytext=(0, 7 if above else -12), ha="center", fontsize=7, color=colours[route])
+        ax.annotate(shown.format(value_of(teacher)), (0, value_of(teacher)), textcoords="offset points",
+                    xytext=(4, 6), fontsize=7)
+        names = ["\n".join(dict.fromkeys(stages[step].name for stages in ROUTES.values())) for step in range(STEPS)]
+        ax.set_xticks(range(STEPS), names, fontsize=7)
+        ax.set_xlim(-0.3, STEPS - 0.7)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        target_style = {"color": "0.4", "linestyle": "--", "linewidth": 0.8}
+        if panel == "map" and teacher["map"] is not None:
+            ax.axhline(100 * teacher["map"] - TARGET_MAP_DROP, **target_style)
+            ax.annotate(f"target: at most {TARGET_MAP_DROP:g} points below the teacher", (0.5, 100 * teacher["map"]
+                        - TARGET_MAP_DROP), textcoords="offset points", xytext=(0, -10), fontsize=7, color="0.4")
+        if panel == "size":
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.axhline(teacher["size_mb"] / TARGET_SIZE_RATIO, **target_style)
+            ax.annotate(f"target: {TARGET_SIZE_RATIO:g}x smaller", (1.5, teacher["size_mb"] / TARGET_SIZE_RATIO),
+                        textcoords="offset points", xytext=(0, 4), fontsize=7, color="0.4")
+        if panel == "speed":
+            ax.axhline(TARGET_SPEEDUP, **target_style)
+            ax.annotate(f"target: {TARGET_SPEEDUP:g}x", (0, TARGET_SPEEDUP), textcoords="offset points",
+                        xytext=(0, 4), fontsize=7, color="0.4")
+    axes[0].legend(fontsize=8, loc="center right")
+    figure.suptitle("The combined pipeline, stage by stage, against the fp32 teacher in ONNX Runtime (same run; "
+                    "targets dashed)", fontsize=10)
+    return add_caption(figure, document)
