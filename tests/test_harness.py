@@ -95,3 +95,68 @@ def test_coco_profile_study_loads_coco_data_and_weights_and_says_so(coco_tiny, t
     assert {r["profile"] for r in study.records} == {"coco"}
     assert study.records[0]["config"]["source"] == "torchvision COCO weights"
     assert len(study.val_loader.dataset) == 2
+
+
+def _counting_evaluate(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = harness.variant.evaluate
+
+    def counted(runner, loader, label_map, **kwargs):
+        calls.append(kwargs.get("desc", ""))
+        return real(runner, loader, label_map, **kwargs)
+
+    monkeypatch.setattr(harness.variant, "evaluate", counted)
+    return calls
+
+
+def test_reproduce_evaluates_an_identical_variant_once_and_anything_changed_again(small_study, monkeypatch):
+    study, detector = small_study
+    calls = _counting_evaluate(monkeypatch)
+    with harness.variant.reuse_evaluations():
+        first = study.measure(detector, "reuse/eager", technique="baseline")
+        same = study.measure(detector, "reuse/eager-again", technique="baseline")
+        assert len(calls) == 1 and same["map"] == first["map"]
+        # the ONNX export of the same weights is byte-identical, so its ORT evaluation is also done once
+        study.measure(detector, "reuse/ort", runtime="onnxruntime", technique="baseline")
+        study.measure(detector, "reuse/ort-again", runtime="onnxruntime", technique="baseline")
+        assert len(calls) == 2
+        changed = build_detector(EMBEDDED_PRESETS["student"]).eval()
+        changed.load_state_dict(detector.state_dict())
+        with torch.no_grad():
+            next(changed.parameters()).view(-1)[0] += 1.0  # one weight differs
+        study.measure(changed, "reuse/one-weight-changed", technique="baseline")
+        assert len(calls) == 3
+        changed.load_state_dict(detector.state_dict())
+        changed.score_thresh = detector.score_thresh + 0.1  # a post-processing setting differs
+        study.measure(changed, "reuse/threshold-changed", technique="baseline")
+        assert len(calls) == 4
+    study.measure(detector, "reuse/outside", technique="baseline")  # outside the block nothing is reused
+    assert len(calls) == 5
+
+
+def test_reproduce_quantizes_an_identical_call_once_and_copies_its_files(small_study, tiny_embedded, monkeypatch):
+    from compresskit.harness import quantization
+    from compresskit.quantize.ort import OrtQuantConfig
+
+    study, detector = small_study
+    calibration_set = load_split("train", tiny_embedded, train_transforms=False)
+    calls = []
+    real = quantization.quantize_core_onnx
+    monkeypatch.setattr(quantization, "quantize_core_onnx", lambda *args, **kwargs: calls.append(1) or real(
+        *args, **kwargs))
+    config = OrtQuantConfig(calibration_images=2)
+    with harness.variant.reuse_evaluations():
+        first = quantization.quantize_for_study(study, detector, calibration_set, "reuse-a", config)
+        again = quantization.quantize_for_study(study, detector, calibration_set, "reuse-b", config)
+        assert len(calls) == 1 and again.int8_path != first.int8_path
+        assert again.int8_path.read_bytes() == first.int8_path.read_bytes()
+        assert again.fp32_path.read_bytes() == first.fp32_path.read_bytes()
+        assert again.calibration_images == 2 and again.config == config
+        quantization.quantize_for_study(study, detector, calibration_set, "reuse-c",
+                                        OrtQuantConfig(calibration_images=3))  # other settings: quantized again
+        assert len(calls) == 2
+        augmented = load_split("train", tiny_embedded, train_transforms=True)  # random items: never reused
+        quantization.quantize_for_study(study, detector, augmented, "reuse-d", config)
+        assert len(calls) == 3
+    quantization.quantize_for_study(study, detector, calibration_set, "reuse-e", config)
+    assert len(calls) == 4

@@ -7,16 +7,19 @@ Introduced in ``03_quantization.ipynb``.
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from pathlib import Path
 from typing import Callable, Sequence
 
 from torch import nn
 
 from compresskit.engine import METRIC_NAMES
 from compresskit.harness.loading import Loaded, load_for_study, train_split, training_record, val_loader
-from compresskit.harness.variant import Study, artifact_dir
+from compresskit.harness.variant import Study, artifact_dir, dataset_identity, recall, remember, reuse_key
 from compresskit.models.core import OnnxCore
 from compresskit.quantize import dynamic
-from compresskit.quantize.ort import OrtQuantConfig, QuantizedCore, quantize_core_onnx
+from compresskit.quantize.ort import (OrtQuantConfig, QuantizedCore, choose_activations, fp32_path_for,
+                                     quantize_core_onnx)
 
 LESSON = "03_quantization"
 FP16_COMPUTE_PAIRS = 5
@@ -28,8 +31,41 @@ SENSITIVITY_PARTS = ("stem", "layer1", "layer2", "layer3", "layer4", "fpn", "hea
 
 def quantize_for_study(study: Study, detector: nn.Module, calibration_set, name: str,
                        config: OrtQuantConfig) -> QuantizedCore:
-    """``quantize_core_onnx`` into the run's artifact folder (files named after the record)."""
-    return quantize_core_onnx(detector, calibration_set, config, artifact_dir() / f"{study.lesson}-{name}.onnx")
+    """``quantize_core_onnx`` into the run's artifact folder (files named after the record).
+
+    Inside :func:`~compresskit.harness.variant.reuse_evaluations` (``compresskit reproduce``), a call identical to
+    an earlier one of the run (same weights and module settings, same calibration images, same settings) copies
+    the earlier call's two files instead of quantizing again: quantization is deterministic, so they would be the
+    same bytes.
+    """
+    out_path = artifact_dir() / f"{study.lesson}-{name}.onnx"
+    images = dataset_identity(calibration_set)
+    key = None if images is None else reuse_key(detector, "quantize_core_onnx", dataclasses.asdict(config),
+                                                    choose_activations(config.activations), images)
+    earlier = recall(key)
+    if earlier is not None:
+        source, quantized = earlier
+        if study.log is not None:
+            study.log(f"  {name}: same detector, calibration images and settings as {source}; its files are reused")
+        return _copied(quantized, out_path)
+    quantized = quantize_core_onnx(detector, calibration_set, config, out_path)
+    remember(key, f"{study.lesson}/{name}", quantized)
+    return quantized
+
+
+def _copied(quantized: QuantizedCore, out_path: Path) -> QuantizedCore:
+    """``quantized``'s int8 and fp32 files copied to ``out_path`` and its fp32 sibling (both or neither)."""
+    targets = {out_path: quantized.int8_path, fp32_path_for(out_path): quantized.fp32_path}
+    parts = {target: target.with_name(target.name + ".part") for target in targets}
+    try:
+        for target, source in targets.items():
+            shutil.copyfile(source, parts[target])
+        for target, part in parts.items():
+            part.replace(target)
+    finally:
+        for part in parts.values():
+            part.unlink(missing_ok=True)
+    return dataclasses.replace(quantized, int8_path=out_path, fp32_path=fp32_path_for(out_path))
 
 
 def measure_dynamic_and_fp16(study: Study, detector: nn.Module) -> list[dict]:
@@ -45,10 +81,12 @@ def measure_dynamic_and_fp16(study: Study, detector: nn.Module) -> list[dict]:
                                  technique="fp16", artifact=stored,
                                  variant="fp16 weights shipped, upcast to fp32 to run"))
     half = dynamic.fp16_compute(detector)
-    # Half-precision convs have no fast CPU kernel (measured ~40x slower than fp32 here): a few timed pairs show
-    # it, and evaluating mAP would take many minutes; fp16 storage above already shows fp16's accuracy.
+    # Half-precision convs have no fast CPU kernel (measured ~40x slower than fp32 here): a few timed pairs after
+    # one warm-up call show it, and evaluating mAP would take many minutes; fp16 storage above already shows
+    # fp16's accuracy.
     records.append(study.measure(detector, f"quantization/{study.model}/fp16-compute", technique="fp16",
                                  core=half.core, artifact=stored, evaluate_map=False, runs=FP16_COMPUTE_PAIRS,
+                                 warmup=1,
                                  variant="core computed in fp16 on the CPU (latency only)"))
     return records
 

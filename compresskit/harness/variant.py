@@ -11,12 +11,16 @@ Introduced in ``01_baseline_detectors.ipynb``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from compresskit.engine import METRIC_NAMES, evaluate
 from compresskit.measure import (compare_latency, count_macs, count_nonzero_params, count_params, measure_latency,
@@ -26,6 +30,97 @@ from compresskit.report import make_record
 from compresskit.settings import latency_runs, reports_dir
 
 RUNTIMES_MEASURED = ("torch-eager", "torch-compile", "onnxruntime")
+
+# Active only inside reuse_evaluations(): key -> (what produced it: a record id or a file, the value kept).
+_reused: dict[str, tuple[str, Any]] | None = None
+
+
+@contextlib.contextmanager
+def reuse_evaluations():
+    """Within this block, identical work is done once: every :meth:`Study.measure` evaluates each distinct
+    variant once, and :func:`~compresskit.harness.quantization.quantize_for_study` quantizes each distinct
+    (detector, calibration images, settings) once.
+
+    ``compresskit reproduce`` measures the fp32 teacher in every study (each study's speed-ups are paired with its
+    own teacher runs), but its mAP on the same val images cannot change between studies: the same weights, module
+    settings and runtime file give the same detections. Evaluation and quantization are deterministic, so a later
+    record takes the metrics (or the int8 file) of the first identical one instead of computing them again; its
+    latency, size and counts are still measured in its own study. Variants that cannot be identified safely (a
+    compiled core, a core the harness did not build) are always evaluated.
+    """
+    global _reused
+    outer, _reused = _reused, {} if _reused is None else _reused
+    try:
+        yield
+    finally:
+        _reused = outer
+
+
+def _module_fingerprint(detector: nn.Module, digest) -> bool:
+    """Feed the detector's structure, scalar settings and every tensor of its state into ``digest``; False when
+    some state cannot be read as plain bytes (then the variant is not identified)."""
+    digest.update(repr(detector).encode())
+    for name, module in detector.named_modules():
+        settings = {key: value for key, value in vars(module).items() if not key.startswith("_")
+                    and isinstance(value, (bool, int, float, str, tuple, type(None)))}
+        digest.update(f"{name}:{sorted(settings.items())!r}".encode())
+    for name, tensor in detector.state_dict().items():
+        if not hasattr(tensor, "dtype") or tensor.is_quantized or tensor.layout != torch.strided:
+            return False
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return True
+
+
+def reuse_key(detector: nn.Module, *context: Any) -> str | None:
+    """A key for work on ``detector`` (structure, settings, every tensor) in ``context`` (compared by repr, so
+    plain values only), or None outside :func:`reuse_evaluations` or when the detector cannot be identified."""
+    if _reused is None:
+        return None
+    digest = hashlib.sha256()
+    if not _module_fingerprint(detector, digest):
+        return None
+    digest.update(repr(context).encode())
+    return digest.hexdigest()
+
+
+def recall(key: str | None) -> tuple[str, Any] | None:
+    """``(source, value)`` kept under ``key`` in this :func:`reuse_evaluations` block, or None."""
+    return None if key is None or _reused is None else _reused.get(key)
+
+
+def remember(key: str | None, source: str, value: Any) -> None:
+    """Keep ``value`` (produced by ``source``) under ``key`` for the rest of the block (no-op outside it)."""
+    if key is not None and _reused is not None:
+        _reused[key] = (source, value)
+
+
+def dataset_identity(data: Any) -> tuple | None:
+    """What a dataset, a ``Subset`` of one or a loader over either reads: annotation file, image folder and image
+    ids in order; None when its items are randomly transformed (augmentation), so that reading it twice differs."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    indices = None
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, list(dataset.indices)
+    if getattr(dataset, "transforms", None) is not None or not hasattr(dataset, "ids"):
+        return None
+    image_ids = list(dataset.ids) if indices is None else [dataset.ids[index] for index in indices]
+    return (str(getattr(dataset, "annotation_file", "")), str(getattr(dataset, "root", "")), tuple(image_ids))
+
+
+def _evaluation_key(detector: nn.Module, core: Any, runtime: str, val_loader, label_map, threads: int) -> str | None:
+    """Identity of what an evaluation measures: weights and settings, runtime file, val images, label map.
+
+    ``core`` is the core the record runs: None for the detector's own (torch eager), an :class:`OnnxCore` for ONNX
+    Runtime; anything else is not identified (None).
+    """
+    if not ((runtime == "torch-eager" and core is None) or (runtime == "onnxruntime" and isinstance(core, OnnxCore))):
+        return None
+    images = dataset_identity(val_loader)
+    if images is None:
+        return None
+    runtime_file = hashlib.sha256(core.path.read_bytes()).hexdigest() if isinstance(core, OnnxCore) else None
+    return reuse_key(detector, "evaluate", runtime, threads, runtime_file, images, repr(label_map))
 
 
 def artifact_dir() -> Path:
@@ -115,7 +210,7 @@ class Study:
                 variant: str = "", baseline: str | None = None, core: Any = None, artifact: Any = None,
                 model: str | None = None, label_map: Any = None, train_seconds: float | None = None,
                 config: Any = None, evaluate_map: bool = True, runs: int | None = None,
-                recorded_metrics: dict | None = None) -> dict:
+                recorded_metrics: dict | None = None, warmup: int = 5) -> dict:
         """Evaluate and measure ``detector`` as one record, keep it, and return it. The detector is put in eval
         mode; its weights are not touched.
 
@@ -131,7 +226,8 @@ class Study:
             model, label_map: preset name and label map when they differ from the study's (e.g. the student in the
                 baseline study).
             evaluate_map: False for a variant too slow to evaluate (its mAP fields stay None: not measured).
-            runs: timed runs for this record only (default: the study's).
+            runs: timed runs for this record only (default: the study's); warmup: untimed calls of each side
+                first (fewer for a variant whose single call takes seconds).
             recorded_metrics: the mAP metrics a training run measured on the weights it wrote, for a variant whose
                 checkpoint is not shipped (``detector`` then has the same architecture, untrained): nothing is
                 evaluated, and the record's config says where its mAP comes from.
@@ -146,18 +242,19 @@ class Study:
             metrics = {key: recorded_metrics[key] for key in METRIC_NAMES}
             config = {**(config or {}), "map_source": "training record (checkpoint not shipped)"}
         elif evaluate_map:
-            metrics = evaluate(runner, self.val_loader, label_map or self.label_map, progress=self.progress,
-                               desc=f"evaluate {record_id}")
+            # the core a key can name: the detector's own (eager, none given) or the ONNX Runtime session
+            run_core = runner.core if runtime == "onnxruntime" else core
+            metrics = self._evaluate(runner, detector, runtime, run_core, record_id, label_map or self.label_map)
         else:
             metrics = None
         image = self.example_image()
         hw = tuple(image.shape[-2:])
         paired = None
         if baseline is None:
-            latency = measure_latency(runner, [image], runs=runs or self.runs, threads=self.threads)
+            latency = measure_latency(runner, [image], runs=runs or self.runs, threads=self.threads, warmup=warmup)
         else:
             comparison = compare_latency(self.runners[baseline], runner, [image], pairs=runs or self.runs,
-                                         threads=self.threads)
+                                         threads=self.threads, warmup=warmup)
             latency, paired = comparison.candidate, comparison.as_record(baseline)
         record = make_record(
             id=record_id, lesson=self.lesson, technique=technique, model=model or self.model, runtime=runtime,
@@ -172,6 +269,21 @@ class Study:
         if self.log is not None:
             self.log(describe(record))
         return record
+
+    def _evaluate(self, runner: CoreDetector, detector: nn.Module, runtime: str, core: Any, record_id: str,
+                  label_map: Any) -> dict:
+        key = _evaluation_key(detector, core, runtime, self.val_loader, label_map, self.threads) \
+            if _reused is not None else None
+        earlier = recall(key)
+        if earlier is not None:
+            source, metrics = earlier
+            if self.log is not None:
+                self.log(f"  {record_id}: same weights, runtime file and val images as {source}; "
+                         "its evaluation is reused")
+            return dict(metrics)
+        metrics = evaluate(runner, self.val_loader, label_map, progress=self.progress, desc=f"evaluate {record_id}")
+        remember(key, record_id, dict(metrics))
+        return metrics
 
 
 def describe(record: dict) -> str:

@@ -257,6 +257,12 @@ def _calibration_chunk(images: int) -> int:
     return max(size for size in range(1, min(images, _CALIBRATION_CHUNK) + 1) if images % size == 0)
 
 
+def fp32_path_for(int8_path: Path | str) -> Path:
+    """Where :func:`quantize_core_onnx` writes the fp32 file of ``int8_path``: ``<stem>-fp32.onnx`` beside it."""
+    int8_path = Path(int8_path)
+    return int8_path.with_name(f"{int8_path.stem}{FP32_SUFFIX}{int8_path.suffix or '.onnx'}")
+
+
 def quantize_core_onnx(detector: nn.Module, calibration_dataset, config: OrtQuantConfig,
                        out_path: Path | str) -> QuantizedCore:
     """Quantize a single-stage detector's core to a static QDQ int8 ONNX file (works on a copy: the detector
@@ -284,7 +290,7 @@ def quantize_core_onnx(detector: nn.Module, calibration_dataset, config: OrtQuan
                                           quantize_static)
 
     out_path = Path(out_path)
-    fp32_path = out_path.with_name(f"{out_path.stem}{FP32_SUFFIX}{out_path.suffix or '.onnx'}")
+    fp32_path = fp32_path_for(out_path)
     activations, reason = choose_activations(config.activations)
     work_detector = copy.deepcopy(detector).eval()  # export and the transform switch modes: keep the caller's
     batches, (height, width) = _pad_to(calibration_batches(work_detector, calibration_dataset,
