@@ -26,8 +26,10 @@ def val_subset(dataset, images: int = VAL_SUBSET_IMAGES) -> torch.utils.data.Sub
     return torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
 
 
-def _dataset_and_ids(data_loader) -> tuple:
-    dataset = data_loader.dataset
+def dataset_and_ids(data) -> tuple:
+    """The kit dataset under ``data`` (a loader, a ``Subset`` or the dataset itself) and the image ids it reads,
+    in order."""
+    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
     if isinstance(dataset, torch.utils.data.Subset):
         return dataset.dataset, [dataset.dataset.ids[i] for i in dataset.indices]
     return dataset, list(dataset.ids)
@@ -111,7 +113,7 @@ def evaluate(model: nn.Module, data_loader, label_map: LabelMap | None = None, d
     Returns:
         ``map``, ``map50``, ``map75``, ``map_small/medium/large``: COCOeval's 0-1 values.
     """
-    dataset, image_ids = _dataset_and_ids(data_loader)
+    dataset, image_ids = dataset_and_ids(data_loader)
     detections = predict(model, data_loader, label_map or dataset.label_map, device=device, progress=progress,
                          desc=desc)
     return coco_metrics(dataset.coco, detections, image_ids, verbose=verbose)

@@ -20,7 +20,6 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from compresskit.engine import METRIC_NAMES, evaluate
 from compresskit.measure import (compare_latency, count_macs, count_nonzero_params, count_params, measure_latency,
@@ -98,13 +97,14 @@ def remember(key: str | None, source: str, value: Any) -> None:
 def dataset_identity(data: Any) -> tuple | None:
     """What a dataset, a ``Subset`` of one or a loader over either reads: annotation file, image folder and image
     ids in order; None when its items are randomly transformed (augmentation), so that reading it twice differs."""
-    dataset = data.dataset if isinstance(data, DataLoader) else data
-    indices = None
-    if isinstance(dataset, Subset):
-        dataset, indices = dataset.dataset, list(dataset.indices)
-    if getattr(dataset, "transforms", None) is not None or not hasattr(dataset, "ids"):
+    from compresskit.engine.evaluation import dataset_and_ids
+
+    base = getattr(data, "dataset", data)
+    if not hasattr(getattr(base, "dataset", base), "ids"):  # not a kit dataset: nothing names its images
         return None
-    image_ids = list(dataset.ids) if indices is None else [dataset.ids[index] for index in indices]
+    dataset, image_ids = dataset_and_ids(data)
+    if getattr(dataset, "transforms", None) is not None:
+        return None
     return (str(getattr(dataset, "annotation_file", "")), str(getattr(dataset, "root", "")), tuple(image_ids))
 
 
