@@ -1,12 +1,15 @@
 """Test-run environment for unit tests and notebooks alike (nbval's kernels inherit this process's environment).
 
 Results go to a temporary reports folder, so a test run never writes into the working tree, and the lessons find
-the small real COCO fixture, when it is available, as a local COCO install.
+the small real COCO fixture, when it is available, as a local COCO install. The lessons' kernels and the commands
+run in subprocesses keep their scratch files (fine-tune checkpoints, exports: hundreds of MB on the coco profile)
+in the run's folder too, which a passing run removes at the end; a failing run keeps it for a look and says where.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,10 +20,20 @@ def pytest_configure(config):
     os.environ.setdefault("COMPRESSKIT_REPORTS", str(_RUN_DIR / "reports"))
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for people; logs stay readable
+    scratch = _RUN_DIR / "tmp"
+    scratch.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(scratch)  # for child processes; this process resolved its temp folder already
     fixture = coco_tiny_path()
     if fixture is not None:  # tests serve it over HTTP; the lessons read it as a local COCO install
         os.environ.setdefault("COMPRESSKIT_COCO_TINY", str(fixture))
         os.environ.setdefault("COMPRESSKIT_COCO_ROOT", str(fixture))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if exitstatus == 0:
+        shutil.rmtree(_RUN_DIR, ignore_errors=True)
+    else:
+        print(f"\nthis run's reports and scratch files are kept in {_RUN_DIR}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -97,6 +97,9 @@ def test_backbone_study_measures_each_trunk_in_three_runtimes(tiny_profile, pack
     unshipped = records["backbones/shufflenet_v2_x1_0/ort-fp32"]
     assert {key: unshipped[key] for key in METRIC_NAMES} == recorded
     assert records["backbones/shufflenet_v2_x1_0/ort-int8"]["map"] is None  # untrained weights: not measured
+    for runtime in ("eager", "ort-fp32", "ort-int8"):  # nor is their gzip size; the raw size is the real one's
+        stand_in, real = (records[f"backbones/{name}/{runtime}"] for name in ("shufflenet_v2_x1_0", "mobilenet_v3_small"))
+        assert stand_in["size_gzip_bytes"] is None and stand_in["size_bytes"] > 0 and real["size_gzip_bytes"] > 0
 
     # The trunk-in-float control: only where asked, against the same fp32 core, with the trunk's weights in float.
     control = records["backbones/mobilenet_v3_small/ort-int8-trunk-fp32"]

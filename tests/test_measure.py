@@ -89,6 +89,21 @@ def test_serialized_size_sparse_gzips_smaller(tmp_path) -> None:
     assert measure.serialized_size(str(artifact)) == from_file
 
 
+def test_each_distinct_payload_is_compressed_once(monkeypatch) -> None:
+    import gzip
+
+    from compresskit.measure import size
+
+    calls = []
+    real_compress = gzip.compress
+    monkeypatch.setattr(size.gzip, "compress", lambda data, **kw: calls.append(len(data)) or real_compress(data, **kw))
+    payload = bytes(range(256)) * 64 + b"distinct to this test"
+    first, again = measure.serialized_size(payload), measure.serialized_size(bytearray(payload))
+    other = measure.serialized_size(payload + b"!")
+    assert first == again and len(calls) == 2  # the repeat is answered from its digest
+    assert other.gzip_bytes == len(real_compress(payload + b"!", compresslevel=measure.GZIP_LEVEL, mtime=0))
+
+
 def test_latency_statistics_and_threads_restored() -> None:
     net = small_net().eval()
     before = torch.get_num_threads()

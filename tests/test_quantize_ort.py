@@ -189,6 +189,22 @@ def test_excluding_the_head_keeps_its_convs_float(student, train_split, tmp_path
                            tmp_path / "other.onnx")
 
 
+def test_ranges_from_the_calibration_cache_give_the_same_bytes(student, train_split, tmp_path, monkeypatch):
+    """A cached calibration quantizes bit for bit like a fresh one, for another ``exclude`` too (the sensitivity
+    scan shares one), and still says how many images produced the ranges."""
+    cache = tmp_path / "ranges.json"
+    plain, head_float = (OrtQuantConfig(calibration_images=2, exclude=exclude) for exclude in ((), ("head",)))
+    fresh = {config.exclude: quantize_core_onnx(student[0], train_split, config, tmp_path / f"fresh{index}.onnx")
+             for index, config in enumerate((plain, head_float))}
+    writes = quantize_core_onnx(student[0], train_split, plain, tmp_path / "writes.onnx", calibration_cache=cache)
+    assert cache.is_file()
+    monkeypatch.setattr(ort_quant._CalibrationReader, "get_next", lambda self: pytest.fail("calibrated again"))
+    reads = quantize_core_onnx(student[0], train_split, head_float, tmp_path / "reads.onnx", calibration_cache=cache)
+    assert writes.int8_path.read_bytes() == fresh[()].int8_path.read_bytes()
+    assert reads.int8_path.read_bytes() == fresh[("head",)].int8_path.read_bytes()
+    assert reads.calibration_images == writes.calibration_images == 2
+
+
 # ------------------------------------------------------------------------------------------------ failures
 def test_failure_leaves_no_file(student, train_split, tmp_path, monkeypatch):
     import onnxruntime.quantization

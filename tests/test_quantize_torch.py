@@ -227,6 +227,10 @@ def test_compiled_pt2e_core_runs_int8_kernels(student, student_train, student_ba
         # The oneDNN kernels compute what the converted graph simulates, up to rounding of the fused
         # requantization (measured 0.2 %, 0.3 %, 1.3 %).
         assert _relative_error(c, b[:1]) < 0.03
+    # Evaluation and latency call it under inference_mode with inference tensors; neither compiles again.
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.inference_mode():
+        compiled(student_batch.clone())
+        compiled(student_batch)
 
 
 # ------------------------------------------------------------------------------------------------ QAT

@@ -198,7 +198,7 @@ def test_targets_on_the_reference_match_the_readme(reference):
     assert verdicts["kd-gain"] == "met"
     assert verdicts["pruned-kd-accuracy"] == "missed by 1.27 points"
     assert verdicts["backbone-speed"] == "missed by 1.99x"  # EfficientNet-B0: within 5 points, 1.01x
-    assert verdicts["qat-accuracy"] == "not measured"
+    assert verdicts["qat-accuracy"] == "met"  # from the QAT training record: 83.05 against 82.97 fp32
     for target in ("combined-size", "combined-speed", "combined-accuracy"):
         assert verdicts[target] == "met"
 

@@ -3,9 +3,10 @@ measured against the teacher in the same run, in torch eager, ONNX Runtime fp32 
 
 A backbone detector is read from the package when its checkpoint is shipped. The package keeps its checkpoints
 under 50 MB, so some backbones ship only their training record (``checkpoints/backbone_NAME.json``, written by
-``compresskit train --backbone NAME``): for those, MACs, parameters, size and latency are measured on the same
-architecture with untrained weights (none of them depends on the weights' values), and the mAP is the one their
-training run measured on the fp16 weights it wrote; the record's variant and config say so.
+``compresskit train --backbone NAME``): for those, MACs, parameters, raw size and latency are measured on the
+same architecture with untrained weights (none of them depends on the weights' values; the gzip size would, so it
+is left out), and the mAP is the one their training run measured on the fp16 weights it wrote; the record's
+variant and config say so.
 Introduced in ``05_lightweight_backbones.ipynb``.
 """
 
@@ -68,7 +69,8 @@ def measure_backbone(study: Study, name: str, detector: nn.Module, meta: dict, s
             core=OnnxCore(quantized.int8_path, threads=study.threads), baseline=fp32["id"],
             variant=f"{name} trunk, QDQ int8 ({quantized.activations} activations)"
                     + ("" if shipped else ", latency and size only (untrained weights)"),
-            config={**config, **quantized.as_dict(), **stand_in}, model=name, evaluate_map=shipped))
+            config={**config, **quantized.as_dict(), **stand_in}, model=name, evaluate_map=shipped,
+            stand_in_weights=not shipped))
     if int8 and trunk_float:
         quantized = quantize_for_study(study, detector, calibration_set, f"backbone-{name}-trunk-fp32",
                                        OrtQuantConfig(calibration_images=calibration_images,
@@ -77,7 +79,8 @@ def measure_backbone(study: Study, name: str, detector: nn.Module, meta: dict, s
             detector, f"backbones/{name}/ort-int8-trunk-fp32", technique="static_ptq", runtime="onnxruntime",
             core=OnnxCore(quantized.int8_path, threads=study.threads), baseline=fp32["id"],
             variant=f"{name} trunk kept in float, FPN and head QDQ int8 (control)",
-            config={**config, **quantized.as_dict(), **stand_in}, model=name, evaluate_map=False))
+            config={**config, **quantized.as_dict(), **stand_in}, model=name, evaluate_map=False,
+            stand_in_weights=not shipped))
     return records
 
 

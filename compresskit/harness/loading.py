@@ -79,8 +79,8 @@ def load_trained(name: str, untrained: Callable[[dict], nn.Module]) -> tuple[nn.
 
     The package keeps its checkpoints under 50 MB, so some trained variants ship only their training record. Then
     ``untrained(meta)`` builds the same architecture with untrained weights and ``shipped`` is False: good for MACs,
-    parameters, size and latency (none depends on the weights' values), not for mAP, which the training run
-    measured on the fp16 weights it wrote (``meta["val_metrics"]``).
+    parameters, raw size and latency (none depends on the weights' values), not for the gzip size or mAP, which the
+    training run measured on the fp16 weights it wrote (``meta["val_metrics"]``).
     """
     from compresskit.models import load_checkpoint, shipped_checkpoint
 

@@ -15,7 +15,8 @@ from torch import nn
 
 from compresskit.engine import METRIC_NAMES
 from compresskit.harness.loading import Loaded, load_for_study, train_split, training_record, val_loader
-from compresskit.harness.variant import Study, artifact_dir, dataset_identity, recall, remember, reuse_key
+from compresskit.harness.variant import (Study, artifact_dir, dataset_identity, fingerprint, recall, remember,
+                                        reuse_key)
 from compresskit.models.core import OnnxCore
 from compresskit.quantize import dynamic
 from compresskit.quantize.ort import (OrtQuantConfig, QuantizedCore, choose_activations, fp32_path_for,
@@ -37,6 +38,10 @@ def quantize_for_study(study: Study, detector: nn.Module, calibration_set, name:
     an earlier one of the run (same weights and module settings, same calibration images, same settings) copies
     the earlier call's two files instead of quantizing again: quantization is deterministic, so they would be the
     same bytes.
+
+    Within one study, a call that differs from an earlier one only in what it keeps in float (the sensitivity
+    scan, a backbone's trunk-in-float control) reads that call's activation ranges instead of calibrating again:
+    they are the same numbers, and the int8 file is the same bytes (tested).
     """
     out_path = artifact_dir() / f"{study.lesson}-{name}.onnx"
     images = dataset_identity(calibration_set)
@@ -48,9 +53,29 @@ def quantize_for_study(study: Study, detector: nn.Module, calibration_set, name:
         if study.log is not None:
             study.log(f"  {name}: same detector, calibration images and settings as {source}; its files are reused")
         return _copied(quantized, out_path)
-    quantized = quantize_core_onnx(detector, calibration_set, config, out_path)
+    quantized = quantize_core_onnx(detector, calibration_set, config, out_path,
+                                   calibration_cache=_calibration_cache(study, detector, config, images))
     remember(key, f"{study.lesson}/{name}", quantized)
     return quantized
+
+
+def _calibration_cache(study: Study, detector: nn.Module, config: OrtQuantConfig, images: tuple | None) -> Path | None:
+    """The activation-range file shared by this study's calls that calibrate the same detector on the same images
+    with the same settings (``exclude`` aside), or None when they cannot be identified. The study's first such call
+    writes it (a file left by an earlier run is removed first: every study calibrates once itself)."""
+    import onnxruntime
+
+    settings = {field: value for field, value in dataclasses.asdict(config).items() if field != "exclude"}
+    key = None if images is None else fingerprint(detector, "calibration", settings,
+                                                      choose_activations(config.activations), images,
+                                                      onnxruntime.__version__)
+    if key is None:
+        return None
+    path = (study.artifacts or artifact_dir()) / "calibration" / f"{key[:32]}.json"
+    if key not in study.calibrations:
+        path.unlink(missing_ok=True)
+        study.calibrations.add(key)
+    return path
 
 
 def _copied(quantized: QuantizedCore, out_path: Path) -> QuantizedCore:

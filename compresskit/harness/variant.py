@@ -71,16 +71,19 @@ def _module_fingerprint(detector: nn.Module, digest) -> bool:
     return True
 
 
-def reuse_key(detector: nn.Module, *context: Any) -> str | None:
+def fingerprint(detector: nn.Module, *context: Any) -> str | None:
     """A key for work on ``detector`` (structure, settings, every tensor) in ``context`` (compared by repr, so
-    plain values only), or None outside :func:`reuse_evaluations` or when the detector cannot be identified."""
-    if _reused is None:
-        return None
+    plain values only), or None when the detector cannot be identified."""
     digest = hashlib.sha256()
     if not _module_fingerprint(detector, digest):
         return None
     digest.update(repr(context).encode())
     return digest.hexdigest()
+
+
+def reuse_key(detector: nn.Module, *context: Any) -> str | None:
+    """:func:`fingerprint` inside :func:`reuse_evaluations`; None outside it."""
+    return None if _reused is None else fingerprint(detector, *context)
 
 
 def recall(key: str | None) -> tuple[str, Any] | None:
@@ -170,6 +173,8 @@ class Study:
             (default: ``COMPRESSKIT_LATENCY_RUNS``, else 30).
         log: called with one line per measured record (``print`` for progress; None for silence).
         artifacts: where exported ONNX files go (default: :func:`artifact_dir`, beside ``COMPRESSKIT_REPORTS``).
+        calibrations: keys of the activation ranges this study calibrated and keeps in a file for its later
+            quantizations (see :func:`~compresskit.harness.quantization.quantize_for_study`).
     """
 
     lesson: str
@@ -185,6 +190,7 @@ class Study:
     log: Callable[[str], None] | None = None
     runners: dict[str, Callable] = field(default_factory=dict, repr=False)
     artifacts: Path | None = None
+    calibrations: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         if self.runs is None:
@@ -210,7 +216,7 @@ class Study:
                 variant: str = "", baseline: str | None = None, core: Any = None, artifact: Any = None,
                 model: str | None = None, label_map: Any = None, train_seconds: float | None = None,
                 config: Any = None, evaluate_map: bool = True, runs: int | None = None,
-                recorded_metrics: dict | None = None, warmup: int = 5) -> dict:
+                recorded_metrics: dict | None = None, warmup: int = 5, stand_in_weights: bool = False) -> dict:
         """Evaluate and measure ``detector`` as one record, keep it, and return it. The detector is put in eval
         mode; its weights are not touched.
 
@@ -231,6 +237,9 @@ class Study:
             recorded_metrics: the mAP metrics a training run measured on the weights it wrote, for a variant whose
                 checkpoint is not shipped (``detector`` then has the same architecture, untrained): nothing is
                 evaluated, and the record's config says where its mAP comes from.
+            stand_in_weights: ``detector`` (or ``core``) has the variant's architecture but not its weights (implied
+                by ``recorded_metrics``): params, MACs, raw size and latency hold, the gzip size would not (it
+                depends on the values), so it is left None.
         """
         baseline = baseline or self.baseline
         if baseline is not None and baseline not in self.runners:
@@ -261,7 +270,8 @@ class Study:
             profile=self.profile, metrics=metrics, variant=variant, baseline=baseline,
             params=count_params(detector), nonzero_params=count_nonzero_params(detector),
             macs=count_macs(DetectorCore(detector), example_batch(hw)),
-            size=serialized_size(artifact if artifact is not None else default_artifact),
+            size=serialized_size(artifact if artifact is not None else default_artifact,
+                                 gzip_too=not (stand_in_weights or recorded_metrics is not None)),
             latency=latency.as_record(hw), paired_latency=paired, train_seconds=train_seconds, config=config)
         self.baseline = self.baseline or record_id
         self.runners[record_id] = runner

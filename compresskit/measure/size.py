@@ -7,6 +7,7 @@ Introduced in ``01_baseline_detectors.ipynb``.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -19,13 +20,14 @@ GZIP_LEVEL = 6  # gzip's own default: what `gzip file` gives a user, so the repo
 
 
 class SizeInfo(NamedTuple):
-    """Bytes of a serialized artifact and of its gzip (level 6) compression."""
+    """Bytes of a serialized artifact and of its gzip (level 6) compression (None: not measured)."""
 
     bytes: int
-    gzip_bytes: int
+    gzip_bytes: int | None
 
 
-def serialized_size(obj: nn.Module | Mapping[str, Any] | str | os.PathLike | bytes | Any) -> SizeInfo:
+def serialized_size(obj: nn.Module | Mapping[str, Any] | str | os.PathLike | bytes | Any,
+                    gzip_too: bool = True) -> SizeInfo:
     """Size of what a user would ship, raw and gzip-compressed at level 6.
 
     Unstructured sparsity does not shrink the raw file (zeros are still stored) but shows in the gzip
@@ -35,6 +37,8 @@ def serialized_size(obj: nn.Module | Mapping[str, Any] | str | os.PathLike | byt
     Args:
         obj: an ``nn.Module`` (its ``state_dict`` is saved with ``torch.save``), a state_dict, a path to a
             file (e.g. an ``.onnx`` export), raw bytes, or an ``onnx.ModelProto`` (measured as serialized).
+        gzip_too: False leaves ``gzip_bytes`` None: for stand-in weights, whose raw size is the real model's
+            (same tensors, same shapes) but whose compressed size depends on values they do not have.
 
     Returns:
         ``SizeInfo(bytes, gzip_bytes)``.
@@ -51,6 +55,20 @@ def serialized_size(obj: nn.Module | Mapping[str, Any] | str | os.PathLike | byt
         buffer = io.BytesIO()
         torch.save(state, buffer)
         payload = buffer.getvalue()
-    # mtime=0 keeps the gzip header, and so the measured size, identical between runs.
-    compressed = gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
-    return SizeInfo(bytes=len(payload), gzip_bytes=len(compressed))
+    return SizeInfo(bytes=len(payload), gzip_bytes=gzip_size(payload) if gzip_too else None)
+
+
+# sha256 of a payload -> its gzip size. A study measures the same artifact again and again (the fp32 teacher is
+# every study's baseline); compressing a 30 MB state_dict takes seconds, hashing it a few hundredths. Only sizes
+# are kept, never payloads.
+_GZIP_SIZES: dict[str, int] = {}
+
+
+def gzip_size(payload: bytes) -> int:
+    """Bytes of ``payload`` gzip-compressed at :data:`GZIP_LEVEL` (each distinct payload compressed once per
+    process: compression is deterministic)."""
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest not in _GZIP_SIZES:
+        # mtime=0 keeps the gzip header, and so the measured size, identical between runs.
+        _GZIP_SIZES[digest] = len(gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0))
+    return _GZIP_SIZES[digest]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import logging
 import platform
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -257,6 +258,14 @@ def _calibration_chunk(images: int) -> int:
     return max(size for size in range(1, min(images, _CALIBRATION_CHUNK) + 1) if images % size == 0)
 
 
+def _cache_argument(quantize_static: Callable, calibration_cache: Path | str | None) -> dict[str, str]:
+    """``quantize_static``'s calibration-cache argument, when there is a cache and this ONNX Runtime has the
+    argument (older releases calibrate every time)."""
+    if calibration_cache is None or "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        return {}
+    return {"calibration_cache_path": str(calibration_cache)}
+
+
 def fp32_path_for(int8_path: Path | str) -> Path:
     """Where :func:`quantize_core_onnx` writes the fp32 file of ``int8_path``: ``<stem>-fp32.onnx`` beside it."""
     int8_path = Path(int8_path)
@@ -264,7 +273,7 @@ def fp32_path_for(int8_path: Path | str) -> Path:
 
 
 def quantize_core_onnx(detector: nn.Module, calibration_dataset, config: OrtQuantConfig,
-                       out_path: Path | str) -> QuantizedCore:
+                       out_path: Path | str, calibration_cache: Path | str | None = None) -> QuantizedCore:
     """Quantize a single-stage detector's core to a static QDQ int8 ONNX file (works on a copy: the detector
     is untouched).
 
@@ -275,6 +284,11 @@ def quantize_core_onnx(detector: nn.Module, calibration_dataset, config: OrtQuan
         config: see :class:`OrtQuantConfig`.
         out_path: the int8 file; the fp32 file it came from is written beside it as ``<stem>-fp32.onnx``. Both
             are written atomically: on failure neither appears (an earlier file there is left as it was).
+        calibration_cache: a JSON file of activation ranges (ONNX Runtime's calibration cache): read when it
+            exists, written when it does not. The ranges depend on the detector, the calibration images, the
+            shape and the method, not on what is excluded, so calls that differ only in ``exclude`` can share one
+            (the sensitivity scan); the caller names a file per such group. None (or an ONNX Runtime without
+            the cache) calibrates every time.
 
     Returns:
         A :class:`QuantizedCore`. A fixed-shape core takes batch 1 only (evaluate it with a batch-1 loader).
@@ -317,9 +331,12 @@ def quantize_core_onnx(detector: nn.Module, calibration_dataset, config: OrtQuan
                             per_channel=config.per_channel, reduce_range=config.reduce_range,
                             activation_type=quant_type, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                             calibrate_method=method,
-                            extra_options={"CalibStridedMinMax": _calibration_chunk(len(batches))})
+                            extra_options={"CalibStridedMinMax": _calibration_chunk(len(batches))},
+                            **_cache_argument(quantize_static, calibration_cache))
         _save_all_or_none({fp32_path: compact_onnx(prepared_model),
                            out_path: compact_onnx(onnx.load(str(quantized)))})
+    # From the cache, the ranges of these same images were read instead (the reader was not called).
+    calibrated_on = reader.images_read or sum(batch.shape[0] for batch in batches)
     return QuantizedCore(int8_path=out_path, fp32_path=fp32_path, config=config, activations=activations,
-                         activation_reason=reason, calibration_images=reader.images_read,
+                         activation_reason=reason, calibration_images=calibrated_on,
                          input_shape=input_shape, excluded_nodes=tuple(excluded))

@@ -271,14 +271,17 @@ class Pt2eCore:
         with inductor_config.patch(freezing=True):
             return tuple(self.runner(image))
 
-    @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if batch.dim() != 4 or tuple(batch.shape[1:]) != tuple(self.input_shape[1:]):
             expected = ", ".join(map(str, self.input_shape[1:]))
             raise ConfigError(f"this int8 core was exported for inputs of shape (N, {expected}), got "
                               f"{tuple(batch.shape)}; quantize again with calibration images of that size")
-        outputs = [self._run(image.unsqueeze(0)) for image in batch]
-        return tuple(torch.cat(parts, dim=0) for parts in zip(*outputs))
+        # Every call sees the same kind of input: an inference tensor under inference_mode (the mode evaluation
+        # and latency run in). The compiled graph's guards check a tensor's dispatch keys, which differ between a
+        # normal tensor, a normal tensor under inference_mode and an inference tensor: each would compile again.
+        with torch.inference_mode():
+            outputs = [self._run(image.unsqueeze(0).clone()) for image in batch]
+            return tuple(torch.cat(parts, dim=0) for parts in zip(*outputs))
 
     def artifact_bytes(self) -> bytes:
         """``torch.export.save`` bytes of the converted program: the file a user ships and reloads with

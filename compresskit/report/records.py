@@ -111,7 +111,7 @@ def make_record(*, id: str, lesson: str, profile: str, technique: str, model: st
         variant: free text saying what exactly was done.
         baseline: id of the record this one is compared against (measured in the same run), or None.
         params, nonzero_params, macs: from :mod:`compresskit.measure`.
-        size: ``SizeInfo`` or ``(bytes, gzip_bytes)``.
+        size: ``SizeInfo`` or ``(bytes, gzip_bytes)``; ``gzip_bytes`` may be None (not measured).
         latency: ``Latency.as_record(input_hw)``.
         paired_latency: ``PairedLatency.as_record(baseline)`` from ``measure.compare_latency`` against the
             baseline; its ``baseline`` must equal ``baseline``.
@@ -145,7 +145,7 @@ def make_record(*, id: str, lesson: str, profile: str, technique: str, model: st
         latency = dict(latency)
     if paired_latency is not None:
         paired_latency = _paired_entry(paired_latency, record_id=id, baseline=baseline)
-    size_bytes, size_gzip = (None, None) if size is None else (int(size[0]), int(size[1]))
+    size_bytes, size_gzip = (None, None) if size is None else (int(size[0]), _optional_int(size[1]))
     metrics = metrics or {}
     record: dict[str, Any] = {
         "id": id, "lesson": lesson, "profile": profile, "technique": technique,
