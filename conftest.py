@@ -1,7 +1,9 @@
 """Test-run environment for unit tests and notebooks alike (nbval's kernels inherit this process's environment).
 
 Results go to a temporary reports folder, so a test run never writes into the working tree, and the lessons find
-the small real COCO fixture, when it is available, as a local COCO install. The lessons' kernels and the commands
+the small real COCO fixture, when it is available, as a local COCO install. The lessons' kernels start with the
+suite's warning policy (pyproject's ``filterwarnings``: deprecations from the taught libraries are errors), so a
+lesson's own call of a deprecated API fails its notebook test as it would a unit test. The kernels and the commands
 run in subprocesses keep their scratch files (fine-tune checkpoints, exports: hundreds of MB on the coco profile)
 in the run's folder too, which a passing run removes at the end; a failing run keeps it for a look and says where.
 """
@@ -23,6 +25,10 @@ def pytest_configure(config):
     scratch = _RUN_DIR / "tmp"
     scratch.mkdir(exist_ok=True)
     os.environ["TMPDIR"] = str(scratch)  # for child processes; this process resolved its temp folder already
+    # Every kernel and command of the run shares the gzip sizes it measured (the fp32 teacher is in every lesson);
+    # the file starts empty with each run, so no run's timing leans on an earlier one.
+    os.environ.setdefault("COMPRESSKIT_SIZE_CACHE", str(_RUN_DIR / "gzip-sizes.txt"))
+    os.environ["IPYTHONDIR"] = str(kernel_profile(config.getini("filterwarnings"), _RUN_DIR / "ipython"))
     fixture = coco_tiny_path()
     if fixture is not None:  # tests serve it over HTTP; the lessons read it as a local COCO install
         os.environ.setdefault("COMPRESSKIT_COCO_TINY", str(fixture))
@@ -43,6 +49,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.fspath.ext == ".ipynb":
             item.add_marker(pytest.mark.slow)
+
+
+def kernel_profile(filters: list[str], folder: Path) -> Path:
+    """An IPython profile whose startup file installs ``filters`` (pytest's ``action:message:category:module``
+    syntax, module a regular expression) in every kernel started with ``IPYTHONDIR=folder``."""
+    lines = ["import warnings"]
+    for entry in filters:
+        action, message, category, module = (entry.split(":", 4) + [""] * 4)[:4]
+        lines.append(f"warnings.filterwarnings({action!r}, message={message!r}, category={category or 'Warning'}, "
+                     f"module={module!r})")
+    startup = folder / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    (startup / "00-warning-policy.py").write_text("\n".join(lines) + "\n")
+    return folder
 
 
 def coco_tiny_path() -> Path | None:

@@ -5,7 +5,8 @@
 `COMPRESSKIT_DATA` is where generated and downloaded datasets are cached.
 The coco profile also reads `COMPRESSKIT_COCO_ROOT` (a local COCO install), `COMPRESSKIT_COCO_RECIPES` (your own
 subset recipes) and `COMPRESSKIT_COCO_IMAGE_SIZE` (the detectors' input size); `COMPRESSKIT_LATENCY_RUNS` sets
-the timed runs of every study that is not given its own.
+the timed runs of every study that is not given its own; `COMPRESSKIT_SIZE_CACHE` names a file where processes
+share the gzip sizes they measured (each distinct artifact is then compressed once across lessons).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ COCO_ROOT_ENV = "COMPRESSKIT_COCO_ROOT"
 COCO_RECIPES_ENV = "COMPRESSKIT_COCO_RECIPES"
 LATENCY_RUNS_ENV = "COMPRESSKIT_LATENCY_RUNS"
 COCO_IMAGE_SIZE_ENV = "COMPRESSKIT_COCO_IMAGE_SIZE"
+SIZE_CACHE_ENV = "COMPRESSKIT_SIZE_CACHE"
 
 
 def profile() -> str:
@@ -118,6 +120,13 @@ def latency_runs(default: int = 30) -> int:
     """Timed runs (pairs, for a paired comparison) per record: ``COMPRESSKIT_LATENCY_RUNS``, else ``default``.
     Fewer than 30 gives a quick look, not a reported number (DESIGN section 7)."""
     return _positive_int_env(LATENCY_RUNS_ENV) or default
+
+
+def size_cache() -> Path | None:
+    """The file of gzip sizes shared between processes (``COMPRESSKIT_SIZE_CACHE``), or None: each process then
+    compresses each distinct artifact once on its own."""
+    value = os.environ.get(SIZE_CACHE_ENV)
+    return Path(value).expanduser() if value else None
 
 
 def coco_image_size() -> int | None:

@@ -104,6 +104,23 @@ def test_each_distinct_payload_is_compressed_once(monkeypatch) -> None:
     assert other.gzip_bytes == len(real_compress(payload + b"!", compresslevel=measure.GZIP_LEVEL, mtime=0))
 
 
+def test_processes_share_gzip_sizes_through_the_size_cache(monkeypatch, tmp_path) -> None:
+    from compresskit.measure import size
+
+    shared = tmp_path / "sizes" / "gzip-sizes.txt"
+    monkeypatch.setenv("COMPRESSKIT_SIZE_CACHE", str(shared))
+    monkeypatch.setattr(size, "_GZIP_SIZES", {})  # a fresh process
+    payload = bytes(range(256)) * 64 + b"shared between processes"
+    measured = measure.serialized_size(payload)
+    assert shared.read_text().count("\n") == 1
+    with shared.open("a") as file:
+        file.write("a-torn-line 12")  # a writer cut short: no newline, never read
+    monkeypatch.setattr(size, "_GZIP_SIZES", {})  # another process
+    monkeypatch.setattr(size.gzip, "compress", lambda *args, **kwargs: pytest.fail("compressed again"))
+    assert measure.serialized_size(payload) == measured
+    assert "a-torn-line" not in size._GZIP_SIZES
+
+
 def test_latency_statistics_and_threads_restored() -> None:
     net = small_net().eval()
     before = torch.get_num_threads()

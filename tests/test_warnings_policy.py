@@ -43,3 +43,18 @@ def test_the_article_snippets_still_capture_their_warnings():
 
     result = article_dynamic_quant(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2)))
     assert any("DeprecationWarning" in text for text in result.warnings)
+
+
+def test_notebook_kernels_start_with_the_same_policy():
+    """conftest.py hands the policy to every kernel (an IPython startup file), so a lesson's own call of a deprecated
+    API fails its notebook test too."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    probe = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import warnings\n"
+        "warnings.warn_explicit('going away', DeprecationWarning, 'torch/x.py', 1, module='torch.nn.fake')")])
+    with pytest.raises(CellExecutionError, match="DeprecationWarning"):
+        NotebookClient(probe, timeout=120, kernel_name="python3").execute()
+

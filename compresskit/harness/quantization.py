@@ -107,10 +107,11 @@ def measure_dynamic_and_fp16(study: Study, detector: nn.Module) -> list[dict]:
                                  variant="fp16 weights shipped, upcast to fp32 to run"))
     half = dynamic.fp16_compute(detector)
     # Half-precision convs have no fast CPU kernel (measured ~40x slower than fp32 here): a few timed pairs after
-    # one warm-up call show it, and evaluating mAP would take many minutes; fp16 storage above already shows
-    # fp16's accuracy.
+    # one warm-up call show it (fewer when the study times fewer), and evaluating mAP would take many minutes;
+    # fp16 storage above already shows fp16's accuracy.
     records.append(study.measure(detector, f"quantization/{study.model}/fp16-compute", technique="fp16",
-                                 core=half.core, artifact=stored, evaluate_map=False, runs=FP16_COMPUTE_PAIRS,
+                                 core=half.core, artifact=stored, evaluate_map=False,
+                                 runs=min(FP16_COMPUTE_PAIRS, study.runs),
                                  warmup=1,
                                  variant="core computed in fp16 on the CPU (latency only)"))
     return records

@@ -10,11 +10,14 @@ import gzip
 import hashlib
 import io
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
+
+from compresskit.settings import size_cache
 
 GZIP_LEVEL = 6  # gzip's own default: what `gzip file` gives a user, so the reported size is reproducible
 
@@ -58,17 +61,38 @@ def serialized_size(obj: nn.Module | Mapping[str, Any] | str | os.PathLike | byt
     return SizeInfo(bytes=len(payload), gzip_bytes=gzip_size(payload) if gzip_too else None)
 
 
-# sha256 of a payload -> its gzip size. A study measures the same artifact again and again (the fp32 teacher is
-# every study's baseline); compressing a 30 MB state_dict takes seconds, hashing it a few hundredths. Only sizes
-# are kept, never payloads.
+# sha256 of a payload (with the level and zlib version) -> its gzip size. A study measures the same artifact again
+# and again (the fp32 teacher is every study's baseline); compressing a 30 MB state_dict takes seconds, hashing it a
+# few hundredths. Only sizes are kept, never payloads. With COMPRESSKIT_SIZE_CACHE set, processes share them through
+# that file (one "key size" line per artifact; a torn line is ignored).
 _GZIP_SIZES: dict[str, int] = {}
 
 
 def gzip_size(payload: bytes) -> int:
-    """Bytes of ``payload`` gzip-compressed at :data:`GZIP_LEVEL` (each distinct payload compressed once per
-    process: compression is deterministic)."""
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest not in _GZIP_SIZES:
+    """Bytes of ``payload`` gzip-compressed at :data:`GZIP_LEVEL`; each distinct payload is compressed once per
+    process, or once across processes sharing ``COMPRESSKIT_SIZE_CACHE`` (compression is deterministic)."""
+    key = f"{hashlib.sha256(payload).hexdigest()}-{GZIP_LEVEL}-{zlib.ZLIB_RUNTIME_VERSION}"
+    shared = size_cache()
+    if key not in _GZIP_SIZES and shared is not None:
+        _GZIP_SIZES.update(_read_sizes(shared))
+    if key not in _GZIP_SIZES:
         # mtime=0 keeps the gzip header, and so the measured size, identical between runs.
-        _GZIP_SIZES[digest] = len(gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0))
-    return _GZIP_SIZES[digest]
+        _GZIP_SIZES[key] = len(gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0))
+        if shared is not None:
+            shared.parent.mkdir(parents=True, exist_ok=True)
+            with shared.open("a") as file:  # one short line per append: processes do not interleave it
+                file.write(f"{key} {_GZIP_SIZES[key]}\n")
+    return _GZIP_SIZES[key]
+
+
+def _read_sizes(path: Path) -> dict[str, int]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    sizes = {}
+    for line in text.split("\n")[:-1]:  # only finished lines: a write cut short has no newline yet
+        key, _, value = line.partition(" ")
+        if value.isdigit():
+            sizes[key] = int(value)
+    return sizes
