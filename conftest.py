@@ -26,7 +26,7 @@ def pytest_configure(config):
     scratch.mkdir(exist_ok=True)
     os.environ["TMPDIR"] = str(scratch)  # for child processes; this process resolved its temp folder already
     # Every kernel and command of the run shares the gzip sizes it measured (the fp32 teacher is in every lesson);
-    # the file starts empty with each run, so no run's timing leans on an earlier one.
+    # unless you name your own file, it starts empty with each run, so no run's timing leans on an earlier one.
     os.environ.setdefault("COMPRESSKIT_SIZE_CACHE", str(_RUN_DIR / "gzip-sizes.txt"))
     os.environ["IPYTHONDIR"] = str(kernel_profile(config.getini("filterwarnings"), _RUN_DIR / "ipython"))
     fixture = coco_tiny_path()

@@ -63,12 +63,9 @@ def _calibration_cache(study: Study, detector: nn.Module, config: OrtQuantConfig
     """The activation-range file shared by this study's calls that calibrate the same detector on the same images
     with the same settings (``exclude`` aside), or None when they cannot be identified. The study's first such call
     writes it (a file left by an earlier run is removed first: every study calibrates once itself)."""
-    import onnxruntime
-
     settings = {field: value for field, value in dataclasses.asdict(config).items() if field != "exclude"}
     key = None if images is None else fingerprint(detector, "calibration", settings,
-                                                      choose_activations(config.activations), images,
-                                                      onnxruntime.__version__)
+                                                      choose_activations(config.activations), images)
     if key is None:
         return None
     path = (study.artifacts or artifact_dir()) / "calibration" / f"{key[:32]}.json"
