@@ -102,10 +102,10 @@ def dataset_identity(data: Any) -> tuple | None:
     ids in order; None when its items are randomly transformed (augmentation), so that reading it twice differs."""
     from compresskit.engine.evaluation import dataset_and_ids
 
-    base = getattr(data, "dataset", data)
-    if not hasattr(getattr(base, "dataset", base), "ids"):  # not a kit dataset: nothing names its images
+    try:
+        dataset, image_ids = dataset_and_ids(data)
+    except AttributeError:  # not a kit dataset: nothing names its images
         return None
-    dataset, image_ids = dataset_and_ids(data)
     if getattr(dataset, "transforms", None) is not None:
         return None
     return (str(getattr(dataset, "annotation_file", "")), str(getattr(dataset, "root", "")), tuple(image_ids))
