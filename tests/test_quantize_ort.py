@@ -17,7 +17,8 @@ from compresskit.errors import CheckpointError, CompressKitError, ConfigError
 from compresskit.models import load_preset
 from compresskit.models.core import CoreDetector, DetectorCore, OnnxCore
 from compresskit.quantize import ort as ort_quant
-from compresskit.quantize.ort import OrtQuantConfig, choose_activations, quantize_core_onnx
+from compresskit.measure.environment import VNNI_FLAGS, environment_stamp
+from compresskit.quantize.ort import OrtQuantConfig, choose_activations, choose_reduce_range, quantize_core_onnx
 from compresskit.quantize.profile import (PARTS, int8_report, onnx_bytes_by_kind, op_time_profile, part_node_names,
                                           part_of_node, plot_op_profile, require_onnxruntime)
 
@@ -74,6 +75,19 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
             OrtQuantConfig(**bad)
 
 
+def test_reduce_range_is_chosen_where_uint8_x_int8_sums_can_saturate():
+    assert choose_reduce_range(None, "uint8", isa=["avx", "avx2", "fma"], machine="x86_64")[0] is True
+    for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        assert choose_reduce_range(None, "uint8", isa=["avx2", vnni], machine="x86_64")[0] is False
+    assert choose_reduce_range(None, "int8", isa=["avx2"], machine="x86_64")[0] is False  # no u8 x s8 kernel
+    assert choose_reduce_range(None, "int8", isa=[], machine="aarch64")[0] is False
+    assert choose_reduce_range(True, "int8", isa=["avx512_vnni"], machine="x86_64")[0] is True
+    assert choose_reduce_range(False, "uint8", isa=["avx2"], machine="x86_64")[0] is False
+    assert OrtQuantConfig().reduce_range is None
+    with pytest.raises(ConfigError, match="reduce_range"):
+        OrtQuantConfig(reduce_range="auto")
+
+
 def test_auto_activations_pick_uint8_on_x86_and_int8_on_arm():
     kind, reason = choose_activations("auto", machine="x86_64")
     assert kind == "uint8" and "uint8 activations" in reason
@@ -98,16 +112,21 @@ def test_int8_file_stores_int8_weights_and_reads_exactly_n_images(quantized):
     producers = {out: node for node in model.graph.node for out in node.output}
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
     assert len(convs) == 56  # the student's core: every conv stays a Conv between Q/DQ in the file
+    largest_weight = 0
     for conv in convs:
         dequantize = producers[conv.input[1]]
         assert dequantize.op_type == "DequantizeLinear"
         weight = initializers[dequantize.input[0]]
         assert weight.data_type == onnx.TensorProto.INT8 and len(weight.dims) == 4
+        largest_weight = max(largest_weight, int(np.abs(onnx.numpy_helper.to_array(weight).astype(np.int32)).max()))
         assert len(initializers[dequantize.input[1]].dims) == 1  # one scale per output channel
         assert len(dequantize.input) == 2  # its all-zero zero point is ONNX's default, so compaction dropped it
     bias_types = {initializers[producers[conv.input[2]].input[0]].data_type for conv in convs if len(conv.input) > 2}
     assert bias_types == {onnx.TensorProto.INT32}
     assert result.activations == "uint8" and result.input_shape == (1, 3, 320, 320)
+    # 7-bit weights exactly where this CPU lacks VNNI (the default decides), and ORT really wrote them so
+    assert result.reduce_range is not set(environment_stamp()["isa"]) & set(VNNI_FLAGS)
+    assert largest_weight == (64 if result.reduce_range else 127)  # per-channel symmetric: each channel's max
 
 
 def test_bytes_by_kind_add_up_and_the_int8_file_is_much_smaller(quantized):

@@ -19,8 +19,8 @@ from compresskit.harness.variant import (Study, artifact_dir, dataset_identity, 
                                         reuse_key)
 from compresskit.models.core import OnnxCore
 from compresskit.quantize import dynamic
-from compresskit.quantize.ort import (OrtQuantConfig, QuantizedCore, choose_activations, fp32_path_for,
-                                     quantize_core_onnx)
+from compresskit.quantize.ort import (OrtQuantConfig, QuantizedCore, choose_activations, choose_reduce_range,
+                                     fp32_path_for, quantize_core_onnx)
 
 LESSON = "03_quantization"
 FP16_COMPUTE_PAIRS = 5
@@ -45,8 +45,9 @@ def quantize_for_study(study: Study, detector: nn.Module, calibration_set, name:
     """
     out_path = artifact_dir() / f"{study.lesson}-{name}.onnx"
     images = dataset_identity(calibration_set)
-    key = None if images is None else reuse_key(detector, "quantize_core_onnx", dataclasses.asdict(config),
-                                                    choose_activations(config.activations), images)
+    activations = choose_activations(config.activations)  # both follow the CPU: part of what makes the file
+    key = None if images is None else reuse_key(detector, "quantize_core_onnx", dataclasses.asdict(config), activations,
+                                                    choose_reduce_range(config.reduce_range, activations[0]), images)
     earlier = recall(key)
     if earlier is not None:
         source, quantized = earlier

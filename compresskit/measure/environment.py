@@ -17,6 +17,9 @@ ISA_FLAGS = (
     "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
     "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd",
 )
+# x86 int8 dot products that accumulate in int32. Without one of them, uint8 x int8 kernels add pairs of products
+# in a saturating int16 (vpmaddubsw), so int8 accuracy depends on these flags (quantize.pt2e, quantize.ort).
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _DISTRIBUTIONS = {
     "torch": ("torch",),
     "torchvision": ("torchvision",),

@@ -18,18 +18,20 @@ import platform
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from compresskit.errors import ConfigError
+from compresskit.measure.environment import VNNI_FLAGS, environment_stamp
 from compresskit.models.core import DetectorCore, export_core_onnx
 from compresskit.quantize.calibration import calibration_batches
 from compresskit.quantize.profile import excluded_node_names, require_onnxruntime
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
 FP32_SUFFIX = "-fp32"  # the float file is written beside the int8 one as <stem>-fp32.onnx
 _CALIBRATION_CHUNK = 16  # images per calibration pass: ORT keeps every activation of a pass in memory
 
@@ -43,7 +45,7 @@ class OrtQuantConfig:
         method: ``minmax`` | ``entropy`` | ``percentile`` (ORT's ``CalibrationMethod``).
         activations: ``auto`` | ``uint8`` | ``int8``; ``auto`` picks by CPU (see :func:`choose_activations`).
         per_channel: one weight scale per output channel (else one per tensor).
-        reduce_range: 7-bit weights, for CPUs without VNNI whose u8 x s8 dot products can saturate.
+        reduce_range: 7-bit weights; None decides from the CPU (see :func:`choose_reduce_range`).
         exclude: kit part names (``profile.PARTS``: stem, layer1-4, fpn, head, cls_logits, bbox_reg, bbox_ctrness)
             or ONNX node-name prefixes (e.g. ``/backbone/body/layer1/``) kept in float.
         fixed_shape: export at the calibration batch's fixed ``1x3xHxW`` shape (faster, batch 1 only).
@@ -54,7 +56,7 @@ class OrtQuantConfig:
     method: str = "minmax"
     activations: str = "auto"
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool | None = None
     exclude: tuple[str, ...] = ()
     fixed_shape: bool = True
     seed: int = 0
@@ -68,8 +70,10 @@ class OrtQuantConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; use one of {allowed}")
         for name in ("per_channel", "reduce_range", "fixed_shape"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "reduce_range" and value is None):
+                allowed = "True, False or None (decide from the CPU)" if name == "reduce_range" else "True or False"
+                raise ConfigError(f"{name} must be {allowed}, got {value!r}")
         if isinstance(self.exclude, str):  # a lone string would be split into characters
             raise ConfigError(f"exclude must be a tuple of names, e.g. ({self.exclude!r},), not a string")
         self.exclude = tuple(self.exclude)  # JSON gives back a list
@@ -85,6 +89,7 @@ class QuantizedCore:
         int8_path: the QDQ int8 core. fp32_path: the float core it was quantized from (same pre-processing and
         compaction, so the two files and their latencies compare like for like).
         config: the settings used. activations: ``uint8`` or ``int8``, with ``activation_reason``.
+        reduce_range: whether the weights were quantized to 7 bits, with ``reduce_range_reason``.
         calibration_images: images actually fed to the calibrator. input_shape: the core's input
         (``(1, 3, H, W)``; ``None`` entries are free axes). excluded_nodes: nodes kept in float.
     """
@@ -97,6 +102,8 @@ class QuantizedCore:
     calibration_images: int
     input_shape: tuple[int | None, ...]
     excluded_nodes: tuple[str, ...]
+    reduce_range: bool = False
+    reduce_range_reason: str = ""
 
     @property
     def size_ratio(self) -> float:
@@ -107,6 +114,7 @@ class QuantizedCore:
         """JSON-ready summary (paths as strings, config as a dict)."""
         return {"int8_path": str(self.int8_path), "fp32_path": str(self.fp32_path), "config": asdict(self.config),
                 "activations": self.activations, "activation_reason": self.activation_reason,
+                "reduce_range": self.reduce_range, "reduce_range_reason": self.reduce_range_reason,
                 "calibration_images": self.calibration_images, "input_shape": list(self.input_shape),
                 "excluded_nodes": len(self.excluded_nodes), "size_ratio": round(self.size_ratio, 4)}
 
@@ -123,19 +131,44 @@ def choose_activations(activations: str = "auto", machine: str | None = None) ->
     """
     if activations != "auto":
         return activations, f"asked for {activations} activations"
-    this_machine = machine is None
     machine = (machine or platform.machine()).lower()
-    if machine in ("x86_64", "amd64", "i386", "i686", "x86"):
+    if machine in X86_MACHINES:
         reason = ("x86: ORT's int8 kernels (VNNI and AMX included) multiply uint8 activations by int8 weights; "
                   "with int8 activations many convs fall back to DequantizeLinear -> fp32 Conv -> QuantizeLinear "
                   "(measured: 40 of the teacher's 82, no faster than fp32 overall)")
-        if this_machine:
-            from compresskit.measure.environment import environment_stamp
-
-            if not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(environment_stamp()["isa"]):
-                reason += "; this CPU has no VNNI, whose u8 x s8 sums can saturate: consider reduce_range=True"
         return "uint8", reason
     return "int8", f"{machine}: ORT's Arm64 int8 kernels take signed activations x signed weights directly"
+
+
+def choose_reduce_range(reduce_range: bool | None, activations: str, isa: Sequence[str] | None = None,
+                        machine: str | None = None) -> tuple[bool, str]:
+    """Whether to quantize the weights to 7 bits, and why.
+
+    Without VNNI (AVX2-only and AVX-512 without VNNI), ONNX Runtime's x86 kernels multiply uint8 activations by
+    int8 weights with ``vpmaddubsw``, which adds each pair of products into a *saturating* int16: 255 x 127 twice
+    overflows it, and the detections degrade. 7-bit weights (-64..63) keep every pair in range. VNNI and AMX
+    accumulate in int32, so full 8-bit weights are safe there. ONNX Runtime reads the CPU itself: unlike oneDNN
+    (``ONEDNN_MAX_CPU_ISA``) it cannot be capped to emulate an older CPU, so this follows the real flags.
+
+    Args:
+        reduce_range: True or False is used as given; None decides from the CPU.
+        activations: the resolved activation type (``uint8`` or ``int8``).
+        isa: ISA flags (default: this CPU's, ``environment_stamp()["isa"]``). machine: ``platform.machine()``.
+
+    Returns:
+        ``(reduce_range, reason)``.
+    """
+    if reduce_range is not None:
+        return reduce_range, f"asked for reduce_range={reduce_range}"
+    if (machine or platform.machine()).lower() not in X86_MACHINES or activations != "uint8":
+        return False, "8-bit weights: only x86's uint8 x int8 kernels can saturate"
+    if isa is None:
+        isa = environment_stamp()["isa"]
+    if set(isa) & set(VNNI_FLAGS):
+        return False, "8-bit weights: this CPU's VNNI/AMX int8 dot products accumulate in int32 and cannot saturate"
+    return True, ("7-bit weights: this CPU has no VNNI, so ONNX Runtime adds pairs of uint8 x int8 products in a "
+                  "saturating int16 (vpmaddubsw); with 8-bit weights the teacher lost 5.6 mAP points on an "
+                  "AVX2-only CPU, with 7-bit weights 0.2")
 
 
 # ------------------------------------------------------------------------------------------------ compaction
@@ -306,6 +339,7 @@ def quantize_core_onnx(detector: nn.Module, calibration_dataset, config: OrtQuan
     out_path = Path(out_path)
     fp32_path = fp32_path_for(out_path)
     activations, reason = choose_activations(config.activations)
+    reduce_range, reduce_range_reason = choose_reduce_range(config.reduce_range, activations)
     work_detector = copy.deepcopy(detector).eval()  # export and the transform switch modes: keep the caller's
     batches, (height, width) = _pad_to(calibration_batches(work_detector, calibration_dataset,
                                                            images=config.calibration_images, seed=config.seed))
@@ -328,7 +362,7 @@ def quantize_core_onnx(detector: nn.Module, calibration_dataset, config: OrtQuan
                   "percentile": CalibrationMethod.Percentile}[config.method]
         with _quiet_quantizer():
             quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
-                            per_channel=config.per_channel, reduce_range=config.reduce_range,
+                            per_channel=config.per_channel, reduce_range=reduce_range,
                             activation_type=quant_type, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                             calibrate_method=method,
                             extra_options={"CalibStridedMinMax": _calibration_chunk(len(batches))},
@@ -339,4 +373,5 @@ def quantize_core_onnx(detector: nn.Module, calibration_dataset, config: OrtQuan
     calibrated_on = reader.images_read or sum(batch.shape[0] for batch in batches)
     return QuantizedCore(int8_path=out_path, fp32_path=fp32_path, config=config, activations=activations,
                          activation_reason=reason, calibration_images=calibrated_on,
-                         input_shape=input_shape, excluded_nodes=tuple(excluded))
+                         input_shape=input_shape, excluded_nodes=tuple(excluded), reduce_range=reduce_range,
+                         reduce_range_reason=reduce_range_reason)

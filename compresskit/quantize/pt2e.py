@@ -37,11 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresskit.errors import ConfigError
-from compresskit.measure.environment import environment_stamp
+from compresskit.measure.environment import VNNI_FLAGS, environment_stamp
 from compresskit.models.core import DetectorCore
 from compresskit.quantize.calibration import calibration_batches
 
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # CPUs with an int8 dot product that cannot saturate
 ONEDNN_CAPS_WITHOUT_VNNI = ("SSE41", "AVX", "AVX2", "AVX512_CORE")  # ONEDNN_MAX_CPU_ISA values below VNNI
 
 

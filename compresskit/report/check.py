@@ -4,7 +4,10 @@ What must reproduce on any machine: mAP (COCOeval on CPU is deterministic for on
 ``MAP_TOLERANCE``, the counts (params, non-zero params, MACs) exactly (non-zero params only where the weights are
 the variant's own, not a stand-in for a checkpoint the package does not ship), and the shipped file's size within
 ``SIZE_TOLERANCE`` (serializers of other versions write a few bytes more or less). Latency belongs to the machine
-and its load (DESIGN §7): its ratios are printed beside the reference's and never fail the check.
+and its load (DESIGN §7): its ratios are printed beside the reference's and never fail the check. So does the mAP
+of an int8 record when one document comes from a CPU with VNNI and the other from one without: the two run
+different int8 arithmetic (without VNNI, uint8 x int8 sums saturate, so the kit quantizes weights to 7 bits there),
+so their accuracies are printed side by side instead of compared.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from compresskit.engine import METRIC_NAMES
+from compresskit.measure.environment import VNNI_FLAGS
 from compresskit.report.records import records_of
 
 MAP_TOLERANCE = 0.005  # absolute, on COCOeval's 0-1 scale (half a point of mAP x100)
@@ -22,6 +26,7 @@ EXACT_FIELDS = ("params", "nonzero_params", "macs")
 # training record (Study.measure's map_source), or it was not evaluated at all (config "weights").
 STAND_IN_SOURCE = "training record"
 STAND_IN_WEIGHTS = "untrained stand-in"
+INT8_TECHNIQUES = ("static_ptq", "qat")  # plus any record whose config names its int8 activation type
 _FLOAT_SLACK = 1e-9  # so that a difference of exactly the tolerance passes despite rounding
 
 
@@ -46,7 +51,9 @@ class CheckOutcome:
     ``compared``: ids in both documents (same profile); ``mismatches``: each failing record and field;
     ``not_rerun``: reference ids this run did not produce (``--only`` runs a subset: not a failure); ``new``: ids
     only in this run; ``other_profile``: ids measured on another data profile than the reference's (not compared);
-    ``speedups``: ``(id, this run's paired speed-up, the reference's)``, information only.
+    ``speedups``: ``(id, this run's paired speed-up, the reference's)``, information only; ``int8_other_cpu``:
+    ``(id, this run's mAP, the reference's)`` of int8 records whose mAP was not compared because one side's CPU
+    has VNNI and the other's does not (information only).
     """
 
     compared: list[str]
@@ -55,6 +62,7 @@ class CheckOutcome:
     new: list[str]
     other_profile: list[str]
     speedups: list[tuple[str, float | None, float | None]]
+    int8_other_cpu: list[tuple[str, float | None, float | None]] = dataclasses.field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -69,6 +77,11 @@ class CheckOutcome:
             width = max(len(record_id) for record_id, _, _ in self.speedups)
             lines += [f"  {record_id:<{width}}  {_times(mine)} vs {_times(theirs)}"
                       for record_id, mine, theirs in self.speedups]
+        if self.int8_other_cpu:
+            lines.append("int8 mAP, not compared: one CPU has VNNI, the other not (different int8 arithmetic):")
+            width = max(len(record_id) for record_id, _, _ in self.int8_other_cpu)
+            lines += [f"  {record_id:<{width}}  {_map(mine)} vs {_map(theirs)}"
+                      for record_id, mine, theirs in self.int8_other_cpu]
         for title, ids in (("not rerun (in the reference only, not a failure)", self.not_rerun),
                            ("new (not in the reference)", self.new),
                            ("measured on another profile than the reference (not compared)", self.other_profile)):
@@ -85,6 +98,22 @@ def _times(speedup: float | None) -> str:
     return "-" if speedup is None else f"{speedup:.2f}x"
 
 
+def _map(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _has_vnni(document: Any) -> bool | None:
+    """Whether a results document's CPU has an int8 dot product that cannot saturate (None: not recorded)."""
+    environment = document.get("environment") if isinstance(document, Mapping) else None
+    if not environment or environment.get("isa") is None:
+        return None
+    return bool(set(environment["isa"]) & set(VNNI_FLAGS))
+
+
+def _int8(record: Mapping[str, Any]) -> bool:
+    return record.get("technique") in INT8_TECHNIQUES or bool((record.get("config") or {}).get("activations"))
+
+
 def _one_sided(record_id: str, field: str, value: Any, reference: Any, allowed: str) -> Mismatch | None:
     """A mismatch when only one side has a value (both None: nothing measured, nothing to compare)."""
     if (value is None) == (reference is None):
@@ -97,10 +126,11 @@ def _stand_in(record: Mapping[str, Any]) -> bool:
     return str(config.get("map_source", "")).startswith(STAND_IN_SOURCE) or config.get("weights") == STAND_IN_WEIGHTS
 
 
-def _record_mismatches(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[Mismatch]:
+def _record_mismatches(mine: Mapping[str, Any], theirs: Mapping[str, Any],
+                       compare_map: bool = True) -> list[Mismatch]:
     record_id = str(mine["id"])
     found: list[Mismatch] = []
-    for field in METRIC_NAMES:
+    for field in METRIC_NAMES if compare_map else ():
         value, reference = mine.get(field), theirs.get(field)
         allowed = f"±{MAP_TOLERANCE:g} absolute"
         if value is None or reference is None:
@@ -134,15 +164,21 @@ def check_against_reference(results: Mapping[str, Any], reference: Mapping[str, 
 
     Returns:
         The :class:`CheckOutcome`; ``passed`` is False when any compared record has an mAP metric off by more
-        than ``MAP_TOLERANCE``, other params/non-zero params/MACs, or a size off by more than ``SIZE_TOLERANCE``.
+        than ``MAP_TOLERANCE`` (int8 records: only when both CPUs have VNNI or both lack it), other
+        params/non-zero params/MACs, or a size off by more than ``SIZE_TOLERANCE``.
     """
     mine = {record["id"]: record for record in records_of(results)}
     theirs = {record["id"]: record for record in records_of(reference)}
     both = [record_id for record_id in theirs if record_id in mine]
     same_profile = [record_id for record_id in both
                     if mine[record_id].get("profile") == theirs[record_id].get("profile")]
+    vnni = _has_vnni(results), _has_vnni(reference)
+    other_arithmetic = None not in vnni and vnni[0] != vnni[1]
+    int8_other_cpu = [record_id for record_id in same_profile
+                      if other_arithmetic and (_int8(mine[record_id]) or _int8(theirs[record_id]))]
     mismatches = [mismatch for record_id in same_profile
-                  for mismatch in _record_mismatches(mine[record_id], theirs[record_id])]
+                  for mismatch in _record_mismatches(mine[record_id], theirs[record_id],
+                                                     compare_map=record_id not in int8_other_cpu)]
     speedups = [(record_id, _paired_speedup(mine[record_id]), _paired_speedup(theirs[record_id]))
                 for record_id in same_profile
                 if _paired_speedup(mine[record_id]) is not None or _paired_speedup(theirs[record_id]) is not None]
@@ -150,4 +186,6 @@ def check_against_reference(results: Mapping[str, Any], reference: Mapping[str, 
                         not_rerun=[record_id for record_id in theirs if record_id not in mine],
                         new=[record_id for record_id in mine if record_id not in theirs],
                         other_profile=[record_id for record_id in both if record_id not in same_profile],
-                        speedups=speedups)
+                        speedups=speedups,
+                        int8_other_cpu=[(record_id, mine[record_id].get("map"), theirs[record_id].get("map"))
+                                        for record_id in int8_other_cpu])
