@@ -146,7 +146,7 @@ def choose_reduce_range(reduce_range: bool | None, activations: str, isa: Sequen
 
     Without VNNI (AVX2-only and AVX-512 without VNNI), ONNX Runtime's x86 kernels multiply uint8 activations by
     int8 weights with ``vpmaddubsw``, which adds each pair of products into a *saturating* int16: 255 x 127 twice
-    overflows it, and the detections degrade. 7-bit weights (-64..63) keep every pair in range. VNNI and AMX
+    overflows it, and the detections degrade. 7-bit weights (-64..64) keep every pair in range. VNNI and AMX
     accumulate in int32, so full 8-bit weights are safe there. ONNX Runtime reads the CPU itself: unlike oneDNN
     (``ONEDNN_MAX_CPU_ISA``) it cannot be capped to emulate an older CPU, so this follows the real flags.
 
