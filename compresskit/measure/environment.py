@@ -55,6 +55,12 @@ def _cpuinfo() -> tuple[str | None, set[str]]:
     return model, flags
 
 
+def has_vnni(isa: Sequence[str] | None = None) -> bool:
+    """Whether ``isa`` (ISA flags; default: this CPU's) includes an int8 dot product that accumulates in int32
+    (:data:`VNNI_FLAGS`), so that uint8 x int8 kernels cannot saturate."""
+    return bool(set(_cpuinfo()[1] if isa is None else isa) & set(VNNI_FLAGS))
+
+
 def environment_stamp() -> dict[str, Any]:
     """Versions and CPU facts stored with every results file: int8 speed-ups depend on VNNI/AMX.
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from compresskit.errors import ConfigError
-from compresskit.measure.environment import VNNI_FLAGS, environment_stamp
+from compresskit.measure.environment import has_vnni
 from compresskit.models.core import DetectorCore, export_core_onnx
 from compresskit.quantize.calibration import calibration_batches
 from compresskit.quantize.profile import excluded_node_names, require_onnxruntime
@@ -153,7 +153,7 @@ def choose_reduce_range(reduce_range: bool | None, activations: str, isa: Sequen
     Args:
         reduce_range: True or False is used as given; None decides from the CPU.
         activations: the resolved activation type (``uint8`` or ``int8``).
-        isa: ISA flags (default: this CPU's, ``environment_stamp()["isa"]``). machine: ``platform.machine()``.
+        isa: ISA flags (default: this CPU's). machine: ``platform.machine()``.
 
     Returns:
         ``(reduce_range, reason)``.
@@ -162,9 +162,7 @@ def choose_reduce_range(reduce_range: bool | None, activations: str, isa: Sequen
         return reduce_range, f"asked for reduce_range={reduce_range}"
     if (machine or platform.machine()).lower() not in X86_MACHINES or activations != "uint8":
         return False, "8-bit weights: only x86's uint8 x int8 kernels can saturate"
-    if isa is None:
-        isa = environment_stamp()["isa"]
-    if set(isa) & set(VNNI_FLAGS):
+    if has_vnni(isa):
         return False, "8-bit weights: this CPU's VNNI/AMX int8 dot products accumulate in int32 and cannot saturate"
     return True, ("7-bit weights: this CPU has no VNNI, so ONNX Runtime adds pairs of uint8 x int8 products in a "
                   "saturating int16 (vpmaddubsw); with 8-bit weights the teacher lost 5.6 mAP points on an "

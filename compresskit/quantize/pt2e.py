@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresskit.errors import ConfigError
-from compresskit.measure.environment import VNNI_FLAGS, environment_stamp
+from compresskit.measure.environment import has_vnni
 from compresskit.models.core import DetectorCore
 from compresskit.quantize.calibration import calibration_batches
 
@@ -92,7 +92,7 @@ def needs_reduce_range(isa: Sequence[str] | None = None) -> bool:
     without, 0.836 with, 0.840 in fp32). VNNI and AMX accumulate in int32, so the full 8 bits are safe there.
 
     Args:
-        isa: ISA flags; when None, this CPU's (``environment_stamp()["isa"]``), and a oneDNN cap below VNNI in
+        isa: ISA flags; when None, this CPU's, and a oneDNN cap below VNNI in
             ``ONEDNN_MAX_CPU_ISA`` (how the lesson emulates an AVX2 machine) counts as no VNNI.
     Returns:
         True when none of ``avx512_vnni``, ``avx_vnni``, ``amx_int8`` is present (or oneDNN is capped below).
@@ -101,8 +101,7 @@ def needs_reduce_range(isa: Sequence[str] | None = None) -> bool:
         cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
         if cap in ONEDNN_CAPS_WITHOUT_VNNI:
             return True
-    flags = set(environment_stamp()["isa"] if isa is None else isa)
-    return not flags.intersection(VNNI_FLAGS)
+    return not has_vnni(isa)
 
 
 def x86_quantizer(config: Pt2eConfig, qat: bool = False):

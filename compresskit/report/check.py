@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from compresskit.engine import METRIC_NAMES
-from compresskit.measure.environment import VNNI_FLAGS
+from compresskit.measure.environment import has_vnni
 from compresskit.report.records import records_of
 
 MAP_TOLERANCE = 0.005  # absolute, on COCOeval's 0-1 scale (half a point of mAP x100)
@@ -107,7 +107,7 @@ def _has_vnni(document: Any) -> bool | None:
     environment = document.get("environment") if isinstance(document, Mapping) else None
     if not environment or environment.get("isa") is None:
         return None
-    return bool(set(environment["isa"]) & set(VNNI_FLAGS))
+    return has_vnni(environment["isa"])
 
 
 def _int8(record: Mapping[str, Any]) -> bool:
