@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from pathlib import Path
 
 from compresskit.errors import ConfigError
@@ -70,6 +71,22 @@ def reports_dir() -> Path:
         return Path(value).expanduser()
     root = repository_root()
     return (root if root is not None else Path.cwd()) / "runs"
+
+
+# Kept alive until the process ends: dropping a TemporaryDirectory would remove its folder at once.
+_SCRATCH_DIRS: list[tempfile.TemporaryDirectory] = []
+
+
+def scratch_dir(name: str) -> Path:
+    """A new empty folder for working files that nobody keeps (a live fine-tune's checkpoints, exports), removed
+    when this Python process ends: a lesson's kernel cleans up after itself, and never writes into the checkout.
+
+    Args:
+        name: what it is for; the folder is named ``compresskit-<name>-<random>`` in the system's temp folder.
+    """
+    folder = tempfile.TemporaryDirectory(prefix=f"compresskit-{name}-")
+    _SCRATCH_DIRS.append(folder)
+    return Path(folder.name)
 
 
 def data_root() -> Path:

@@ -181,6 +181,8 @@ def test_train_preset_ships_a_loadable_checkpoint(tiny_embedded, tmp_path):
 
 
 DDP_SCRIPT = """
+import os, runpy
+runpy.run_path(os.environ["COMPRESSKIT_TEST_WARNING_POLICY"])  # the suite's deprecation policy (conftest.py)
 import sys, torch, torch.distributed as dist
 from compresskit.data import load_split
 from compresskit.engine import TrainConfig, fit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -75,6 +76,17 @@ def test_settings_import_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_scratch_dir_is_removed_when_the_process_ends(tmp_path):
+    code = ("from compresskit.settings import scratch_dir\n"
+            "work = scratch_dir('probe'); (work / 'checkpoint.pt').write_text('x'); print(work)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    work = Path(result.stdout.strip())
+    assert work.parent == tmp_path and work.name.startswith("compresskit-probe-")
+    assert not work.exists(), "a lesson's scratch folder outlived its kernel"
 
 
 # --------------------------------------------------------------------------------------------- pruning configs
