@@ -123,6 +123,28 @@ def test_int8_accuracy_is_shown_not_compared_between_a_cpu_with_vnni_and_one_wit
     assert _failing(report.check_against_reference(run, hand_made())) == {("s/int8", "map")}
 
 
+def test_a_variant_chosen_by_int8_accuracy_is_not_compared_when_the_other_cpu_chose_another():
+    def keeping(doc: dict, parts: list[str], size: int) -> dict:
+        changed = altered(doc, "s/int8", size_bytes=lambda v: size)
+        changed["records"][1]["config"] = {"float_parts": parts}
+        return changed
+
+    vnni_reference = keeping(hand_made(), ["layer3"], 11_000)
+    vnni_reference["environment"]["isa"] = ["avx2", "avx512_vnni"]
+    run = keeping(hand_made(), ["head"], 9_500)  # this CPU's int8 hurt the head most: another part stays float
+    outcome = report.check_against_reference(run, vnni_reference)
+    assert outcome.passed and "s/int8" not in outcome.compared, outcome.format()
+    assert outcome.chosen_other_cpu == [("s/int8", {"float_parts": ["head"]}, {"float_parts": ["layer3"]})]
+    assert "this run {'float_parts': ['head']}, the reference {'float_parts': ['layer3']}" in outcome.format()
+    # the same choice on both CPUs: the variant is the same, and its size must reproduce
+    same_choice = keeping(hand_made(), ["layer3"], 9_500)
+    assert _failing(report.check_against_reference(same_choice, vnni_reference)) == {("s/int8", "size_bytes")}
+    # CPUs of the same kind must make the same choice: a different one fails on what it changes
+    vnni_run = copy.deepcopy(run)
+    vnni_run["environment"]["isa"] = ["avx2", "avx512_vnni"]
+    assert _failing(report.check_against_reference(vnni_run, vnni_reference)) == {("s/int8", "size_bytes")}
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict:
     return report.read_results(REFERENCE_DIR)

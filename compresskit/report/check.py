@@ -7,7 +7,9 @@ the variant's own, not a stand-in for a checkpoint the package does not ship), a
 and its load (DESIGN §7): its ratios are printed beside the reference's and never fail the check. So does the mAP
 of an int8 record when one document comes from a CPU with VNNI and the other from one without: the two run
 different int8 arithmetic (without VNNI, uint8 x int8 sums saturate, so the kit quantizes weights to 7 bits there),
-so their accuracies are printed side by side instead of compared.
+so their accuracies are printed side by side instead of compared. A variant that a study *chose* by int8 accuracy
+(the sensitivity scan's all-but-worst keeps the part whose int8 hurt most in float) can then be another variant
+altogether: when its choice differs, it is listed with both choices and not compared at all.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ EXACT_FIELDS = ("params", "nonzero_params", "macs")
 STAND_IN_SOURCE = "training record"
 STAND_IN_WEIGHTS = "untrained stand-in"
 INT8_TECHNIQUES = ("static_ptq", "qat")  # plus any record whose config names its int8 activation type
+CHOSEN_BY_INT8_ACCURACY = ("float_parts",)  # config fields a study sets from int8 mAP it measured
 _FLOAT_SLACK = 1e-9  # so that a difference of exactly the tolerance passes despite rounding
 
 
@@ -53,7 +56,8 @@ class CheckOutcome:
     only in this run; ``other_profile``: ids measured on another data profile than the reference's (not compared);
     ``speedups``: ``(id, this run's paired speed-up, the reference's)``, information only; ``int8_other_cpu``:
     ``(id, this run's mAP, the reference's)`` of int8 records whose mAP was not compared because one side's CPU
-    has VNNI and the other's does not (information only).
+    has VNNI and the other's does not (information only); ``chosen_other_cpu``: ``(id, this run's choice, the
+    reference's)`` of such records that are another variant on the two CPUs (see the module doc), not compared.
     """
 
     compared: list[str]
@@ -63,6 +67,7 @@ class CheckOutcome:
     other_profile: list[str]
     speedups: list[tuple[str, float | None, float | None]]
     int8_other_cpu: list[tuple[str, float | None, float | None]] = dataclasses.field(default_factory=list)
+    chosen_other_cpu: list[tuple[str, dict, dict]] = dataclasses.field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -82,6 +87,10 @@ class CheckOutcome:
             width = max(len(record_id) for record_id, _, _ in self.int8_other_cpu)
             lines += [f"  {record_id:<{width}}  {_map(mine)} vs {_map(theirs)}"
                       for record_id, mine, theirs in self.int8_other_cpu]
+        if self.chosen_other_cpu:
+            lines.append("another variant on the other CPU, chosen by its int8 accuracy (not compared):")
+            lines += [f"  {record_id}: this run {mine}, the reference {theirs}"
+                      for record_id, mine, theirs in self.chosen_other_cpu]
         for title, ids in (("not rerun (in the reference only, not a failure)", self.not_rerun),
                            ("new (not in the reference)", self.new),
                            ("measured on another profile than the reference (not compared)", self.other_profile)):
@@ -112,6 +121,11 @@ def _has_vnni(document: Any) -> bool | None:
 
 def _int8(record: Mapping[str, Any]) -> bool:
     return record.get("technique") in INT8_TECHNIQUES or bool((record.get("config") or {}).get("activations"))
+
+
+def _choice(record: Mapping[str, Any]) -> dict:
+    config = record.get("config") or {}
+    return {field: config.get(field) for field in CHOSEN_BY_INT8_ACCURACY if field in config}
 
 
 def _one_sided(record_id: str, field: str, value: Any, reference: Any, allowed: str) -> Mismatch | None:
@@ -165,7 +179,8 @@ def check_against_reference(results: Mapping[str, Any], reference: Mapping[str, 
     Returns:
         The :class:`CheckOutcome`; ``passed`` is False when any compared record has an mAP metric off by more
         than ``MAP_TOLERANCE`` (int8 records: only when both CPUs have VNNI or both lack it), other
-        params/non-zero params/MACs, or a size off by more than ``SIZE_TOLERANCE``.
+        params/non-zero params/MACs, or a size off by more than ``SIZE_TOLERANCE``; a variant chosen by int8
+        accuracy that differs between CPUs of the two kinds is not compared (``chosen_other_cpu``).
     """
     mine = {record["id"]: record for record in records_of(results)}
     theirs = {record["id"]: record for record in records_of(reference)}
@@ -176,16 +191,21 @@ def check_against_reference(results: Mapping[str, Any], reference: Mapping[str, 
     other_arithmetic = None not in vnni and vnni[0] != vnni[1]
     int8_other_cpu = [record_id for record_id in same_profile
                       if other_arithmetic and (_int8(mine[record_id]) or _int8(theirs[record_id]))]
-    mismatches = [mismatch for record_id in same_profile
+    chosen_other_cpu = [record_id for record_id in int8_other_cpu
+                        if _choice(mine[record_id]) != _choice(theirs[record_id])]
+    mismatches = [mismatch for record_id in same_profile if record_id not in chosen_other_cpu
                   for mismatch in _record_mismatches(mine[record_id], theirs[record_id],
                                                      compare_map=record_id not in int8_other_cpu)]
     speedups = [(record_id, _paired_speedup(mine[record_id]), _paired_speedup(theirs[record_id]))
                 for record_id in same_profile
                 if _paired_speedup(mine[record_id]) is not None or _paired_speedup(theirs[record_id]) is not None]
-    return CheckOutcome(compared=same_profile, mismatches=mismatches,
+    return CheckOutcome(compared=[record_id for record_id in same_profile if record_id not in chosen_other_cpu],
+                        mismatches=mismatches,
                         not_rerun=[record_id for record_id in theirs if record_id not in mine],
                         new=[record_id for record_id in mine if record_id not in theirs],
                         other_profile=[record_id for record_id in both if record_id not in same_profile],
                         speedups=speedups,
                         int8_other_cpu=[(record_id, mine[record_id].get("map"), theirs[record_id].get("map"))
-                                        for record_id in int8_other_cpu])
+                                        for record_id in int8_other_cpu],
+                        chosen_other_cpu=[(record_id, _choice(mine[record_id]), _choice(theirs[record_id]))
+                                          for record_id in chosen_other_cpu])
