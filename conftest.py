@@ -17,8 +17,6 @@ import tempfile
 from pathlib import Path
 
 _RUN_DIR = Path(tempfile.mkdtemp(prefix="compresskit-tests-"))
-WARNING_POLICY_ENV = "COMPRESSKIT_TEST_WARNING_POLICY"
-POLICY_FILE = "00-warning-policy.py"
 
 
 def pytest_configure(config):
@@ -26,8 +24,8 @@ def pytest_configure(config):
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for people; logs stay readable
     # The lessons' speed asserts ask one-sided questions of a paired interval (is int8 faster at all? do zeros
-    # buy no speed?), which 10 interleaved pairs answer; fewer pairs only widen the interval. Reported numbers
-    # (the committed outputs, `compresskit reproduce`) keep the default 30.
+    # buy no speed?), which 10 interleaved pairs answer: fewer pairs widen the interval rather than move it.
+    # Reported numbers (the committed outputs, `compresskit reproduce`) keep the default 30.
     os.environ.setdefault("COMPRESSKIT_LATENCY_RUNS", "10")
     scratch = _RUN_DIR / "tmp"
     scratch.mkdir(exist_ok=True)
@@ -35,9 +33,10 @@ def pytest_configure(config):
     # Every kernel and command of the run shares the gzip sizes it measured (the fp32 teacher is in every lesson);
     # unless you name your own file, it starts empty with each run, so no run's timing leans on an earlier one.
     os.environ.setdefault("COMPRESSKIT_SIZE_CACHE", str(_RUN_DIR / "gzip-sizes.txt"))
-    os.environ["IPYTHONDIR"] = str(kernel_profile(config.getini("filterwarnings"), _RUN_DIR / "ipython"))
-    # A script a test runs in a fresh interpreter (the DDP workers) starts with `runpy.run_path` of this file.
-    os.environ[WARNING_POLICY_ENV] = str(_RUN_DIR / "ipython" / "profile_default" / "startup" / POLICY_FILE)
+    policy = write_warning_policy(config.getini("filterwarnings"), _RUN_DIR / "ipython")
+    os.environ["IPYTHONDIR"] = str(_RUN_DIR / "ipython")  # every kernel runs the policy file as it starts
+    # A script a test runs in a fresh interpreter (the DDP workers) starts with `runpy.run_path` of the same file.
+    os.environ["COMPRESSKIT_TEST_WARNING_POLICY"] = str(policy)
     fixture = coco_tiny_path()
     if fixture is not None:  # tests serve it over HTTP; the lessons read it as a local COCO install
         os.environ.setdefault("COMPRESSKIT_COCO_TINY", str(fixture))
@@ -60,18 +59,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-def kernel_profile(filters: list[str], folder: Path) -> Path:
-    """An IPython profile whose startup file installs ``filters`` (pytest's ``action:message:category:module``
-    syntax, module a regular expression) in every kernel started with ``IPYTHONDIR=folder``."""
+def write_warning_policy(filters: list[str], ipython_dir: Path) -> Path:
+    """Write a Python file installing ``filters`` (pytest's ``action:message:category:module`` syntax, module a
+    regular expression) as the startup file of the IPython profile in ``ipython_dir``, so every kernel started with
+    ``IPYTHONDIR=ipython_dir`` runs it, and return the file."""
     lines = ["import warnings"]
     for entry in filters:
         action, message, category, module = (entry.split(":", 4) + [""] * 4)[:4]
         lines.append(f"warnings.filterwarnings({action!r}, message={message!r}, category={category or 'Warning'}, "
                      f"module={module!r})")
-    startup = folder / "profile_default" / "startup"
-    startup.mkdir(parents=True, exist_ok=True)
-    (startup / POLICY_FILE).write_text("\n".join(lines) + "\n")
-    return folder
+    policy = ipython_dir / "profile_default" / "startup" / "00-warning-policy.py"
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.write_text("\n".join(lines) + "\n")
+    return policy
 
 
 def coco_tiny_path() -> Path | None:

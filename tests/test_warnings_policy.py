@@ -59,17 +59,14 @@ def test_notebook_kernels_start_with_the_same_policy():
         NotebookClient(probe, timeout=120, kernel_name="python3").execute()
 
 
-
 def test_scripts_run_in_a_fresh_interpreter_can_start_with_the_same_policy():
     """A test that runs Python in a subprocess (the DDP workers under torchrun) runs conftest's policy file
     first, so the libraries' deprecations fail there too."""
-    import os
     import subprocess
     import sys
 
     script = ("import os, runpy, warnings\n"
               "runpy.run_path(os.environ['COMPRESSKIT_TEST_WARNING_POLICY'])\n"
               "warnings.warn_explicit('going away', DeprecationWarning, 'torch/x.py', 1, module='torch.nn.fake')\n")
-    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                              env=os.environ)
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert finished.returncode != 0 and "DeprecationWarning: going away" in finished.stderr
