@@ -6,6 +6,7 @@ int8 speed-ups depend on VNNI/AMX, so a number is only read together with the ma
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 from pathlib import Path
@@ -38,12 +39,13 @@ def _version(candidates: Sequence[str]) -> str | None:
     return None
 
 
-def _cpuinfo() -> tuple[str | None, set[str]]:
+@functools.cache  # the CPU does not change under a running process; every int8 quantization asks (has_vnni)
+def _cpuinfo() -> tuple[str | None, frozenset[str]]:
     """CPU model name and feature flags from /proc/cpuinfo (Linux); (None, empty) elsewhere."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return None, set()
+        return None, frozenset()
     model, flags = None, set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -52,7 +54,7 @@ def _cpuinfo() -> tuple[str | None, set[str]]:
             model = value.strip() or None
         elif not flags and key in ("flags", "features"):  # x86 says flags, ARM says Features
             flags = set(value.split())
-    return model, flags
+    return model, frozenset(flags)
 
 
 def has_vnni(isa: Sequence[str] | None = None) -> bool:
