@@ -16,10 +16,31 @@ import shutil
 import tempfile
 from pathlib import Path
 
-_RUN_DIR = Path(tempfile.mkdtemp(prefix="compresskit-tests-"))
+# pytest-xdist names each worker process in this variable. The controller prepares the run's environment once;
+# the workers it starts inherit it (one reports folder, one gzip-size cache, one warning policy for every kernel).
+_XDIST_WORKER = "PYTEST_XDIST_WORKER"
+_RUN_DIR = None if os.environ.get(_XDIST_WORKER) else Path(tempfile.mkdtemp(prefix="compresskit-tests-"))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """Workers for ``-n auto`` (pyproject's addopts): two for a run of several files, none for a run of one file (a
+    lesson run on its own keeps every core, in this process, as a learner runs it)."""
+    paths = [Path(arg.split("::")[0]) for arg in config.args]
+    if len(paths) == 1 and paths[0].is_file():
+        return 0
+    return 2 if len(os.sched_getaffinity(0)) >= 2 else 0
 
 
 def pytest_configure(config):
+    if _RUN_DIR is None:
+        return
+    workers = getattr(config.option, "numprocesses", None) or 0
+    if workers > 1:
+        # Split the cores between the workers: two processes each running two threads on two cores would fight
+        # for them (and time their latencies while fighting). The records say how many threads timed them.
+        threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        os.environ.setdefault("COMPRESSKIT_THREADS", threads)
+        os.environ.setdefault("OMP_NUM_THREADS", os.environ["COMPRESSKIT_THREADS"])  # torch's default in each worker
     os.environ.setdefault("COMPRESSKIT_REPORTS", str(_RUN_DIR / "reports"))
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for people; logs stay readable
@@ -44,6 +65,8 @@ def pytest_configure(config):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if _RUN_DIR is None:  # a worker: the controller keeps or removes the run's folder
+        return
     if exitstatus == 0:
         shutil.rmtree(_RUN_DIR, ignore_errors=True)
     else:
@@ -57,6 +80,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.fspath.ext == ".ipynb":
             item.add_marker(pytest.mark.slow)
+    # The notebooks first (a stable sort: each keeps its cells' order): they are the longest files, and the workers
+    # take files in this order, so the many short test files fill the gaps at the end instead of one lesson
+    # running alone while the other worker waits.
+    items.sort(key=lambda item: item.fspath.ext != ".ipynb")
 
 
 def write_warning_policy(filters: list[str], ipython_dir: Path) -> Path:

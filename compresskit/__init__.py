@@ -39,12 +39,13 @@ def __dir__() -> list[str]:
     return sorted({*__all__, "SUBMODULES"})
 
 
-def bootstrap(seed: int = 0, threads: int = 2, verbose: bool = True) -> dict:
+def bootstrap(seed: int = 0, threads: int | None = None, verbose: bool = True) -> dict:
     """Seed everything, fix torch's thread count, and print what a result depends on.
 
     Args:
         seed: the one seed of the run (data order, initial weights, augmentation).
-        threads: torch intra-op threads; latencies are recorded with this count.
+        threads: torch intra-op threads (default: ``COMPRESSKIT_THREADS``, else 2); latencies are recorded
+            with this count.
         verbose: print the profile, seed, versions and CPU.
     Returns:
         The environment stamp recorded with every result (versions, CPU model, ISA flags, threads).
@@ -55,6 +56,7 @@ def bootstrap(seed: int = 0, threads: int = 2, verbose: bool = True) -> dict:
 
     _inline_figures()
     settings.seed_everything(seed)
+    threads = settings.threads() if threads is None else threads
     torch.set_num_threads(threads)
     stamp = measure.environment_stamp()
     if verbose:

@@ -5,8 +5,9 @@
 `COMPRESSKIT_DATA` is where generated and downloaded datasets are cached.
 The coco profile also reads `COMPRESSKIT_COCO_ROOT` (a local COCO install), `COMPRESSKIT_COCO_RECIPES` (your own
 subset recipes) and `COMPRESSKIT_COCO_IMAGE_SIZE` (the detectors' input size); `COMPRESSKIT_LATENCY_RUNS` sets
-the timed runs of every study that is not given its own; `COMPRESSKIT_SIZE_CACHE` names a file where processes
-share the gzip sizes they measured (each distinct artifact is then compressed once across lessons).
+the timed runs of every study that is not given its own; `COMPRESSKIT_THREADS` the CPU threads torch and ONNX
+Runtime compute and time with when a call names none (2 otherwise); `COMPRESSKIT_SIZE_CACHE` names a file where
+processes share the gzip sizes they measured (each distinct artifact is then compressed once across lessons).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ DATA_ENV = "COMPRESSKIT_DATA"
 COCO_ROOT_ENV = "COMPRESSKIT_COCO_ROOT"
 COCO_RECIPES_ENV = "COMPRESSKIT_COCO_RECIPES"
 LATENCY_RUNS_ENV = "COMPRESSKIT_LATENCY_RUNS"
+THREADS_ENV = "COMPRESSKIT_THREADS"
 COCO_IMAGE_SIZE_ENV = "COMPRESSKIT_COCO_IMAGE_SIZE"
 SIZE_CACHE_ENV = "COMPRESSKIT_SIZE_CACHE"
 
@@ -137,6 +139,15 @@ def latency_runs(default: int = 30) -> int:
     """Timed runs (pairs, for a paired comparison) per record: ``COMPRESSKIT_LATENCY_RUNS``, else ``default``.
     Fewer than 30 gives a quick look, not a reported number (DESIGN section 7)."""
     return _positive_int_env(LATENCY_RUNS_ENV) or default
+
+
+def threads(default: int = 2) -> int:
+    """CPU threads for torch and ONNX Runtime where a call names none: ``COMPRESSKIT_THREADS``, else ``default``.
+
+    Two is the kit's reference (a two-core laptop or CI machine); every latency record says how many threads it
+    was timed with, so results measured with another count are never mistaken for the reference's.
+    """
+    return _positive_int_env(THREADS_ENV) or default
 
 
 def size_cache() -> Path | None:

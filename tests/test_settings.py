@@ -55,6 +55,25 @@ def test_folder_defaults(monkeypatch, tmp_path):
     assert settings.coco_root() is None
 
 
+def test_threads_come_from_the_environment_and_default_to_two(monkeypatch):
+    import torch
+
+    from compresskit import measure
+    from compresskit.harness import Study
+
+    monkeypatch.delenv(settings.THREADS_ENV, raising=False)
+    assert settings.threads() == 2
+    monkeypatch.setenv(settings.THREADS_ENV, "1")
+    assert settings.threads() == 1
+    # Where a call names no thread count, the setting decides, and the measurement says so.
+    assert measure.measure_latency(torch.nn.Identity(), torch.zeros(1), warmup=0, runs=2).threads == 1
+    assert Study(lesson="x", model="m", profile="embedded", val_loader=None, label_map=None).threads == 1
+    assert measure.measure_latency(torch.nn.Identity(), torch.zeros(1), warmup=0, runs=2, threads=2).threads == 2
+    monkeypatch.setenv(settings.THREADS_ENV, "two")
+    with pytest.raises(ConfigError, match="COMPRESSKIT_THREADS='two'"):
+        settings.threads()
+
+
 def test_seed_everything_repeats_python_numpy_and_torch():
     import numpy as np
     import torch

@@ -26,7 +26,7 @@ from compresskit.measure import (compare_latency, count_macs, count_nonzero_para
                                  serialized_size)
 from compresskit.models.core import CoreDetector, DetectorCore, OnnxCore, example_batch, export_core_onnx
 from compresskit.report import make_record
-from compresskit.settings import latency_runs, reports_dir
+from compresskit.settings import latency_runs, reports_dir, threads as default_threads
 
 RUNTIMES_MEASURED = ("torch-eager", "torch-compile", "onnxruntime")
 
@@ -136,7 +136,7 @@ def _safe_name(record_id: str) -> str:
 
 
 def runner_for(detector: nn.Module, record_id: str, runtime: str, core: Any = None,
-               threads: int = 2, artifacts: Path | None = None) -> tuple[CoreDetector, Any]:
+               threads: int | None = None, artifacts: Path | None = None) -> tuple[CoreDetector, Any]:
     """The end-to-end callable measured for ``runtime`` and the file or object whose size is shipped.
 
     Returns:
@@ -169,8 +169,8 @@ class Study:
         model: preset name recorded with each record.
         profile: the data profile the detector *and* the data were actually loaded from.
         val_loader: evaluation loader; label_map: the detector's label <-> category-id mapping.
-        threads: torch/ORT threads for latency; runs: timed runs (pairs for a comparison), >= 30 per DESIGN
-            (default: ``COMPRESSKIT_LATENCY_RUNS``, else 30).
+        threads: torch/ORT threads for latency (default: ``COMPRESSKIT_THREADS``, else 2).
+        runs: timed runs (pairs for a comparison), >= 30 per DESIGN (default: ``COMPRESSKIT_LATENCY_RUNS``, else 30).
         log: called with one line per measured record (``print`` for progress; None for silence).
         artifacts: where exported ONNX files go (default: :func:`artifact_dir`, beside ``COMPRESSKIT_REPORTS``).
         calibrations: keys of the activation ranges this study calibrated and keeps in a file for its later
@@ -182,7 +182,7 @@ class Study:
     profile: str
     val_loader: Any
     label_map: Any
-    threads: int = 2
+    threads: int = field(default_factory=default_threads)
     runs: int | None = None
     progress: bool = False
     baseline: str | None = None

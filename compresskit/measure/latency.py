@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from compresskit import settings
 from compresskit.errors import CompressKitError
 from compresskit.measure.counts import _as_args
 from compresskit.models.core import onnxruntime_session  # noqa: F401  (one session builder, re-exported here)
@@ -159,7 +160,7 @@ def _summary(timings_ms: Sequence[float], *, threads: int, batch: int) -> Latenc
 
 
 def measure_latency(fn: Callable[..., Any], inputs: Any, *, warmup: int = 5, runs: int = 30,
-                    threads: int = 2, batch: int | None = None) -> Latency:
+                    threads: int | None = None, batch: int | None = None) -> Latency:
     """Time ``fn(*inputs)`` on the CPU: warm-up calls, then ``runs`` timed calls; median and p90.
 
     torch's intra-op thread count is fixed to ``threads`` for the measurement and restored afterwards.
@@ -173,12 +174,13 @@ def measure_latency(fn: Callable[..., Any], inputs: Any, *, warmup: int = 5, run
         inputs: a tuple of positional inputs or a single input (see :mod:`compresskit.measure`).
         warmup: untimed calls first (caches, allocator, torch.compile, ORT's first-run setup).
         runs: timed calls; DESIGN §7 asks for at least 30.
-        threads: torch intra-op threads during the measurement.
+        threads: torch intra-op threads during the measurement (default: ``COMPRESSKIT_THREADS``, else 2).
         batch: batch size to record; inferred from a 4-D first input or a list of images when omitted.
 
     Returns:
         A :class:`Latency`.
     """
+    threads = settings.threads() if threads is None else threads
     _check_counts(timed=runs, minimum=1, warmup=warmup, threads=threads)
     args = _as_args(inputs)
     timings_ms: list[float] = []
@@ -202,7 +204,7 @@ def _bootstrap_median_interval(ratios: np.ndarray, *, seed: int,
 
 
 def compare_latency(baseline_fn: Callable[..., Any], candidate_fn: Callable[..., Any], inputs: Any, *,
-                    candidate_inputs: Any = None, warmup: int = 5, pairs: int = 30, threads: int = 2,
+                    candidate_inputs: Any = None, warmup: int = 5, pairs: int = 30, threads: int | None = None,
                     batch: int | None = None, seed: int = 0) -> PairedLatency:
     """Speed-up of ``candidate_fn`` over ``baseline_fn`` from interleaved timed runs (DESIGN §7).
 
@@ -218,13 +220,15 @@ def compare_latency(baseline_fn: Callable[..., Any], candidate_fn: Callable[...,
             array for an ONNX Runtime session); ``inputs`` when None.
         warmup: untimed calls of each side first.
         pairs: timed pairs; DESIGN §7 asks for at least 30.
-        threads: torch intra-op threads during the measurement (ORT sessions keep their own).
+        threads: torch intra-op threads during the measurement (default: ``COMPRESSKIT_THREADS``, else 2;
+            ORT sessions keep their own).
         batch: batch size to record; inferred from each side's input when omitted.
         seed: seed of the bootstrap, so the same timings always give the same interval.
 
     Returns:
         A :class:`PairedLatency`: ``speedup`` > 1 means the candidate is faster.
     """
+    threads = settings.threads() if threads is None else threads
     _check_counts(timed=pairs, minimum=2, warmup=warmup, threads=threads)
     sides = (baseline_fn, candidate_fn)
     arguments = (_as_args(inputs), _as_args(inputs if candidate_inputs is None else candidate_inputs))

@@ -135,13 +135,15 @@ def export_core_onnx(core: nn.Module, path: Path | str, example: torch.Tensor | 
     return path
 
 
-def onnxruntime_session(path: Path | str, threads: int = 2):
+def onnxruntime_session(path: Path | str, threads: int | None = None):
     """An ONNX Runtime CPU session set up like the torch side of a latency comparison: ``threads`` intra-op
-    threads, one inter-op thread, all graph optimisations."""
+    threads (default: :func:`compresskit.settings.threads`), one inter-op thread, all graph optimisations."""
     import onnxruntime as ort
 
+    from compresskit import settings
+
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = settings.threads() if threads is None else threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # ORT's pool threads spin after each run by default. In an interleaved comparison the idle session's spinning
@@ -158,7 +160,7 @@ class OnnxCore:
     ``compresskit.quantize``) still takes a batch: its images run one at a time and the outputs are concatenated.
     """
 
-    def __init__(self, path: Path | str, threads: int = 2) -> None:
+    def __init__(self, path: Path | str, threads: int | None = None) -> None:
         self.path = Path(path)
         self.session = onnxruntime_session(path, threads)
         model_input = self.session.get_inputs()[0]

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from compresskit import settings
 from compresskit.errors import CheckpointError, CompressKitError, ConfigError
 
 INT8_CONV_OPS = ("QLinearConv", "ConvInteger", "NhwcQLinearConv")  # any domain: ORT's int8 conv kernels
@@ -192,7 +193,7 @@ def int8_report(path: Path | str) -> dict[str, Any]:
             "fp32_convs": sum(runtime.get(op, 0) for op in FP32_CONV_OPS)}
 
 
-def op_time_profile(onnx_path: Path | str, batch: torch.Tensor | np.ndarray, runs: int = 20, threads: int = 2,
+def op_time_profile(onnx_path: Path | str, batch: torch.Tensor | np.ndarray, runs: int = 20, threads: int | None = None,
                     warmup: int = 3) -> dict[str, float]:
     """Milliseconds per run spent in each operator type, from ONNX Runtime's own profiler.
 
@@ -206,6 +207,7 @@ def op_time_profile(onnx_path: Path | str, batch: torch.Tensor | np.ndarray, run
     Returns:
         ``{op type: ms per run}``, largest first (op types as ORT runs them, e.g. QLinearConv after fusion).
     """
+    threads = settings.threads() if threads is None else threads
     if runs < 1 or warmup < 0 or threads < 1:
         raise ConfigError(f"need runs >= 1, warmup >= 0 and threads >= 1; got {runs=}, {warmup=}, {threads=}")
     data = np.ascontiguousarray(batch.numpy() if isinstance(batch, torch.Tensor) else batch, dtype=np.float32)
