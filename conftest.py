@@ -7,6 +7,7 @@ lesson's own call of a deprecated API fails its notebook test as it would a unit
 fresh interpreter runs the same file first (``COMPRESSKIT_TEST_WARNING_POLICY``). The kernels and the commands
 run in subprocesses keep their scratch files (fine-tune checkpoints, exports: hundreds of MB on the coco profile)
 in the run's folder too, which a passing run removes at the end; a failing run keeps it for a look and says where.
+A run of several files goes to two pytest-xdist workers that split the cores between them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ def pytest_xdist_auto_num_workers(config):
     paths = [Path(arg.split("::")[0]) for arg in config.args]
     if len(paths) == 1 and paths[0].is_file():
         return 0
-    return 2 if len(os.sched_getaffinity(0)) >= 2 else 0
+    return 2 if _usable_cores() >= 2 else 0
+
+
+def _usable_cores() -> int:
+    # The cores this process may run on (a container or `taskset` can allow fewer than the machine has).
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def pytest_configure(config):
@@ -38,7 +44,7 @@ def pytest_configure(config):
     if workers > 1:
         # Split the cores between the workers: two processes each running two threads on two cores would fight
         # for them (and time their latencies while fighting). The records say how many threads timed them.
-        threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        threads = str(max(1, _usable_cores() // workers))
         os.environ.setdefault("COMPRESSKIT_THREADS", threads)
         os.environ.setdefault("OMP_NUM_THREADS", os.environ["COMPRESSKIT_THREADS"])  # torch's default in each worker
     os.environ.setdefault("COMPRESSKIT_REPORTS", str(_RUN_DIR / "reports"))
