@@ -56,7 +56,7 @@ def bootstrap(seed: int = 0, threads: int | None = None, verbose: bool = True) -
 
     _inline_figures()
     settings.seed_everything(seed)
-    threads = settings.threads() if threads is None else threads
+    threads = settings.threads(threads)
     torch.set_num_threads(threads)
     stamp = measure.environment_stamp()
     if verbose:

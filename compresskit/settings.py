@@ -141,13 +141,16 @@ def latency_runs(default: int = 30) -> int:
     return _positive_int_env(LATENCY_RUNS_ENV) or default
 
 
-def threads(default: int = 2) -> int:
-    """CPU threads for torch and ONNX Runtime where a call names none: ``COMPRESSKIT_THREADS``, else ``default``.
+def threads(given: int | None = None) -> int:
+    """CPU threads for torch and ONNX Runtime: ``given`` when a call names a count, else ``COMPRESSKIT_THREADS``,
+    else 2.
 
     Two is the kit's reference (a two-core laptop or CI machine); every latency record says how many threads it
     was timed with, so results measured with another count are never mistaken for the reference's.
     """
-    return _positive_int_env(THREADS_ENV) or default
+    if given is not None:
+        return given
+    return _positive_int_env(THREADS_ENV) or 2
 
 
 def size_cache() -> Path | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from compresskit import settings
 from compresskit.harness.loading import load_for_study, val_loader
 from compresskit.harness.variant import Study
 
@@ -33,8 +32,7 @@ def baseline_study(profile: str | None = None, val_images: int | None = None, ru
     """
     first = load_for_study(models[0], profile)
     study = Study(lesson=lesson, model=first.name, profile=first.profile, val_loader=val_loader(first, val_images),
-                  label_map=first.label_map, runs=runs, progress=progress, log=log,
-                  threads=settings.threads() if threads is None else threads)
+                  label_map=first.label_map, runs=runs, threads=threads, progress=progress, log=log)
     for index, name in enumerate(models):
         loaded = first if index == 0 else load_for_study(name, first.profile)
         source = loaded.meta.get("command") or ("torchvision COCO weights" if loaded.profile == "coco" else None)

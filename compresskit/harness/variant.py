@@ -26,7 +26,7 @@ from compresskit.measure import (compare_latency, count_macs, count_nonzero_para
                                  serialized_size)
 from compresskit.models.core import CoreDetector, DetectorCore, OnnxCore, example_batch, export_core_onnx
 from compresskit.report import make_record
-from compresskit.settings import latency_runs, reports_dir, threads as default_threads
+from compresskit.settings import latency_runs, reports_dir, threads as resolve_threads
 
 RUNTIMES_MEASURED = ("torch-eager", "torch-compile", "onnxruntime")
 
@@ -182,7 +182,7 @@ class Study:
     profile: str
     val_loader: Any
     label_map: Any
-    threads: int = field(default_factory=default_threads)
+    threads: int | None = None
     runs: int | None = None
     progress: bool = False
     baseline: str | None = None
@@ -195,6 +195,7 @@ class Study:
     def __post_init__(self) -> None:
         if self.runs is None:
             self.runs = latency_runs()
+        self.threads = resolve_threads(self.threads)
 
     @classmethod
     def of(cls, lesson: str, loaded, val_images: int | None = None, **settings: Any) -> Study:

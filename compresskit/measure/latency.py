@@ -180,7 +180,7 @@ def measure_latency(fn: Callable[..., Any], inputs: Any, *, warmup: int = 5, run
     Returns:
         A :class:`Latency`.
     """
-    threads = settings.threads() if threads is None else threads
+    threads = settings.threads(threads)
     _check_counts(timed=runs, minimum=1, warmup=warmup, threads=threads)
     args = _as_args(inputs)
     timings_ms: list[float] = []
@@ -228,7 +228,7 @@ def compare_latency(baseline_fn: Callable[..., Any], candidate_fn: Callable[...,
     Returns:
         A :class:`PairedLatency`: ``speedup`` > 1 means the candidate is faster.
     """
-    threads = settings.threads() if threads is None else threads
+    threads = settings.threads(threads)
     _check_counts(timed=pairs, minimum=2, warmup=warmup, threads=threads)
     sides = (baseline_fn, candidate_fn)
     arguments = (_as_args(inputs), _as_args(inputs if candidate_inputs is None else candidate_inputs))

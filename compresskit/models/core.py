@@ -19,6 +19,8 @@ from torch import nn
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.ssd import SSD
 
+from compresskit import settings
+
 _HEAD_OUTPUTS = {FCOS: ("cls_logits", "bbox_regression", "bbox_ctrness"),
                  RetinaNet: ("cls_logits", "bbox_regression"), SSD: ("bbox_regression", "cls_logits")}
 
@@ -140,10 +142,8 @@ def onnxruntime_session(path: Path | str, threads: int | None = None):
     threads (default: :func:`compresskit.settings.threads`), one inter-op thread, all graph optimisations."""
     import onnxruntime as ort
 
-    from compresskit import settings
-
     options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.threads() if threads is None else threads
+    options.intra_op_num_threads = settings.threads(threads)
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # ORT's pool threads spin after each run by default. In an interleaved comparison the idle session's spinning

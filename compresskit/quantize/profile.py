@@ -207,7 +207,7 @@ def op_time_profile(onnx_path: Path | str, batch: torch.Tensor | np.ndarray, run
     Returns:
         ``{op type: ms per run}``, largest first (op types as ORT runs them, e.g. QLinearConv after fusion).
     """
-    threads = settings.threads() if threads is None else threads
+    threads = settings.threads(threads)
     if runs < 1 or warmup < 0 or threads < 1:
         raise ConfigError(f"need runs >= 1, warmup >= 0 and threads >= 1; got {runs=}, {warmup=}, {threads=}")
     data = np.ascontiguousarray(batch.numpy() if isinstance(batch, torch.Tensor) else batch, dtype=np.float32)
