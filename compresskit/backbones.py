@@ -27,7 +27,7 @@ from compresskit.engine.recipes import EVAL_BATCH_SIZE
 from compresskit.errors import ConfigError, DownloadError
 from compresskit.measure import count_macs, count_params
 from compresskit.models import EMBEDDED_PRESETS, RESNET_BASIC, DetectorSpec, build_detector
-from compresskit.models.core import DetectorCore, example_batch
+from compresskit.models.core import ExportableCore, example_batch
 from compresskit.models.presets import weights_dir
 from compresskit.models.trunks import FEATURE_STRIDES
 from compresskit.settings import seed_everything, shown_path
@@ -232,7 +232,7 @@ def backbone_table(names: list[str] | None = None, image_size: int = 320) -> lis
     rows = []
     for name in names or list(BACKBONES):
         detector = build_detector_with_backbone(name).eval()
-        core, batch = DetectorCore(detector), example_batch(image_size)
+        core, batch = ExportableCore(detector), example_batch(image_size)
         depthwise_macs = []  # a depthwise conv does kernel-area MACs per output value
         hooks = [module.register_forward_hook(lambda m, _, out: depthwise_macs.append(
             out.numel() * m.kernel_size[0] * m.kernel_size[1])) for module in detector.modules()

@@ -137,7 +137,7 @@ def coco_recipes_dir() -> Path | None:
 
 def latency_runs(default: int = 30) -> int:
     """Timed runs (pairs, for a paired comparison) per record: ``COMPRESSKIT_LATENCY_RUNS``, else ``default``.
-    Fewer than 30 gives a quick look, not a reported number (DESIGN section 7)."""
+    Fewer than 30 gives a quick look, not a reported number (docs/method.md, "Measurement")."""
     return _positive_int_env(LATENCY_RUNS_ENV) or default
 
 

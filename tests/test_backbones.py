@@ -18,7 +18,7 @@ from compresskit.engine import TrainConfig, evaluate, make_loader, val_subset
 from compresskit.errors import CompressKitError, ConfigError, DownloadError
 from compresskit.measure import count_macs
 from compresskit.models import EMBEDDED_PRESETS, build_detector, load_checkpoint
-from compresskit.models.core import DetectorCore, OnnxCore, example_batch, export_core_onnx
+from compresskit.models.core import ExportableCore, OnnxCore, example_batch, export_core_onnx
 from compresskit.models.trunks import classification_model, feature_nodes
 
 TEACHER = EMBEDDED_PRESETS["teacher"]
@@ -49,7 +49,7 @@ def test_every_backbone_trains_a_step_evaluates_and_exports_to_onnx(name, tiny_b
     metrics = evaluate(detector, val_loader, progress=False)
     assert 0.0 <= metrics["map"] <= 1.0 and 0.0 <= metrics["map50"] <= 1.0
 
-    core, batch = DetectorCore(detector), example_batch(TEACHER.image_size)
+    core, batch = ExportableCore(detector), example_batch(TEACHER.image_size)
     path = export_core_onnx(core, tmp_path / f"{name}.onnx", batch)
     with torch.inference_mode():
         expected = core(batch)
@@ -171,7 +171,7 @@ def test_backbone_table_counts_depthwise_convs_and_macs():
     depthwise = [m for m in detector.modules() if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
     assert mobile["depthwise_convs"] == len(depthwise) > 0
     assert 0 < mobile["depthwise_macs_share"] < 1
-    assert mobile["macs"] == count_macs(DetectorCore(detector), example_batch(320))
+    assert mobile["macs"] == count_macs(ExportableCore(detector), example_batch(320))
     assert mobile["trunk_macs"] < mobile["macs"] and mobile["trunk_macs"] < rows["resnet_basic"]["trunk_macs"]
     assert mobile["nodes"] == {stride: list(tap) for stride, tap in tapped_nodes(detector).items()}
 

@@ -15,7 +15,7 @@ from compresskit.data.dataset import LabelMap
 from compresskit.errors import ConfigError
 from compresskit.models import (EMBEDDED_PRESETS, DetectorSpec, build_detector, checkpoint_spec, load_checkpoint,
                                 load_preset, save_checkpoint, shipped_checkpoint)
-from compresskit.models.core import DetectorCore, OnnxCore, example_batch, export_core_onnx
+from compresskit.models.core import ExportableCore, OnnxCore, example_batch, export_core_onnx
 from compresskit.quantize.calibration import calibration_batches
 from compresskit.quantize.deploy_head import _stacked, batchnorm_head, frozen_head_statistics, main
 
@@ -70,15 +70,15 @@ def test_exported_batch_head_core_folds_every_norm_into_conv(tmp_path):
         norm.running_var.uniform_(0.5, 2.0)
         norm.weight.data.uniform_(0.5, 1.5)
     example = example_batch(SMALL)
-    batch_path = export_core_onnx(DetectorCore(batch_detector.eval()), tmp_path / "bn.onnx", example=example)
-    group_path = export_core_onnx(DetectorCore(group_detector.eval()), tmp_path / "gn.onnx", example=example)
+    batch_path = export_core_onnx(ExportableCore(batch_detector.eval()), tmp_path / "bn.onnx", example=example)
+    group_path = export_core_onnx(ExportableCore(group_detector.eval()), tmp_path / "gn.onnx", example=example)
     batch_ops = [node.op_type for node in onnx.load(str(batch_path)).graph.node]
     group_ops = [node.op_type for node in onnx.load(str(group_path)).graph.node]
     assert "InstanceNormalization" in group_ops  # what the GroupNorm head costs
     assert "InstanceNormalization" not in batch_ops and "BatchNormalization" not in batch_ops
     assert batch_ops.count("Conv") == group_ops.count("Conv")
     with torch.inference_mode():
-        eager = DetectorCore(batch_detector)(example)
+        eager = ExportableCore(batch_detector)(example)
     for ours, theirs in zip(OnnxCore(batch_path, threads=1)(example), eager):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
@@ -117,7 +117,7 @@ def test_batchnorm_head_keeps_weights_and_measures_statistics(shipped_student, t
     first = norms["classification_head.conv.1"]
     hook = first.register_forward_hook(lambda module, args, output: captured.append(args[0]))
     with torch.inference_mode():
-        DetectorCore(converted)(drawn[0])
+        ExportableCore(converted)(drawn[0])
     hook.remove()
     assert len(captured) == 5  # one forward per FPN level
     expected_mean = torch.stack([level.mean(dim=(0, 2, 3)) for level in captured]).mean(dim=0)
@@ -147,7 +147,7 @@ def test_frozen_head_statistics_normalise_as_deployed_while_training():
     seen = []
     hook = norm.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
     with frozen_head_statistics(detector):
-        sum(output.sum() for output in DetectorCore(detector)(example_batch(SMALL, batch=2))).backward()
+        sum(output.sum() for output in ExportableCore(detector)(example_batch(SMALL, batch=2))).backward()
     assert len(seen) == 5
     for inputs, output in seen:  # eval-mode normalisation inside a train-mode model
         expected = nn.functional.batch_norm(inputs, stored[0], stored[1], norm.weight, norm.bias, training=False)
@@ -155,7 +155,7 @@ def test_frozen_head_statistics_normalise_as_deployed_while_training():
     assert torch.equal(norm.running_mean, stored[0]) and int(norm.num_batches_tracked) == stored[2]
     assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0  # the affine still trains
     detector.train()
-    DetectorCore(detector)(example_batch(SMALL, batch=2))  # outside the context: batch statistics again
+    ExportableCore(detector)(example_batch(SMALL, batch=2))  # outside the context: batch statistics again
     assert hook.remove() is None and int(norm.num_batches_tracked) == stored[2] + 5
     with pytest.raises(ConfigError, match="no BatchNorm2d"):
         with frozen_head_statistics(build_detector(replace(BATCH_SPEC, head_norm="group"))):

@@ -192,12 +192,12 @@ def test_environment_stamp_keys() -> None:
 
 def test_count_macs_leaves_every_shared_module_in_its_own_mode():
     from compresskit.models import EMBEDDED_PRESETS, build_detector
-    from compresskit.models.core import DetectorCore, example_batch
+    from compresskit.models.core import ExportableCore, example_batch
 
     detector = build_detector(EMBEDDED_PRESETS["student"]).eval()
     wrapper = torch.nn.Sequential(detector.backbone)  # a new wrapper starts in training mode
     measure.count_macs(wrapper, example_batch(64))
-    measure.count_macs(DetectorCore(detector), example_batch(64))
+    measure.count_macs(ExportableCore(detector), example_batch(64))
     assert not any(module.training for module in detector.modules())
 
 

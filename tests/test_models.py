@@ -18,7 +18,7 @@ from compresskit.errors import CheckpointError, CompressKitError
 from compresskit.measure import count_macs
 from compresskit.models import (EMBEDDED_PRESETS, DetectorSpec, build_coco_architecture, build_detector,
                                 checkpoint_spec, load_checkpoint, load_preset, save_checkpoint, shipped_checkpoint)
-from compresskit.models.core import (CoreDetector, DetectorCore, OnnxCore, example_batch, export_core_onnx,
+from compresskit.models.core import (EndToEndDetector, ExportableCore, OnnxCore, example_batch, export_core_onnx,
                                      export_core_program)
 
 SHIPPED = ("teacher", "student", "teacher_pruned")
@@ -39,13 +39,13 @@ def _fpn_inputs(detector: nn.Module) -> list[int]:
 def _assert_same_core_outputs(first: nn.Module, second: nn.Module, size: int = SMALL_IMAGE) -> None:
     batch = example_batch(size)
     with torch.inference_mode():
-        for expected, actual in zip(DetectorCore(first)(batch), DetectorCore(second)(batch), strict=True):
+        for expected, actual in zip(ExportableCore(first)(batch), ExportableCore(second)(batch), strict=True):
             assert expected.numel() > 0 and torch.equal(expected, actual)
 
 
 # --------------------------------------------------------------------------------------------- presets
 def test_student_has_at_most_a_quarter_of_the_teachers_macs():
-    macs = {name: count_macs(DetectorCore(build_detector(spec).eval()), example_batch())
+    macs = {name: count_macs(ExportableCore(build_detector(spec).eval()), example_batch())
             for name, spec in EMBEDDED_PRESETS.items()}
     assert macs["student"] <= macs["teacher"] / 4, macs
 
@@ -99,7 +99,7 @@ def test_torchvision_trunk_trains_detects_splits_and_saves_exactly(torchvision_s
     assert all(math.isfinite(float(value.detach())) for value in losses.values())
     detector.eval().score_thresh = 0.0  # keep many boxes, so the comparison is not trivially empty
     with torch.inference_mode():
-        direct, split = detector(images)[0], CoreDetector(detector)(images)[0]
+        direct, split = detector(images)[0], EndToEndDetector(detector)(images)[0]
     assert len(direct["boxes"]) > 0
     torch.testing.assert_close(direct["boxes"], split["boxes"])
     torch.testing.assert_close(direct["scores"], split["scores"])
@@ -142,16 +142,16 @@ def test_core_detector_reproduces_the_detector_and_exports(tmp_path):
     detector.score_thresh = 0.0  # keep many boxes, so the comparison is not trivially empty
     images = [torch.rand(3, 320, 320)]
     with torch.inference_mode():
-        direct, split = detector(images)[0], CoreDetector(detector)(images)[0]
+        direct, split = detector(images)[0], EndToEndDetector(detector)(images)[0]
     assert len(direct["boxes"]) > 0
     torch.testing.assert_close(direct["boxes"], split["boxes"])
     torch.testing.assert_close(direct["scores"], split["scores"])
-    core = DetectorCore(detector)
+    core = ExportableCore(detector)
     onnx_path = export_core_onnx(core, tmp_path / "core.onnx")
     with torch.inference_mode():
         reference = core(example_batch())
         onnx_outputs = OnnxCore(onnx_path)(example_batch())
-        via_onnx = CoreDetector(detector, OnnxCore(onnx_path))(images)[0]
+        via_onnx = EndToEndDetector(detector, OnnxCore(onnx_path))(images)[0]
     for expected, actual in zip(reference, onnx_outputs):
         torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-3)
     assert len(via_onnx["labels"]) >= 20 and torch.equal(via_onnx["labels"][:20], direct["labels"][:20])
@@ -167,7 +167,7 @@ def test_coco_architectures_split_into_a_core(name):
     detector.transform.min_size, detector.transform.max_size = (240,), 320  # not 800 px: keeps the test quick
     images = [torch.rand(3, 240, 320)]
     with torch.inference_mode():
-        direct, split = detector(images)[0], CoreDetector(detector)(images)[0]
+        direct, split = detector(images)[0], EndToEndDetector(detector)(images)[0]
     assert len(direct["scores"]) > 0
     torch.testing.assert_close(direct["scores"], split["scores"])
     torch.testing.assert_close(direct["boxes"], split["boxes"])

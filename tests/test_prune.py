@@ -19,7 +19,7 @@ from compresskit.errors import CheckpointError
 from compresskit.measure import count_params, serialized_size
 from compresskit.models import (EMBEDDED_PRESETS, architecture_of, build_coco_architecture, build_detector,
                                 load_checkpoint, save_checkpoint)
-from compresskit.models.core import DetectorCore, OnnxCore, example_batch, export_core_onnx
+from compresskit.models.core import ExportableCore, OnnxCore, example_batch, export_core_onnx
 from compresskit.prune import (StructuredConfig, UnstructuredConfig, channel_report, choose_part_ratios,
                                conv_sparsity, core_macs, detector_parts, iterative_prune, make_permanent_,
                                plot_sensitivity, prediction_layers, prune_structured_, prune_unstructured_,
@@ -107,7 +107,7 @@ def test_prediction_layers_keep_their_outputs(name):
         assert set(output) >= {"boxes", "scores", "labels"}
     else:
         with torch.inference_mode():
-            DetectorCore(detector)(example_batch(size))
+            ExportableCore(detector)(example_batch(size))
 
 
 def test_detector_parts_of_the_embedded_fcos():
@@ -186,7 +186,7 @@ def test_pruned_teacher_still_trains_and_detects(pruned_teacher):
 
 def test_pruned_core_exports_to_onnx(pruned_teacher, tmp_path):
     teacher, _ = pruned_teacher
-    core = DetectorCore(teacher).eval()
+    core = ExportableCore(teacher).eval()
     path = export_core_onnx(core, tmp_path / "pruned.onnx")
     with torch.inference_mode():
         reference = core(example_batch())
@@ -237,7 +237,7 @@ class _NotATensor:
 def _assert_same_core_outputs(first: nn.Module, second: nn.Module) -> None:
     batch = example_batch(SMALL)
     with torch.inference_mode():
-        for expected, actual in zip(DetectorCore(first)(batch), DetectorCore(second)(batch), strict=True):
+        for expected, actual in zip(ExportableCore(first)(batch), ExportableCore(second)(batch), strict=True):
             assert expected.numel() > 0 and torch.equal(expected, actual)
 
 

@@ -15,7 +15,7 @@ from compresskit.data import load_split
 from compresskit.engine import evaluate, make_loader
 from compresskit.errors import CheckpointError, CompressKitError, ConfigError
 from compresskit.models import load_preset
-from compresskit.models.core import CoreDetector, DetectorCore, OnnxCore
+from compresskit.models.core import EndToEndDetector, ExportableCore, OnnxCore
 from compresskit.quantize import ort as ort_quant
 from compresskit.measure.environment import VNNI_FLAGS, environment_stamp
 from compresskit.quantize.ort import OrtQuantConfig, choose_activations, choose_reduce_range, quantize_core_onnx
@@ -153,7 +153,7 @@ def test_int8_report_counts_what_onnxruntime_runs_as_int8(student, quantized):
 def test_fp32_file_matches_the_eager_core_and_int8_stays_close(student, quantized, core_batch):
     result, _ = quantized
     with torch.inference_mode():
-        eager = DetectorCore(student[0].eval())(core_batch)
+        eager = ExportableCore(student[0].eval())(core_batch)
     fp32, int8 = OnnxCore(result.fp32_path, threads=1)(core_batch), OnnxCore(result.int8_path, threads=1)(core_batch)
     for reference, exported in zip(eager, fp32):  # compaction and pre-processing change no result
         torch.testing.assert_close(exported, reference, atol=1e-4, rtol=1e-4)
@@ -167,7 +167,7 @@ def test_int8_core_evaluates_end_to_end(student, quantized, tiny_embedded):
     detector, label_map = student
     val = load_split("val", tiny_embedded, label_map=label_map)
     loader = make_loader(val, batch_size=1, train=False)  # a fixed-shape core takes batch 1
-    metrics = {name: evaluate(CoreDetector(detector, OnnxCore(path, threads=1)), loader, label_map, progress=False)
+    metrics = {name: evaluate(EndToEndDetector(detector, OnnxCore(path, threads=1)), loader, label_map, progress=False)
                for name, path in (("fp32", quantized[0].fp32_path), ("int8", quantized[0].int8_path))}
     assert math.isfinite(metrics["int8"]["map"]) and metrics["fp32"]["map"] > 0.1
     assert abs(metrics["int8"]["map"] - metrics["fp32"]["map"]) < 0.1

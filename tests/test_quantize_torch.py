@@ -14,7 +14,7 @@ from compresskit.engine import evaluate, make_loader
 from compresskit.errors import ConfigError
 from compresskit.measure import environment_stamp, serialized_size
 from compresskit.models import EMBEDDED_PRESETS, build_detector, load_preset
-from compresskit.models.core import CoreDetector, DetectorCore, example_batch
+from compresskit.models.core import EndToEndDetector, ExportableCore, example_batch
 from compresskit.quantize.dynamic import (HalfCompute, article_dynamic_quant, fp16_compute, fp16_storage,
                                           fp16_to_float, module_type_counts, torchao_dynamic_quant)
 from compresskit.quantize.pt2e import (Pt2eConfig, needs_reduce_range, prepare_qat_core, quantize_pt2e,
@@ -88,21 +88,21 @@ def test_fp16_storage_halves_the_state_dict_and_round_trips(student):
             assert torch.allclose(restored.state_dict()[name], value, rtol=1e-3, atol=1e-4), name
     with torch.no_grad():
         batch = example_batch(320)
-        for a, b in zip(DetectorCore(detector)(batch), DetectorCore(fp16_to_float(half))(batch)):
+        for a, b in zip(ExportableCore(detector)(batch), ExportableCore(fp16_to_float(half))(batch)):
             assert _relative_error(a, b) < 0.01
 
 
 def test_fp16_compute_runs_the_core_in_half(student):
     detector, _ = student
-    half = fp16_compute(DetectorCore(detector))
+    half = fp16_compute(ExportableCore(detector))
     assert isinstance(half, HalfCompute) and next(half.parameters()).dtype == torch.float16
     batch = example_batch(320)
     with torch.no_grad():
         outputs = half(batch)
-        for a, b in zip(DetectorCore(detector)(batch), outputs):
+        for a, b in zip(ExportableCore(detector)(batch), outputs):
             assert b.dtype == torch.float32 and _relative_error(a, b) < 0.02
         wrapped = fp16_compute(detector)  # a detector: half core, fp32 pre/post-processing (NMS has no Half)
-        assert isinstance(wrapped, CoreDetector)
+        assert isinstance(wrapped, EndToEndDetector)
         detections = wrapped([torch.rand(3, 320, 320)])
     assert detections[0]["boxes"].dtype == torch.float32
     assert next(detector.parameters()).dtype == torch.float32
@@ -136,7 +136,7 @@ def test_separate_call_sites_fixes_prepare_on_reused_modules():
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     torch.manual_seed(0)
-    core = DetectorCore(build_detector(EMBEDDED_PRESETS["student"])).eval()
+    core = ExportableCore(build_detector(EMBEDDED_PRESETS["student"])).eval()
     batch = example_batch(128)
     config = Pt2eConfig(compile=False)
     shared = torch.export.export(core, (batch,)).module()
@@ -174,7 +174,7 @@ def test_quantize_pt2e_student_agrees_with_fp32(student, student_int8, student_b
     assert sum(v.dtype == torch.int8 for v in state.values()) == 28  # one weight per module: the head not copied
     assert not [k for k, v in state.items() if v.is_floating_point() and v.dim() == 4]  # fp32 weights stripped
     with torch.no_grad():
-        reference, outputs = DetectorCore(student[0])(student_batch), student_int8(student_batch)
+        reference, outputs = ExportableCore(student[0])(student_batch), student_int8(student_batch)
     for a, b in zip(reference, outputs):
         assert a.shape == b.shape and 0 < _relative_error(a, b) < INT8_MEAN_RELATIVE_ERROR
     with pytest.raises(ConfigError, match="exported for inputs"):
@@ -183,7 +183,7 @@ def test_quantize_pt2e_student_agrees_with_fp32(student, student_int8, student_b
 
 def test_pt2e_artifact_is_smaller_and_reloads(student, student_int8, student_batch):
     artifact = student_int8.artifact_bytes()
-    assert len(artifact) < 0.6 * serialized_size(DetectorCore(student[0])).bytes
+    assert len(artifact) < 0.6 * serialized_size(ExportableCore(student[0])).bytes
     image = student_batch[:1]
     with torch.no_grad():
         expected = student_int8(image)
@@ -220,7 +220,7 @@ def test_compiled_pt2e_core_runs_int8_kernels(student, student_train, student_ba
     assert "aten::convolution" not in lowered
     assert compiled.summary["untied_weights"] > 0 and compiled.compile_seconds > 0
     with torch.no_grad():
-        reference, outputs = DetectorCore(detector)(student_batch), compiled(student_batch)
+        reference, outputs = ExportableCore(detector)(student_batch), compiled(student_batch)
         simulated = compiled.converted(student_batch[:1])
     for a, b, c in zip(reference, outputs, simulated):
         assert _relative_error(a, b) < INT8_MEAN_RELATIVE_ERROR
@@ -266,7 +266,7 @@ def test_qat_finetune_runs_in_the_engine_and_converts_to_int8(student, student_t
     assert summary["convs"] > 0 and summary["quantized_convs"] == summary["convs"]  # every conv int8
     assert all(torch.equal(value, before[key]) for key, value in detector.state_dict().items())  # untouched
     val = load_split("val", tiny_embedded, label_map=label_map)
-    metrics = evaluate(CoreDetector(detector, result.core), make_loader(val, batch_size=1, train=False), label_map,
+    metrics = evaluate(EndToEndDetector(detector, result.core), make_loader(val, batch_size=1, train=False), label_map,
                        progress=False)
     assert 0.0 <= metrics["map"] <= 1.0
     assert result.as_dict()["qat_config"]["max_iters_per_epoch"] == 2

@@ -1,4 +1,4 @@
-"""Results records (DESIGN §5): validation, merge-by-id, atomic and locked writes, comparisons, tables, figures."""
+"""Results records (docs/method.md, "Results records"): validation, merge-by-id, atomic and locked writes, comparisons, tables, figures."""
 
 from __future__ import annotations
 

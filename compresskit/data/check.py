@@ -1,6 +1,6 @@
 """`compresskit data check`: validate a user's COCO-format dataset before any training run touches it.
 
-Every data problem becomes a :class:`Problem` that names the file, the record and the fix (DESIGN §8), so a
+Every data problem becomes a :class:`Problem` that names the file, the record and the fix (docs/method.md, "Reliability"), so a
 user sees all of them at once instead of the first ``KeyError`` deep inside pycocotools or a DataLoader worker.
 Nothing here raises for bad data; only programmer errors (wrong argument types) propagate. ``main_check`` prints
 problems to stderr and the summary of a clean dataset to stdout, so ``> summary.txt`` keeps only the summary.

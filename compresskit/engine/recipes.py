@@ -219,12 +219,12 @@ def evaluate_preset(name: str, data_dir: Path | str | None = None, checkpoint: P
     # Counting lives in measure, above the engine; it never imports the engine, so this cannot form a cycle.
     from compresskit.measure import count_macs, count_params
     from compresskit.models import load_preset
-    from compresskit.models.core import DetectorCore, example_batch
+    from compresskit.models.core import ExportableCore, example_batch
 
     model, label_map, _ = load_preset(name, checkpoint)
     val_set = load_split("val", data_dir, label_map=label_map)
     metrics = evaluate(model, make_loader(val_set, batch_size=EVAL_BATCH_SIZE, train=False), label_map,
                        progress=progress)
     return {"preset": name, **metrics, "params": count_params(model),
-            "macs": count_macs(DetectorCore(model), example_batch(model.transform.min_size[0])),
+            "macs": count_macs(ExportableCore(model), example_batch(model.transform.min_size[0])),
             "images": len(val_set)}

@@ -53,11 +53,11 @@ def _kd_loss_on_teacher(detector: nn.Module, images: Sequence[Any]) -> str:
     import torch
 
     from compresskit.distill import article_kd_loss, sigmoid_kd_loss, soft_targets_summary
-    from compresskit.models.core import DetectorCore
+    from compresskit.models.core import ExportableCore
 
     with torch.no_grad():
         batch, _ = detector.transform(list(images))
-        logits = DetectorCore(detector)(batch.tensors)[0]
+        logits = ExportableCore(detector)(batch.tensors)[0]
     article = article_kd_loss(logits, logits, temperature=2.0).item()
     sigmoid = sigmoid_kd_loss(logits, logits, temperature=2.0).item()
     summary = soft_targets_summary(logits, temperature=2.0)

@@ -1,5 +1,5 @@
 """Profile-aware loading for studies: the detector and the data come from the same profile, and the records say
-which one (DESIGN section 4). Lessons and ``compresskit reproduce`` load through here, never around it.
+which one (docs/method.md, "Two profiles"). Lessons and ``compresskit reproduce`` load through here, never around it.
 Introduced in ``01_baseline_detectors.ipynb``.
 """
 

@@ -175,11 +175,11 @@ def measure_pt2e(study: Study, detector: nn.Module, calibration_set, calibration
     import torch
 
     from compresskit.models import shipped_checkpoint
-    from compresskit.models.core import DetectorCore
+    from compresskit.models.core import ExportableCore
     from compresskit.quantize.pt2e import Pt2eConfig, quantize_pt2e
 
     pt2e = quantize_pt2e(detector, calibration_set, Pt2eConfig(calibration_images=calibration_images))
-    fp32_core = SingleImageCore(torch.compile(copy.deepcopy(DetectorCore(detector)).eval(), dynamic=False))
+    fp32_core = SingleImageCore(torch.compile(copy.deepcopy(ExportableCore(detector)).eval(), dynamic=False))
     fp32 = study.measure(detector, f"quantization/{study.model}/compile-fp32", technique="baseline",
                          runtime="torch-compile", core=fp32_core, variant="fp32 core, torch.compile (inductor)")
     summary = {key: value for key, value in pt2e.summary.items() if key != "lowered"}

@@ -29,7 +29,7 @@ class Measure(NamedTuple):
 
 def _paired_speedup(record: Mapping[str, Any], baseline: Mapping[str, Any]) -> float | None:
     comparison = compare(record, baseline)
-    # Only a paired (interleaved) speed-up counts: sequential medians drift on a busy machine (DESIGN §7).
+    # Only a paired (interleaved) speed-up counts: sequential medians drift on a busy machine (docs/method.md, "Measurement").
     return comparison["latency_speedup"] if comparison["latency_interval"] is not None else None
 
 

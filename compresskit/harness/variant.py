@@ -1,4 +1,4 @@
-"""Measure one detector variant end to end and turn it into a results record (DESIGN sections 5 and 7).
+"""Measure one detector variant end to end and turn it into a results record (docs/method.md: records, measurement).
 
 Every lesson and command measures the same way: COCO mAP through the kit's evaluator; params and non-zero params
 of the detector; MACs of its exportable core on one image; the size of the artifact a user would ship (the
@@ -24,7 +24,7 @@ from torch import nn
 from compresskit.engine import METRIC_NAMES, evaluate
 from compresskit.measure import (compare_latency, count_macs, count_nonzero_params, count_params, measure_latency,
                                  serialized_size)
-from compresskit.models.core import CoreDetector, DetectorCore, OnnxCore, example_batch, export_core_onnx
+from compresskit.models.core import EndToEndDetector, ExportableCore, OnnxCore, example_batch, export_core_onnx
 from compresskit.report import make_record
 from compresskit.settings import latency_runs, reports_dir, threads as resolve_threads
 
@@ -136,7 +136,7 @@ def _safe_name(record_id: str) -> str:
 
 
 def runner_for(detector: nn.Module, record_id: str, runtime: str, core: Any = None,
-               threads: int | None = None, artifacts: Path | None = None) -> tuple[CoreDetector, Any]:
+               threads: int | None = None, artifacts: Path | None = None) -> tuple[EndToEndDetector, Any]:
     """The end-to-end callable measured for ``runtime`` and the file or object whose size is shipped.
 
     Returns:
@@ -149,11 +149,11 @@ def runner_for(detector: nn.Module, record_id: str, runtime: str, core: Any = No
     if runtime == "torch-compile" and core is None:
         raise ValueError("a torch-compile record needs its compiled core (core=...)")
     if runtime == "onnxruntime" and core is None:
-        onnx_path = export_core_onnx(DetectorCore(detector),
+        onnx_path = export_core_onnx(ExportableCore(detector),
                                      (artifacts or artifact_dir()) / f"{_safe_name(record_id)}.onnx")
         core = OnnxCore(onnx_path, threads=threads)
     artifact = core.path if isinstance(core, OnnxCore) else detector
-    return CoreDetector(detector, core), artifact
+    return EndToEndDetector(detector, core), artifact
 
 
 @dataclass
@@ -170,7 +170,7 @@ class Study:
         profile: the data profile the detector *and* the data were actually loaded from.
         val_loader: evaluation loader; label_map: the detector's label <-> category-id mapping.
         threads: torch/ORT threads for latency (default: ``COMPRESSKIT_THREADS``, else 2).
-        runs: timed runs (pairs for a comparison), >= 30 per DESIGN (default: ``COMPRESSKIT_LATENCY_RUNS``, else 30).
+        runs: timed runs (pairs for a comparison), >= 30 for a reported number (docs/method.md) (default: ``COMPRESSKIT_LATENCY_RUNS``, else 30).
         log: called with one line per measured record (``print`` for progress; None for silence).
         artifacts: where exported ONNX files go (default: :func:`artifact_dir`, beside ``COMPRESSKIT_REPORTS``).
         calibrations: keys of the activation ranges this study calibrated and keeps in a file for its later
@@ -270,7 +270,7 @@ class Study:
             id=record_id, lesson=self.lesson, technique=technique, model=model or self.model, runtime=runtime,
             profile=self.profile, metrics=metrics, variant=variant, baseline=baseline,
             params=count_params(detector), nonzero_params=count_nonzero_params(detector),
-            macs=count_macs(DetectorCore(detector), example_batch(hw)),
+            macs=count_macs(ExportableCore(detector), example_batch(hw)),
             size=serialized_size(artifact if artifact is not None else default_artifact,
                                  gzip_too=not (stand_in_weights or recorded_metrics is not None)),
             latency=latency.as_record(hw), paired_latency=paired, train_seconds=train_seconds, config=config)
@@ -281,7 +281,7 @@ class Study:
             self.log(describe(record))
         return record
 
-    def _evaluate(self, runner: CoreDetector, detector: nn.Module, runtime: str, core: Any, record_id: str,
+    def _evaluate(self, runner: EndToEndDetector, detector: nn.Module, runtime: str, core: Any, record_id: str,
                   label_map: Any) -> dict:
         key = _evaluation_key(detector, core, runtime, self.val_loader, label_map, self.threads) \
             if _reused is not None else None

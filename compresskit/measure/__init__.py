@@ -1,7 +1,7 @@
 """One measuring harness for every variant: parameters, MACs, serialized size, CPU latency, environment.
 
 Counting only: every lesson measures through these functions so that numbers from different techniques are
-comparable (DESIGN §7); tables and figures of the results live in :mod:`compresskit.report`.
+comparable (docs/method.md, "Measurement"); tables and figures of the results live in :mod:`compresskit.report`.
 Introduced in ``01_baseline_detectors.ipynb``. The rooms:
 
 - :mod:`~compresskit.measure.counts`: :func:`count_params`, :func:`count_nonzero_params`, :func:`count_macs`;

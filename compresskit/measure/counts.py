@@ -1,6 +1,6 @@
 """Counting a model's weights and work: parameters, non-zero parameters and multiply-accumulates (MACs).
 
-The same counters serve every technique so that counts are comparable (DESIGN §7); see the package docstring for
+The same counters serve every technique so that counts are comparable (docs/method.md, "Measurement"); see the package docstring for
 the calling convention of :func:`count_macs`. Introduced in ``01_baseline_detectors.ipynb``.
 """
 

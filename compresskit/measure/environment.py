@@ -1,7 +1,7 @@
 """The environment stamp stored with every results file: package versions, CPU model and ISA flags, threads.
 
 int8 speed-ups depend on VNNI/AMX, so a number is only read together with the machine that produced it
-(DESIGN §5). Introduced in ``01_baseline_detectors.ipynb``.
+(docs/method.md, "Results records"). Introduced in ``01_baseline_detectors.ipynb``.
 """
 
 from __future__ import annotations

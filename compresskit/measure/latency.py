@@ -1,7 +1,7 @@
 """CPU latency: one callable timed alone (:func:`measure_latency`) or two interleaved (:func:`compare_latency`).
 
 Holds the timing summaries :class:`Latency` and :class:`PairedLatency` and the noise rules a reader can apply by eye
-(``NOISY_P90_OVER_MEDIAN`` for one callable, :func:`interval_is_noisy` for a paired speed-up; DESIGN §7). Inputs
+(``NOISY_P90_OVER_MEDIAN`` for one callable, :func:`interval_is_noisy` for a paired speed-up; docs/method.md, "Measurement"). Inputs
 follow the package's calling convention (see :mod:`compresskit.measure`). ONNX Runtime sessions are built with
 :func:`onnxruntime_session`, re-exported here. Introduced in ``01_baseline_detectors.ipynb``.
 """
@@ -47,7 +47,7 @@ class Latency:
         return self.median_ms > 0 and self.p90_ms / self.median_ms > NOISY_P90_OVER_MEDIAN
 
     def as_record(self, input_hw: Sequence[int]) -> dict[str, Any]:
-        """The ``latency_ms`` entry of a results record (DESIGN §5).
+        """The ``latency_ms`` entry of a results record (docs/method.md, "Results records").
 
         Args:
             input_hw: the (height, width) of the measured input.
@@ -111,7 +111,7 @@ class PairedLatency:
         return self.high < at_least
 
     def as_record(self, baseline_id: str) -> dict[str, Any]:
-        """The ``paired_latency`` entry of a results record (DESIGN §5).
+        """The ``paired_latency`` entry of a results record (docs/method.md, "Results records").
 
         Args:
             baseline_id: id of the baseline record, which must be the record's own ``baseline``.
@@ -173,7 +173,7 @@ def measure_latency(fn: Callable[..., Any], inputs: Any, *, warmup: int = 5, run
         fn: the callable to time (a model, a compiled model, or a lambda calling an ORT session).
         inputs: a tuple of positional inputs or a single input (see :mod:`compresskit.measure`).
         warmup: untimed calls first (caches, allocator, torch.compile, ORT's first-run setup).
-        runs: timed calls; DESIGN §7 asks for at least 30.
+        runs: timed calls; a reported number takes at least 30 (docs/method.md).
         threads: torch intra-op threads during the measurement (default: ``COMPRESSKIT_THREADS``, else 2).
         batch: batch size to record; inferred from a 4-D first input or a list of images when omitted.
 
@@ -206,7 +206,7 @@ def _bootstrap_median_interval(ratios: np.ndarray, *, seed: int,
 def compare_latency(baseline_fn: Callable[..., Any], candidate_fn: Callable[..., Any], inputs: Any, *,
                     candidate_inputs: Any = None, warmup: int = 5, pairs: int = 30, threads: int | None = None,
                     batch: int | None = None, seed: int = 0) -> PairedLatency:
-    """Speed-up of ``candidate_fn`` over ``baseline_fn`` from interleaved timed runs (DESIGN §7).
+    """Speed-up of ``candidate_fn`` over ``baseline_fn`` from interleaved timed runs (docs/method.md, "Measurement").
 
     Both sides are warmed up, then timed in ``pairs`` pairs: baseline then candidate in even pairs, candidate
     then baseline in odd ones, so whatever favours the first (or second) call of a pair cancels out, and load
@@ -219,7 +219,7 @@ def compare_latency(baseline_fn: Callable[..., Any], candidate_fn: Callable[...,
         candidate_inputs: the candidate's own input when it takes another form of the same data (e.g. a NumPy
             array for an ONNX Runtime session); ``inputs`` when None.
         warmup: untimed calls of each side first.
-        pairs: timed pairs; DESIGN §7 asks for at least 30.
+        pairs: timed pairs; a reported number takes at least 30 (docs/method.md).
         threads: torch intra-op threads during the measurement (default: ``COMPRESSKIT_THREADS``, else 2;
             ORT sessions keep their own).
         batch: batch size to record; inferred from each side's input when omitted.

@@ -1,6 +1,6 @@
 """Serialized size of what a user ships: raw bytes and gzip (level 6) bytes of a model, state_dict or file.
 
-Unstructured sparsity shows in the gzip size only, so both are recorded (DESIGN §5, §7).
+Unstructured sparsity shows in the gzip size only, so both are recorded (docs/method.md: records, measurement).
 Introduced in ``01_baseline_detectors.ipynb``.
 """
 

@@ -1,4 +1,4 @@
-"""The checkpoint format of the kit: plain, pruned and fine-tuned detectors alike (DESIGN section 8).
+"""The checkpoint format of the kit: plain, pruned and fine-tuned detectors alike (docs/method.md, "Reliability").
 
 A file of the kit's own FCOS detectors holds ``spec`` (the :class:`DetectorSpec`), ``label_map``, ``architecture``
 (the channel counts of every Conv2d, BatchNorm2d, FrozenBatchNorm2d, GroupNorm and Linear: plain numbers),
@@ -28,7 +28,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from compresskit.data.dataset import LabelMap
 from compresskit.data.files import atomic_write_bytes
 from compresskit.errors import CheckpointError, CompressKitError
-from compresskit.models.core import DetectorCore, example_batch
+from compresskit.models.core import ExportableCore, example_batch
 from compresskit.models.presets import EMBEDDED_PRESETS, DetectorSpec, build_detector, load_coco_pretrained
 
 # The attributes that fix each layer type's parameter shapes. FrozenBatchNorm2d has no num_features attribute:
@@ -230,7 +230,7 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, LabelMap, dict]:
         detector.eval()
         if not torchvision_kind:
             with torch.inference_mode():  # catches channel counts that fit the tensors but not each other
-                DetectorCore(detector)(example_batch(DRY_RUN_SIZE))
+                ExportableCore(detector)(example_batch(DRY_RUN_SIZE))
         label_map = LabelMap.from_json(payload["label_map"])
     except Exception as exc:
         writer = "save_torchvision_checkpoint" if torchvision_kind else "save_checkpoint"

@@ -1,7 +1,7 @@
 """Split a single-stage detector into an exportable tensor **core** and its eager pre/post-processing.
 
 The core is ``backbone + FPN + head``: an image batch tensor in, head tensors out — all the convolutions, so it
-is what pruning, quantization and ONNX export act on. :class:`CoreDetector` puts any core (the eager module, an
+is what pruning, quantization and ONNX export act on. :class:`EndToEndDetector` puts any core (the eager module, an
 ONNX Runtime session, a quantized graph) back between torchvision's own transform and post-processing, so every
 variant is evaluated end to end by the same evaluator. Works for torchvision's FCOS, RetinaNet and SSD classes.
 Introduced in ``01_baseline_detectors.ipynb``.
@@ -33,7 +33,7 @@ def head_output_names(detector: nn.Module) -> tuple[str, ...]:
                     "two-stage detectors such as Faster R-CNN keep proposals in eager code and have no single core")
 
 
-class DetectorCore(nn.Module):
+class ExportableCore(nn.Module):
     """``backbone`` + ``head`` of a single-stage detector: normalised, padded batch ``(N, 3, H, W)`` -> tuple of
     head tensors (names in ``output_names``). Shares its modules with the detector (no copy)."""
 
@@ -51,20 +51,20 @@ class DetectorCore(nn.Module):
         return tuple(outputs[name] for name in self.output_names)
 
 
-class CoreDetector(nn.Module):
+class EndToEndDetector(nn.Module):
     """A detector evaluated through a replaceable core: ``transform -> core -> anchors + post-processing``.
 
     Args:
         detector: the float torchvision detector; its transform, anchor generator and post-processing are reused,
             and its backbone tells the feature-map sizes (probed once per input size).
-        core: any callable ``batch -> tuple of tensors`` (default: the detector's own :class:`DetectorCore`).
+        core: any callable ``batch -> tuple of tensors`` (default: the detector's own :class:`ExportableCore`).
     """
 
     def __init__(self, detector: nn.Module, core: Callable | None = None) -> None:
         super().__init__()
         self.detector = detector
         self.output_names = head_output_names(detector)
-        self.core = core if core is not None else DetectorCore(detector)
+        self.core = core if core is not None else ExportableCore(detector)
         self._feature_shapes: dict[tuple[int, int], list[tuple[int, int]]] = {}
 
     def feature_shapes(self, height: int, width: int) -> list[tuple[int, int]]:

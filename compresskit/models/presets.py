@@ -84,7 +84,7 @@ EMBEDDED_PRESETS: dict[str, DetectorSpec] = {
     "student": DetectorSpec(widths=[16, 24, 48, 96, 192], depths=[1, 1, 1, 1], fpn_channels=64, head_convs=2),
 }
 
-# Single-stage models first: their whole convolutional compute is one exportable core (DESIGN section 4).
+# Single-stage models first: their whole convolutional compute is one exportable core (docs/method.md, "Two profiles").
 COCO_PRESETS: dict[str, str] = {
     "teacher": "retinanet_resnet50_fpn_v2",
     "student": "ssdlite320_mobilenet_v3_large",

@@ -23,7 +23,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from compresskit.errors import ConfigError
 from compresskit.measure import count_macs
-from compresskit.models.core import DetectorCore, example_batch
+from compresskit.models.core import ExportableCore, example_batch
 
 SINGLE_STAGE = (FCOS, RetinaNet, SSD)
 # What detector_parts returns for the embedded FCOS presets (teacher and student): the names the CLI accepts in
@@ -172,10 +172,10 @@ class _BackboneCore(nn.Module):
 
 
 def prunable_core(detector: nn.Module) -> nn.Module:
-    """The tensor module structured pruning acts on: the :class:`DetectorCore` of a single-stage detector,
+    """The tensor module structured pruning acts on: the :class:`ExportableCore` of a single-stage detector,
     the backbone (trunk + FPN) of a two-stage one. It shares its modules with ``detector``."""
     if isinstance(detector, SINGLE_STAGE):
-        core = DetectorCore(detector)
+        core = ExportableCore(detector)
     elif isinstance(detector, FasterRCNN):
         core = _BackboneCore(detector.backbone)
     else:
@@ -356,7 +356,7 @@ class ChannelPruner:
 def prune_structured_(detector: nn.Module, config: StructuredConfig | None = None) -> nn.Module:
     """Remove channels from ``detector`` in place: the model really gets narrower (fewer MACs, faster).
 
-    Single-stage detectors (FCOS, RetinaNet, SSD) are traced through their :class:`DetectorCore`, so trunk, FPN
+    Single-stage detectors (FCOS, RetinaNet, SSD) are traced through their :class:`ExportableCore`, so trunk, FPN
     and head towers all shrink, and only :func:`prediction_layers` keep their outputs. For Faster R-CNN only the
     backbone is pruned and the FPN's output width stays (see ``_frozen_layers``). GroupNorm layers lose whole
     groups, so their width moves in steps of ``lcm(channels per group, round_to)``.

@@ -28,7 +28,7 @@ from compresskit.engine import (TrainConfig, evaluate, fit, frozen_head_statisti
                                 ship_checkpoint)
 from compresskit.errors import CompressKitError, ConfigError
 from compresskit.models import EMBEDDED_PRESETS, DetectorSpec, checkpoint_spec, load_preset, shipped_checkpoint
-from compresskit.models.core import DetectorCore
+from compresskit.models.core import ExportableCore
 from compresskit.quantize.calibration import calibration_batches
 
 CALIBRATION_IMAGES = 64  # train images whose head activations set the BatchNorm statistics
@@ -75,7 +75,7 @@ def measure_head_statistics_(detector: nn.Module, calibration_dataset, images: i
         norm.reset_running_stats()
         norm.momentum = None
         norm.train()
-    core = DetectorCore(detector)
+    core = ExportableCore(detector)
     try:
         for batch in _stacked(inputs, STATISTICS_BATCH):
             core(batch.to(device))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compresskit.models.core import CoreDetector, DetectorCore, head_output_names
+from compresskit.models.core import EndToEndDetector, ExportableCore, head_output_names
 
 ARTICLE_MODULE_TYPES = (nn.Linear, nn.Conv2d)  # the set the article passes to quantize_dynamic
 
@@ -183,17 +183,17 @@ def fp16_compute(model: nn.Module) -> nn.Module:
     expect this to be *slower* than fp32: measure it with :func:`compresskit.measure.compare_latency`.
 
     Args:
-        model: a float module with tensor inputs (e.g. a :class:`~compresskit.models.core.DetectorCore`), or a
+        model: a float module with tensor inputs (e.g. a :class:`~compresskit.models.core.ExportableCore`), or a
             torchvision single-stage detector. A detector's NMS has no Half kernel on the CPU, so for a detector
             only its core (backbone + head) is halved and it is returned inside a
-            :class:`~compresskit.models.core.CoreDetector` whose pre/post-processing stays fp32 (shared with
+            :class:`~compresskit.models.core.EndToEndDetector` whose pre/post-processing stays fp32 (shared with
             ``model``, not copied).
     Returns:
-        A :class:`HalfCompute` wrapping a half copy, or a ``CoreDetector`` around one for a detector.
+        A :class:`HalfCompute` wrapping a half copy, or a ``EndToEndDetector`` around one for a detector.
     """
     try:
         head_output_names(model)
     except TypeError:
         return HalfCompute(copy.deepcopy(model).eval().half())
-    core = copy.deepcopy(DetectorCore(model)).eval().half()
-    return CoreDetector(model, core=HalfCompute(core))
+    core = copy.deepcopy(ExportableCore(model)).eval().half()
+    return EndToEndDetector(model, core=HalfCompute(core))

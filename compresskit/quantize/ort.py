@@ -25,7 +25,7 @@ from torch import nn
 
 from compresskit.errors import ConfigError
 from compresskit.measure.environment import has_vnni
-from compresskit.models.core import DetectorCore, export_core_onnx
+from compresskit.models.core import ExportableCore, export_core_onnx
 from compresskit.quantize.calibration import calibration_batches
 from compresskit.quantize.profile import excluded_node_names, require_onnxruntime
 
@@ -344,7 +344,7 @@ def quantize_core_onnx(detector: nn.Module, calibration_dataset, config: OrtQuan
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="compresskit-ort-") as tmp:
         exported, prepared, quantized = (Path(tmp) / name for name in ("export.onnx", "pre.onnx", "int8.onnx"))
-        export_core_onnx(DetectorCore(work_detector), exported, example=batches[0].clone())  # no inference tensor
+        export_core_onnx(ExportableCore(work_detector), exported, example=batches[0].clone())  # no inference tensor
         input_shape: tuple[int | None, ...] = (None, 3, None, None)
         if config.fixed_shape:
             input_shape = (1, 3, height, width)

@@ -38,7 +38,7 @@ from torch import nn
 
 from compresskit.errors import ConfigError
 from compresskit.measure.environment import has_vnni
-from compresskit.models.core import DetectorCore
+from compresskit.models.core import ExportableCore
 from compresskit.quantize.calibration import calibration_batches
 
 ONEDNN_CAPS_WITHOUT_VNNI = ("SSE41", "AVX", "AVX2", "AVX512_CORE")  # ONEDNN_MAX_CPU_ISA values below VNNI
@@ -236,7 +236,7 @@ def lowered_conv_ops(fn: Callable, batch: torch.Tensor) -> dict[str, int]:
 
 @dataclass
 class Pt2eCore:
-    """A PT2E-quantized core: ``batch (N, 3, H, W) -> tuple of head tensors``, usable by ``CoreDetector``.
+    """A PT2E-quantized core: ``batch (N, 3, H, W) -> tuple of head tensors``, usable by ``EndToEndDetector``.
 
     The graph was exported at one input shape, so inputs must have that height and width; a batch of N images
     runs as N single-image calls (the shape quantization and latency are measured at).
@@ -249,7 +249,7 @@ class Pt2eCore:
         compile_seconds: time of the first (compiling) call; None when not compiled.
         summary: :func:`quantized_conv_count` of ``converted``, ``untied_weights`` and, when compiled,
             ``lowered`` (:func:`lowered_conv_ops` of the runner).
-        output_names: names of the head tensors, as on :class:`~compresskit.models.core.DetectorCore`.
+        output_names: names of the head tensors, as on :class:`~compresskit.models.core.ExportableCore`.
     """
 
     converted: torch.fx.GraphModule
@@ -306,7 +306,7 @@ def quantize_pt2e(detector: nn.Module, calibration_dataset, config: Pt2eConfig |
         calibration_dataset: the **train** split; ``config.calibration_images`` of its images are used.
         config: see :class:`Pt2eConfig` (defaults when None).
     Returns:
-        A :class:`Pt2eCore`; put it back into a detector with ``CoreDetector(detector, core)``.
+        A :class:`Pt2eCore`; put it back into a detector with ``EndToEndDetector(detector, core)``.
     Raises:
         ConfigError: more calibration images than the split has.
     """
@@ -320,7 +320,7 @@ def quantize_pt2e(detector: nn.Module, calibration_dataset, config: Pt2eConfig |
                                                 seed=config.seed))
     for module, training in modes.items():  # calibration_batches switched the detector to eval
         module.training = training
-    core = copy.deepcopy(DetectorCore(detector)).eval()
+    core = copy.deepcopy(ExportableCore(detector)).eval()
     prepared = prepare_pt2e(export_for_quantization(core, example=batches[0]), x86_quantizer(config))
     with torch.no_grad():
         for batch in batches:
@@ -364,6 +364,6 @@ def prepare_qat_core(detector: nn.Module, example: torch.Tensor, config: Pt2eCon
     """
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    core = copy.deepcopy(DetectorCore(detector)).train()
+    core = copy.deepcopy(ExportableCore(detector)).train()
     quantizer = x86_quantizer(config or Pt2eConfig(), qat=True)
     return prepare_qat_pt2e(export_for_quantization(core, example=example), quantizer)

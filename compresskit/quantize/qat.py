@@ -28,7 +28,7 @@ from torch import nn
 
 from compresskit.engine import TrainConfig, fit
 from compresskit.errors import ConfigError
-from compresskit.models.core import CoreDetector
+from compresskit.models.core import EndToEndDetector
 from compresskit.quantize.pt2e import Pt2eConfig, Pt2eCore, lower_converted, needs_reduce_range, prepare_qat_core
 
 
@@ -68,7 +68,7 @@ class QatConfig:
                            warmup_iters=self.warmup_iters, seed=self.seed, eval_every=0)
 
 
-class QatDetector(CoreDetector):
+class QatDetector(EndToEndDetector):
     """``detector``'s transform, anchors, loss and post-processing around a fake-quant core (see module doc).
 
     Training mode returns the detector's loss dict (what ``engine.fit`` expects); eval mode returns detections.
@@ -78,7 +78,7 @@ class QatDetector(CoreDetector):
 
     def __init__(self, detector: nn.Module, qat_core: torch.fx.GraphModule, input_size: int) -> None:
         super().__init__(detector, core=self.run_core)
-        del self.detector  # registered by CoreDetector; kept as a plain attribute instead (see class doc)
+        del self.detector  # registered by EndToEndDetector; kept as a plain attribute instead (see class doc)
         object.__setattr__(self, "detector", detector)
         self.qat_core = qat_core
         self.input_size = input_size
@@ -149,7 +149,7 @@ def qat_finetune(detector: nn.Module, train_dataset, out_dir: Path | str, config
         config: see :class:`QatConfig`.
 
     Returns:
-        A :class:`QatResult`; evaluate ``CoreDetector(detector, result.core)`` like a PTQ core.
+        A :class:`QatResult`; evaluate ``EndToEndDetector(detector, result.core)`` like a PTQ core.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 

@@ -1,4 +1,4 @@
-"""Results records, their comparisons, tables and figures (DESIGN section 5 is the contract for the records)."""
+"""Results records, their comparisons, tables and figures (docs/method.md, "Results records", is their contract)."""
 
 from compresskit.report.check import CheckOutcome, check_against_reference
 from compresskit.report.comparisons import compare, latency_median, latency_noisy

@@ -4,7 +4,7 @@ What must reproduce on any machine: mAP (COCOeval on CPU is deterministic for on
 ``MAP_TOLERANCE``, the counts (params, non-zero params, MACs) exactly (non-zero params only where the weights are
 the variant's own, not a stand-in for a checkpoint the package does not ship), and the shipped file's size within
 ``SIZE_TOLERANCE`` (serializers of other versions write a few bytes more or less). Latency belongs to the machine
-and its load (DESIGN §7): its ratios are printed beside the reference's and never fail the check. So does the mAP
+and its load (docs/method.md, "Measurement"): its ratios are printed beside the reference's and never fail the check. So does the mAP
 of an int8 record when one document comes from a CPU with VNNI and the other from one without: the two run
 different int8 arithmetic (without VNNI, uint8 x int8 sums saturate, so the kit quantizes weights to 7 bits there),
 so their accuracies are printed side by side instead of compared. A variant that a study *chose* by int8 accuracy

@@ -1,4 +1,4 @@
-"""Comparisons of a record with its baseline (DESIGN §5): ratios, paired speed-ups, and whether timings are noisy.
+"""Comparisons of a record with its baseline (docs/method.md, "Results records"): ratios, paired speed-ups, and whether timings are noisy.
 
 Ratios are only ever computed against the record named by ``baseline``, measured in the same run.
 Introduced in ``01_baseline_detectors.ipynb``.

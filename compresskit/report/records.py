@@ -1,4 +1,4 @@
-"""Results records (DESIGN §5, a contract): build, validate, read, merge-write atomically, tabulate as a frame.
+"""Results records (a contract: docs/method.md, "Results records"): build, validate, read, merge-write atomically, tabulate as a frame.
 
 Every measured variant becomes one record keyed by ``id``; a rerun replaces its own records and never
 touches others. A record names the ``baseline`` it is compared against, measured in the same run (comparisons
@@ -41,7 +41,7 @@ RUNTIMES = ("torch-eager", "torch-compile", "onnxruntime")
 
 
 class ResultsFileError(CompressKitError, ValueError):
-    """A results file or record breaks the DESIGN §5 contract; the message names the file or record and the fix."""
+    """A results file or record breaks the records contract (docs/method.md); the message names the file or record and the fix."""
 
 
 # The two data profiles, plus "custom": a dataset of the user's own (its records name the dataset in their config).
@@ -97,7 +97,7 @@ def make_record(*, id: str, lesson: str, profile: str, technique: str, model: st
                 size: measure.SizeInfo | Sequence[int] | None = None, latency: Mapping[str, Any] | None = None,
                 paired_latency: Mapping[str, Any] | None = None, train_seconds: float | None = None,
                 config: Any = None) -> dict[str, Any]:
-    """Build one validated results record with exactly the DESIGN §5 fields.
+    """Build one validated results record with exactly the fields of the records contract (docs/method.md).
 
     Args:
         id: unique key, e.g. ``"quantization/teacher/ort-int8"``; a rerun with the same id replaces it.
