@@ -55,6 +55,7 @@ def bootstrap(seed: int = 0, threads: int | None = None, verbose: bool = True) -
     from compresskit import measure, settings
 
     _inline_figures()
+    settings.quiet_library_notices()  # lessons import torchao themselves, too
     settings.seed_everything(seed)
     threads = settings.threads(threads)
     torch.set_num_threads(threads)

@@ -169,3 +169,22 @@ def test_shown_path_is_relative_inside_the_checkout(tmp_path):
 def test_shown_path_writes_the_home_folder_as_a_tilde(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert settings.shown_path(tmp_path / ".cache" / "w.pth") == str(Path("~") / ".cache" / "w.pth")
+
+
+def test_torchaos_enum_notice_is_dropped_and_other_pytree_records_pass(caplog):
+    import logging
+
+    # In a fresh process, importing the kit's quantization room and then torchao prints no pytree notice.
+    script = "import compresskit.quantize\nimport torchao.quantization.pt2e.quantize_pt2e\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Enum subclass" not in result.stderr
+
+    settings.quiet_library_notices()
+    settings.quiet_library_notices()  # idempotent: one filter
+    logger = logging.getLogger("torch.utils._pytree")
+    assert logger.filters.count(settings._not_torchao_enum_notice) == 1
+    with caplog.at_level(logging.WARNING, logger="torch.utils._pytree"):
+        logger.warning("%s is an Enum subclass and is now natively supported by torch.compile as ...", "X")
+        logger.warning("some other pytree notice")
+    assert [record.getMessage() for record in caplog.records] == ["some other pytree notice"]

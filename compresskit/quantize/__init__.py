@@ -16,7 +16,11 @@
 Introduced in ``03_quantization.ipynb``.
 """
 
-from compresskit.quantize.calibration import calibration_batches, calibration_indices
+from compresskit.settings import quiet_library_notices
+
+quiet_library_notices()  # before torchao is first imported
+
+from compresskit.quantize.calibration import calibration_batches, calibration_indices  # noqa: E402
 from compresskit.quantize.dynamic import (DynamicQuantResult, article_dynamic_quant, fp16_compute, fp16_storage,
                                           fp16_to_float, torchao_dynamic_quant)
 from compresskit.quantize.ort import (OrtQuantConfig, QuantizedCore, choose_activations, choose_reduce_range,
