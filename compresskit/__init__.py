@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-SUBMODULES = ("data", "models", "engine", "measure", "report", "prune", "quantize", "distill", "backbones", "harness",
-              "settings", "viz", "errors")
+SUBMODULES = ("data", "models", "runtimes", "engine", "measure", "report", "prune", "quantize", "distill", "backbones",
+              "harness", "settings", "errors")
 
 __all__ = ["__version__", "bootstrap", *SUBMODULES]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the submodules; at run time __getattr__ loads them
     from compresskit import (backbones, data, distill, engine, errors, harness, measure, models,  # noqa: F401
-                             prune, quantize, report, settings, viz)
+                             prune, quantize, report, runtimes, settings)
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -34,6 +34,15 @@ def coco_tiny(tmp_path_factory) -> Path:
     return real_coco_tiny() or make_fake_coco(tmp_path_factory.mktemp("fake-coco"))
 
 
+@pytest.fixture(scope="module")
+def student():
+    """The shipped student detector (eval mode) and its label map, loaded once per test module."""
+    from compresskit.models import load_preset
+
+    detector, label_map, _ = load_preset("student")
+    return detector, label_map
+
+
 @pytest.fixture(scope="session")
 def tiny_embedded(tmp_path_factory) -> Path:
     """A small embedded dataset (24 train, 8 val images) generated once per test session."""

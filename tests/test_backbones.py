@@ -18,8 +18,9 @@ from compresskit.engine import TrainConfig, evaluate, make_loader, val_subset
 from compresskit.errors import CompressKitError, ConfigError, DownloadError
 from compresskit.measure import count_macs
 from compresskit.models import EMBEDDED_PRESETS, build_detector, load_checkpoint
-from compresskit.models.core import ExportableCore, OnnxCore, example_batch, export_core_onnx
+from compresskit.models.core import ExportableCore, example_batch, export_core_onnx
 from compresskit.models.trunks import classification_model, feature_nodes
+from compresskit.runtimes import OnnxCore
 
 TEACHER = EMBEDDED_PRESETS["teacher"]
 

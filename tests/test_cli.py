@@ -244,13 +244,24 @@ def test_distill_rejects_a_teacher_with_another_label_map(tiny_embedded, tmp_pat
 
 
 def test_prune_kd_runs_the_distilled_recovery(monkeypatch, tmp_path):
-    import compresskit.distill as distill
+    import copy
 
-    distill_pruned = _Calls(result=tmp_path / "teacher_pruned_kd.pt")
-    monkeypatch.setattr(distill, "distill_pruned", distill_pruned)
+    import compresskit.prune as prune
+    from compresskit.distill import Distiller, KDConfig
+    from compresskit.models import load_preset
+
+    prune_and_finetune = _Calls(result=tmp_path / "teacher_pruned_kd.pt")
+    monkeypatch.setattr(prune, "prune_and_finetune", prune_and_finetune)
     assert main(["prune", "--kd", "--out", str(tmp_path)]) == 0
-    (args, kwargs), = distill_pruned.calls
-    assert args == (tmp_path,) and kwargs["name"] == "teacher_pruned_kd" and kwargs["teacher"] == "teacher"
+    assert main(["prune", "--out", str(tmp_path)]) == 0
+    (args, kwargs), (_, plain) = prune_and_finetune.calls
+    assert args == (tmp_path,) and kwargs["name"] == "teacher_pruned_kd" and kwargs["preset"] == "teacher"
+    assert plain["name"] == "teacher_pruned" and plain["extra_training"] is None
+    # The pruning recipe gets distillation from the unpruned teacher, with the default KD config.
+    student, _, _ = load_preset("teacher")
+    extra = kwargs["extra_training"](copy.deepcopy(student))
+    assert isinstance(extra.loss, Distiller) and extra.loss.config == KDConfig()
+    assert extra.modules is extra.loss.adapters and extra.record()["method"] == "both"
 
 
 def test_prune_builds_its_configs_from_the_recipe_and_the_options(monkeypatch, tmp_path):
@@ -396,6 +407,17 @@ def test_help_says_which_map_convention_is_printed(command, phrases, capsys):
     assert main([*command, "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # undo the help's line wrapping
     assert all(phrase in out for phrase in phrases), out
+
+
+def test_quantize_runtime_choices_come_from_the_runtime_registry(capsys):
+    from compresskit.runtimes import runtime_names
+
+    action = next(action for action in dict(_subparsers(cli.build_parser()))["compresskit quantize"]._actions
+                  if "--runtime" in action.option_strings)
+    assert tuple(action.choices) == (*runtime_names(), "torchao")
+    # a registered runtime without an int8 path: one message before anything is loaded, exit 2
+    assert main(["quantize", "--runtime", "torch-eager"]) == 2
+    assert "no int8 path for runtime 'torch-eager'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------- start-up cost

@@ -28,8 +28,8 @@ from compresskit.data.coco_subset import build_coco_subset, default_subset_dir, 
 from compresskit.engine import evaluate, make_loader, predict
 from compresskit.harness import Study
 from compresskit.models import load_coco_pretrained
-from compresskit.models.core import OnnxCore
 from compresskit.quantize.ort import OrtQuantConfig, quantize_core_onnx
+from compresskit.runtimes import OnnxCore
 
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep the test log to the test's own lines

@@ -12,7 +12,6 @@ import json
 import random
 import re
 import threading
-import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -189,9 +188,10 @@ def test_interrupted_download_resumes_with_range(server, tmp_path: Path, coco_ti
     name = _image_path(coco_tiny, 0)
     server.cut_once.add(name)
     dest = download(server.base + name, tmp_path / "img.jpg", retries=2, backoff_s=0.01, progress=False)
-    assert dest.read_bytes() == (coco_tiny / name.lstrip("/")).read_bytes()
+    payload = (coco_tiny / name.lstrip("/")).read_bytes()
+    assert dest.read_bytes() == payload
     ranges = [header for path, header in server.requests if path == name]
-    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
+    assert ranges == [None, f"bytes={len(payload) // 2}-"]  # the second request asks for the half it lacks
     assert not (tmp_path / "img.jpg.part").exists()
 
 
@@ -239,17 +239,24 @@ def test_zip_with_parent_path_member_fails_the_build(server, tmp_path: Path, coc
     assert not (tmp_path / "subset").exists() and not (tmp_path / "evil.json").exists()
 
 
-def test_offline_is_one_clear_fast_error(tmp_path: Path) -> None:
+def test_offline_is_one_clear_fast_error(tmp_path: Path, monkeypatch) -> None:
     import socket
+    from types import SimpleNamespace
+
+    from compresskit.data import download as downloader
 
     with socket.socket() as probe:  # a port nobody listens on once the probe closes
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/annotations/annotations_trainval2017.zip"
-    started = time.perf_counter()
+    waits, attempts = [], []
+    fetch_once = downloader._fetch_once
+    monkeypatch.setattr(downloader, "time", SimpleNamespace(sleep=waits.append))
+    monkeypatch.setattr(downloader, "_fetch_once", lambda *args: attempts.append(args[0]) or fetch_once(*args))
     with pytest.raises(DownloadError) as raised:
-        download(url, tmp_path / "a.zip", retries=2, backoff_s=0.01, progress=False)
-    assert time.perf_counter() - started < 5
+        download(url, tmp_path / "a.zip", retries=4, backoff_s=30.0, progress=False)
+    # A refused connection is retried once after the first back-off, not four times over 30 + 60 + 120 + 240 s.
+    assert attempts == [url, url] and waits == [30.0]
     message = str(raised.value)
     assert "offline" in message and url in message and "--coco-root" in message and "embedded" in message
     assert not (tmp_path / "a.zip").exists()
@@ -286,8 +293,6 @@ def test_recipe_errors_name_the_fix(tmp_path: Path, coco_tiny: Path) -> None:
     everything = len(set().union(*per_category.values()))
     with pytest.raises(DatasetError, match=f"only {everything} images"):
         select_subset(source, SubsetRecipe(split="train2017", images=everything + 1))
-    with pytest.raises(DatasetError):
-        SubsetRecipe(split="test2017", images=5)
     assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())
 
 
@@ -393,9 +398,8 @@ def test_recipe_sha256_is_enforced(server, tmp_path: Path, coco_tiny: Path) -> N
     assert len(server.requests) == served
 
 
-def test_bad_sha256_values_are_recipe_errors(tmp_path: Path, coco_tiny: Path) -> None:
-    with pytest.raises(DatasetError, match="not a sha256 digest"):
-        SubsetRecipe.from_json({"split": "val2017", "images": 3, "annotations_sha256": "abc123"})
+def test_a_sha256_argument_must_agree_with_the_recipe(tmp_path: Path, coco_tiny: Path) -> None:
+    # (a recipe's own malformed sha256 is refused when it is built: tests/test_configs.py)
     recipe = SubsetRecipe(split="train2017", images=2, annotations_sha256="a" * 64)
     with pytest.raises(DatasetError, match="contradicts the recipe"):
         build_coco_subset(tmp_path / "x", recipe, annotations_sha256="b" * 64, coco_root=coco_tiny, progress=False)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import matplotlib
 
 from compresskit.harness import combined
-from compresskit.harness.errata import SNIPPETS, errata_markdown, errata_rows
+from compresskit.harness.errata import SNIPPETS
+from compresskit.harness.summary import errata_markdown, errata_rows
 from compresskit.harness.targets import TARGETS, check_targets
 from tests.test_reproduce_check import document, record
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,11 @@ from torch import nn
 
 from compresskit.data import load_split
 from compresskit.data.dataset import load_coco
-from compresskit.engine import (VAL_SUBSET_IMAGES, TrainConfig, coco_metrics, console_command, evaluate, fit,
-                                make_loader, predict, ship_checkpoint, train_preset)
+from compresskit.engine import (VAL_SUBSET_IMAGES, ExtraTraining, TrainConfig, coco_metrics, console_command,
+                                evaluate, fit, load_splits, make_loader, predict, ship_checkpoint, train_and_ship,
+                                train_preset)
 from compresskit.errors import CheckpointError
+from compresskit.measure import environment_stamp
 from compresskit.models import EMBEDDED_PRESETS, build_detector, load_checkpoint
 
 TINY_SPEC = replace(EMBEDDED_PRESETS["student"], widths=[8, 8, 16, 16, 32], fpn_channels=32, head_convs=1)
@@ -110,12 +113,14 @@ def test_fit_trains_checkpoints_and_resumes(tiny_embedded, tmp_path):
     model = build_detector(TINY_SPEC)
     before = [p.detach().clone() for p in model.parameters()]
     result = fit(model, train_set, val_loader, config, tmp_path, max_iters_per_epoch=3, progress=False)
-    assert (tmp_path / "last.pt").exists() and result["metrics"] is not None
+    assert (tmp_path / "last.pt").exists()
+    # The metrics are the last epoch's evaluation of the trained weights; a run without a val loader has none.
+    assert result["metrics"] == result["history"][-1]["metrics"] == evaluate(model, val_loader, progress=False)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     # Resume: a second run with 2 epochs continues after epoch 1 instead of starting again.
     resumed = fit(build_detector(TINY_SPEC), train_set, None, replace(config, epochs=2), tmp_path,
                   max_iters_per_epoch=3, progress=False, log=lambda message: None)
-    assert [entry["epoch"] for entry in resumed["history"]] == [1, 2]
+    assert [entry["epoch"] for entry in resumed["history"]] == [1, 2] and resumed["metrics"] is None
 
 
 def test_fit_trains_extra_modules_saves_them_and_resume_restores_them(tiny_embedded, tmp_path):
@@ -152,7 +157,8 @@ def test_ship_checkpoint_records_the_metrics_of_the_reloaded_weights(tiny_embedd
     loaded, label_map, meta = load_checkpoint(path)
     assert json.loads(path.with_suffix(".json").read_text()) == meta
     assert meta["preset"] == "tiny" and meta["command"] is None
-    assert torch.__version__.startswith(meta["environment"]["torch"]) and meta["environment"]["isa"] is not None
+    assert torch.__version__.startswith(meta["environment"]["torch"])
+    assert meta["environment"]["isa"] == environment_stamp()["isa"]  # the CPU it was measured on
     loader = make_loader(val_set, batch_size=8, train=False)
     assert len(predict(loaded, loader, label_map, progress=False)) > 0
     assert meta["val_metrics"] == evaluate(loaded, loader, label_map, progress=False)
@@ -178,6 +184,35 @@ def test_train_preset_ships_a_loadable_checkpoint(tiny_embedded, tmp_path):
     assert meta["preset"] == "student" and meta["train_config"]["epochs"] == 1 and len(meta["history"]) == 1
     assert sum(p.numel() for p in model.parameters()) == sum(
         p.numel() for p in build_detector(EMBEDDED_PRESETS["student"]).parameters())
+
+
+def test_train_and_ship_runs_the_extra_training_and_records_the_run(tiny_embedded, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=4, warmup_iters=1, workers=0)
+    splits = load_splits(tiny_embedded)
+    model, adapter, events = build_detector(TINY_SPEC), tiny_adapter(), []
+
+    @contextlib.contextmanager
+    def attach(detector):
+        events.append(("attached", detector is model))
+        yield
+        events.append(("detached", None))
+
+    def extra(detector):  # built for the detector about to train, as a pruned student's distiller is
+        return ExtraTraining(loss=adapter_loss(adapter), modules=adapter, attach=attach,
+                             record=lambda: {"extra_steps": 2})
+
+    path = train_and_ship(model, TINY_SPEC, splits, config, tmp_path / "tiny.pt", meta={"preset": "tiny"},
+                          extra_training=extra, measure_start=True, trained_meta=lambda trained: {"on": str(
+                              next(trained.parameters()).device)}, max_iters_per_epoch=2, progress=False)
+    assert path == tmp_path / "tiny.pt" and events == [("attached", True), ("detached", None)]
+    saved = torch.load(tmp_path / "tiny-run" / "last.pt", weights_only=True)  # the default run folder
+    assert saved["extra_modules"].keys() == adapter.state_dict().keys()
+    _, label_map, meta = load_checkpoint(path)
+    assert json.loads(path.with_suffix(".json").read_text()) == meta and label_map == splits.label_map
+    assert list(meta)[1:10] == ["preset", "map_before_finetune", "train_config", "train_seconds",
+                                "wall_seconds_incl_eval", "history", "seed", "extra_steps", "on"]
+    assert meta["on"] == "cpu" and meta["train_config"] == asdict(config) and meta["seed"] == config.seed
+    assert "adapter" in meta["history"][0]["losses"] and set(meta["val_metrics"]) == set(meta["map_before_finetune"])
 
 
 DDP_SCRIPT = """

@@ -1,5 +1,7 @@
-"""Figures drawn from results alone: the Pareto frontier, readable Pareto figures, and every figure of
-``compresskit figures`` / ``draw_figures`` redrawn from a results file (the committed reference and a small one)."""
+"""Figures drawn from results alone: the Pareto frontier, readable figures (labels inside their axes and apart,
+axes that show a small difference, paired speed-ups with their intervals), every figure function returning a bare
+Figure, and every figure of ``compresskit figures`` / ``draw_figures`` redrawn from a results file (the committed
+reference and a small one)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest  # noqa: E402
 
 from compresskit import measure, report  # noqa: E402
 from compresskit.cli import main  # noqa: E402
+from compresskit.errors import CompressKitError  # noqa: E402
 from compresskit.harness.figures import FIGURES, draw_figures  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reports" / "results.json"
@@ -182,16 +185,174 @@ def test_calibration_sweeps_group_by_baseline_model_and_setting():
     assert figure.axes[0].get_xscale() == "log" and "calibration images" in figure.axes[0].get_xlabel()
 
 
-def test_distillation_bars_show_each_student_against_its_control():
+def test_distillation_shows_each_student_against_its_control_and_the_gain():
     records = [record("d/none", model="student", map_value=0.50),
                record("d/logit", technique="logit_kd", model="student", baseline="d/none", map_value=0.52),
                record("d/both", technique="kd", model="student", baseline="d/none", map_value=0.53)]
-    figure = report.plot_distillation({"environment": ENVIRONMENT, "records": records})
-    labels = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+    figure = report.plot_distillation({"environment": ENVIRONMENT, "records": records}, target_gain=2.0)
+    models, gains = figure.axes
+    labels = [label.get_text() for label in models.get_xticklabels()]
     assert labels == ["none\n(no KD, control)", "logit\n(logit_kd)", "both\n(kd)"]
-    bar_texts = _texts(figure)
-    assert {"50.0", "52.0\n+2.0", "53.0\n+3.0"} <= bar_texts
+    # A 2-point gain must be visible: the mAP axis is zoomed to the models, not drawn from 0 ...
+    low, high = models.get_ylim()
+    assert 40 < low < 50 and high < 60 and "not from 0" in models.get_ylabel()
+    assert {"50.0", "52.0", "53.0"} <= {text.get_text() for text in models.texts}
+    # ... and the difference itself is drawn from its true zero, as bars, with the target.
+    assert [patch.get_height() for patch in gains.patches] == pytest.approx([2.0, 3.0])
+    assert gains.get_ylim()[0] == 0.0 and "gain" in gains.get_ylabel()
+    assert {"+2.0", "+3.0"} <= _texts(figure)
+    assert any(line.get_ydata()[0] == 2.0 for line in gains.get_lines())  # the target line
     assert "Test CPU 9000" in _caption(figure)
+
+
+def test_sparsity_plots_the_paired_speedup_with_its_interval():
+    document = small_document()
+    by_id = {r["id"]: r for r in document["records"]}
+    intervals = {"pruning/teacher/unstructured-30%": (1.02, [0.99, 1.05]),
+                 "pruning/teacher/unstructured-60%": (0.95, [0.90, 0.97])}
+    for record_id, (speedup, interval) in intervals.items():
+        by_id[record_id]["paired_latency"] = {"baseline": "pruning/teacher/eager", "speedup": speedup,
+                                              "interval": interval, "pairs": 30}
+        by_id[record_id]["latency_ms"]["median"] = 500.0  # a sequential median that must not be drawn
+    figure = report.plot_sparsity(document)
+    speed = figure.axes[2]
+    assert "paired" in speed.get_ylabel() and "latency" not in speed.get_ylabel()
+    (bars,) = speed.containers  # one errorbar container: the speed-ups and their intervals
+    line, _, (segments,) = bars
+    assert list(line.get_xdata()) == pytest.approx([0.0, 30.0, 60.0])
+    assert list(line.get_ydata()) == pytest.approx([1.0, 1.02, 0.95])  # the unpruned baseline is exactly 1x
+    spans = sorted(value for (x, y0), (_, y1) in segments.get_segments() for value in (x, min(y0, y1), max(y0, y1)))
+    assert spans == pytest.approx(sorted([0.0, 1.0, 1.0, 30.0, 0.99, 1.05, 60.0, 0.90, 0.97]))
+    low, high = speed.get_ylim()
+    assert low < 0.9 and high > 1.05 and high < 2.0  # the intervals fit; 500 ms medians are nowhere
+
+
+def test_calibration_axis_spans_at_least_two_points():
+    records = [record("q/fp32", runtime="onnxruntime", map_value=0.800)]
+    records += [record(f"q/int8-{n}", technique="static_ptq", runtime="onnxruntime", baseline="q/fp32",
+                       map_value=0.798 + n / 100_000, config={"calibration_images": n, "config": {"method": "minmax"}})
+                for n in (4, 16, 64)]
+    axes = report.plot_calibration_sweep(records).axes[0]
+    low, high = axes.get_ylim()
+    assert high - low >= 2.0 and "within 0.2 points of fp32" in axes.get_title()
+
+
+def _tradeoff_rows() -> list[dict]:
+    def row(name, map_value, speedup, int8_speedup):
+        return {"name": name, "map": map_value, "speedup": speedup, "int8_speedup": int8_speedup, "int8_map": None}
+    # Two backbones on almost the same spot: their labels must still not overlap.
+    return [row("alpha", 0.79, 1.00, 1.60), row("beta", 0.79, 0.98, 2.00), row("gamma", 0.70, 1.50, 1.60)]
+
+
+def test_backbone_tradeoffs_have_a_title_and_labels_that_do_not_overlap():
+    figure = report.plot_tradeoffs(_tradeoff_rows(), teacher_map=0.83, target_speedup=3.0, target_map_gap=0.05)
+    axes = figure.axes[0]
+    assert axes.get_title() and "speed-up" in axes.get_xlabel() and "mAP" in axes.get_ylabel()
+    assert {"alpha", "beta", "gamma"} <= _texts(figure)
+    assert report.labels_overlapping(axes) == [] and report.labels_outside(axes) == []
+    assert any(list(line.get_xdata()) == [3.0, 3.0] for line in axes.get_lines())  # the speed target
+
+
+def _stage_rows() -> list[dict]:
+    def row(route, stage, map_value, size, speedup):
+        return {"route": route, "stage": stage, "map": map_value, "size_mb": size, "speedup": speedup,
+                "speedup_interval": None if speedup == 1.0 else [speedup - 0.1, speedup + 0.2]}
+    return [row("prune", "teacher", 0.83, 30.0, 1.0), row("prune", "pruned", 0.82, 7.0, 2.5),
+            row("prune", "int8", 0.82, 2.0, 4.4), row("small", "teacher", 0.83, 30.0, 1.0),
+            row("small", "small design", 0.58, 4.0, 2.5), row("small", "int8", 0.59, 1.2, 4.3)]
+
+
+def test_stages_name_each_routes_stage_apart_and_keep_values_off_each_other():
+    targets = report.StageTargets(map_drop_points=2.0, size_ratio=10.0, speedup=4.0)
+    figure = report.plot_stages(_stage_rows(), targets)
+    assert len(figure.axes) == 3 and figure.axes[1].get_yscale() == "log"
+    for axes in figure.axes:
+        assert not any("\n" in label.get_text() for label in axes.get_xticklabels())  # no names stacked on a tick
+        names = {text.get_text(): text.get_color() for text in axes.texts}
+        assert names["pruned"] != names["small design"]  # each route's stage in the route's colour
+        assert report.labels_overlapping(axes) == []
+    speed = figure.axes[2]
+    assert len(speed.containers) == 2  # both routes' speed-ups with their intervals
+    assert {"4.40x", "4.30x", "1.00x", "target: 4x faster"} <= {text.get_text() for text in speed.texts}
+    with pytest.raises(CompressKitError):
+        report.plot_stages([])
+
+
+@pytest.fixture(scope="module")
+def reference_document() -> dict:
+    return report.read_results(REFERENCE)
+
+
+@pytest.mark.parametrize("x", ["latency", "size", "macs"])
+def test_every_variant_labels_stay_inside_the_axes_and_apart(reference_document, x):
+    figure = report.plot_every_variant(reference_document, x=x)
+    axes = figure.axes[0]
+    assert axes.texts, "the frontier is labelled"
+    assert report.labels_outside(axes) == []
+    assert report.labels_overlapping(axes) == []
+    assert not any(text.get_text().startswith("sensitivity/") for text in axes.texts)
+    # The collapsed sparsities (mAP 0) cut the axis instead of squashing every other variant into a band.
+    assert 40 <= axes.get_ylim()[0] <= 60
+    assert any("unstructured-90%" in text.get_text() and "below" in text.get_text() for text in axes.texts)
+
+
+def test_every_figure_function_returns_a_figure_with_labelled_axes(reference_document):
+    from matplotlib.figure import Figure
+
+    rows = [{"temperature": t, "grad_norm": 0.1 * t} for t in (1, 2, 4)]
+    steps = [{"step": i, "kd": 1.0 / (i + 1), "detection": 2.0 / (i + 1)} for i in range(12)]
+    iterative = [{"ratio": 0.25, "macs_pruned": 8e8, "macs_finetuned": 8e8, "map_pruned": 0.6, "map_finetuned": 0.7}]
+    baseline, sweep = report.unstructured_sweep(reference_document)
+    figures = {"plot_every_variant": report.plot_every_variant(reference_document),
+               "plot_pareto": report.plot_pareto(reference_document["records"][:6]),
+               "plot_sparsity": report.plot_sparsity(reference_document),
+               "plot_unstructured": report.plot_unstructured(baseline, sweep),
+               "plot_iterative": report.plot_iterative(iterative, 0.8, 10**9),
+               "plot_calibration_sweep": report.plot_calibration_sweep(reference_document),
+               "plot_distillation": report.plot_distillation(reference_document),
+               "plot_gradient_scale": report.plot_gradient_scale(rows, rows),
+               "plot_kd_steps": report.plot_kd_steps(steps, title="loss terms", smooth=3),
+               "plot_tradeoffs": report.plot_tradeoffs(_tradeoff_rows(), teacher_map=0.83),
+               "plot_stages": report.plot_stages(_stage_rows()),
+               "plot_curve": report.plot_curve([1, 2], [3, 4], "x", "y"),
+               "plot_ranked_bars": report.plot_ranked_bars({"a": 1.0, "b": 2.0}, "mAP"),
+               "metric_bars": report.metric_bars(reference_document["records"][:2])}
+    for name, figure in figures.items():
+        assert isinstance(figure, Figure), name
+        for axes in figure.axes:  # each axis says what it shows: a label, or named categories
+            assert axes.get_xlabel() or any(label.get_text() for label in axes.get_xticklabels()), name
+            assert axes.get_ylabel() or any(label.get_text() for label in axes.get_yticklabels()), name
+        assert figure.canvas.manager is None, f"{name} left its figure open in pyplot"
+
+
+def test_detection_figures_return_figures():
+    import torch
+    from matplotlib.figure import Figure
+
+    from compresskit.data.dataset import LabelMap
+
+    label_map = LabelMap.contiguous([{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}])
+    image = torch.rand(3, 32, 32)
+    target = {"boxes": torch.tensor([[2.0, 2.0, 20.0, 20.0]]), "labels": torch.tensor([1]), "image_id": 7}
+
+    class Images(list):
+        label_map = None
+
+    dataset = Images([(image, target)])
+    dataset.label_map = label_map
+    grid = report.sample_grid(dataset, [0], columns=1, title="ground truth")
+    assert isinstance(grid, Figure) and grid.axes[0].get_title() == "image id 7" and grid.axes[0].patches
+    assert {text.get_text() for text in grid.axes[0].texts} == {"cat"}
+
+    class Detector(torch.nn.Module):
+        def forward(self, images):
+            return [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0], [0.0, 0.0, 4.0, 4.0]]),
+                     "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.9, 0.1])}]
+
+    side_by_side = report.predictions_vs_truth({"model": Detector()}, dataset, [0], label_map)
+    truth, predicted = side_by_side.axes
+    assert truth.get_title() == "ground truth" and predicted.get_title() == "model"
+    assert {text.get_text() for text in predicted.texts} == {"dog 0.90"}  # the 0.1 score is under the threshold
 
 
 # --------------------------------------------------------------------------------------------- command

@@ -73,6 +73,20 @@ def test_embedded_profile_study_is_stamped_embedded(tiny_profile):
     assert study.records[1]["paired_latency"]["baseline"] == "baseline/student/eager"
 
 
+def test_one_loader_names_every_preset_and_shipped_variant():
+    from compresskit.errors import ConfigError
+    from compresskit.measure import count_params
+
+    pruned = harness.load_for_study("teacher_pruned", "embedded")
+    teacher = harness.load_for_study("teacher", "embedded")
+    assert pruned.name == "teacher_pruned" and pruned.label_map == teacher.label_map
+    assert count_params(pruned.model) < count_params(teacher.model)
+    with pytest.raises(ConfigError, match="embedded profile only"):
+        harness.load_for_study("teacher_bnhead", "coco")
+    with pytest.raises(ConfigError, match="unknown detector 'nope'.*teacher_bnhead.*teacher_pruned"):
+        harness.load_for_study("nope", "embedded")
+
+
 @pytest.mark.slow
 def test_coco_profile_study_loads_coco_data_and_weights_and_says_so(coco_tiny, tmp_path, monkeypatch):
     """COMPRESSKIT_PROFILE=coco, offline: the subset is built from a local COCO source, the weights come from a
@@ -112,25 +126,32 @@ def _counting_evaluate(monkeypatch) -> list[str]:
 def test_reproduce_evaluates_an_identical_variant_once_and_anything_changed_again(small_study, monkeypatch):
     study, detector = small_study
     calls = _counting_evaluate(monkeypatch)
-    with harness.variant.reuse_evaluations():
-        first = study.measure(detector, "reuse/eager", technique="baseline")
-        same = study.measure(detector, "reuse/eager-again", technique="baseline")
-        assert len(calls) == 1 and same["map"] == first["map"]
-        # the ONNX export of the same weights is byte-identical, so its ORT evaluation is also done once
-        study.measure(detector, "reuse/ort", runtime="onnxruntime", technique="baseline")
-        study.measure(detector, "reuse/ort-again", runtime="onnxruntime", technique="baseline")
-        assert len(calls) == 2
-        changed = build_detector(EMBEDDED_PRESETS["student"]).eval()
-        changed.load_state_dict(detector.state_dict())
-        with torch.no_grad():
-            next(changed.parameters()).view(-1)[0] += 1.0  # one weight differs
-        study.measure(changed, "reuse/one-weight-changed", technique="baseline")
-        assert len(calls) == 3
-        changed.load_state_dict(detector.state_dict())
-        changed.score_thresh = detector.score_thresh + 0.1  # a post-processing setting differs
-        study.measure(changed, "reuse/threshold-changed", technique="baseline")
-        assert len(calls) == 4
-    study.measure(detector, "reuse/outside", technique="baseline")  # outside the block nothing is reused
+    cache = harness.ReuseCache()
+    monkeypatch.setattr(study, "reuse", cache)
+    first = study.measure(detector, "reuse/eager", technique="baseline")
+    same = study.measure(detector, "reuse/eager-again", technique="baseline")
+    assert len(calls) == 1 and same["map"] == first["map"]
+    # the ONNX export of the same weights is byte-identical, so its ORT evaluation is also done once
+    study.measure(detector, "reuse/ort", runtime="onnxruntime", technique="baseline")
+    study.measure(detector, "reuse/ort-again", runtime="onnxruntime", technique="baseline")
+    assert len(calls) == 2
+    changed = build_detector(EMBEDDED_PRESETS["student"]).eval()
+    changed.load_state_dict(detector.state_dict())
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[0] += 1.0  # one weight differs
+    study.measure(changed, "reuse/one-weight-changed", technique="baseline")
+    assert len(calls) == 3
+    changed.load_state_dict(detector.state_dict())
+    changed.score_thresh = detector.score_thresh + 0.1  # a post-processing setting differs
+    study.measure(changed, "reuse/threshold-changed", technique="baseline")
+    assert len(calls) == 4
+    # another study of the same run (reproduce hands each study the run's cache) reuses the evaluation too
+    other = harness.Study(lesson="other", model="student", profile="embedded", val_loader=study.val_loader,
+                          label_map=study.label_map, runs=2, reuse=cache)
+    assert other.measure(detector, "reuse/other-study", technique="baseline")["map"] == first["map"]
+    assert len(calls) == 4
+    study.reuse = None  # a study without a cache evaluates everything itself
+    study.measure(detector, "reuse/outside", technique="baseline")
     assert len(calls) == 5
 
 
@@ -145,18 +166,19 @@ def test_reproduce_quantizes_an_identical_call_once_and_copies_its_files(small_s
     monkeypatch.setattr(quantization, "quantize_core_onnx", lambda *args, **kwargs: calls.append(1) or real(
         *args, **kwargs))
     config = OrtQuantConfig(calibration_images=2)
-    with harness.variant.reuse_evaluations():
-        first = quantization.quantize_for_study(study, detector, calibration_set, "reuse-a", config)
-        again = quantization.quantize_for_study(study, detector, calibration_set, "reuse-b", config)
-        assert len(calls) == 1 and again.int8_path != first.int8_path
-        assert again.int8_path.read_bytes() == first.int8_path.read_bytes()
-        assert again.fp32_path.read_bytes() == first.fp32_path.read_bytes()
-        assert again.calibration_images == 2 and again.config == config
-        quantization.quantize_for_study(study, detector, calibration_set, "reuse-c",
-                                        OrtQuantConfig(calibration_images=3))  # other settings: quantized again
-        assert len(calls) == 2
-        augmented = load_split("train", tiny_embedded, train_transforms=True)  # random items: never reused
-        quantization.quantize_for_study(study, detector, augmented, "reuse-d", config)
-        assert len(calls) == 3
+    monkeypatch.setattr(study, "reuse", harness.ReuseCache())
+    first = quantization.quantize_for_study(study, detector, calibration_set, "reuse-a", config)
+    again = quantization.quantize_for_study(study, detector, calibration_set, "reuse-b", config)
+    assert len(calls) == 1 and again.int8_path != first.int8_path
+    assert again.int8_path.read_bytes() == first.int8_path.read_bytes()
+    assert again.fp32_path.read_bytes() == first.fp32_path.read_bytes()
+    assert again.calibration_images == 2 and again.config == config
+    quantization.quantize_for_study(study, detector, calibration_set, "reuse-c",
+                                    OrtQuantConfig(calibration_images=3))  # other settings: quantized again
+    assert len(calls) == 2
+    augmented = load_split("train", tiny_embedded, train_transforms=True)  # random items: never reused
+    quantization.quantize_for_study(study, detector, augmented, "reuse-d", config)
+    assert len(calls) == 3
+    study.reuse = None  # without the run's cache: quantized again
     quantization.quantize_for_study(study, detector, calibration_set, "reuse-e", config)
     assert len(calls) == 4

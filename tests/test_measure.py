@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +10,7 @@ from torch.nn.utils import prune
 
 from compresskit import measure
 from compresskit.errors import CompressKitError
+from compresskit.runtimes import onnxruntime_session
 
 
 def small_net() -> nn.Sequential:
@@ -121,38 +119,68 @@ def test_processes_share_gzip_sizes_through_the_size_cache(monkeypatch, tmp_path
     assert "a-torn-line" not in size._GZIP_SIZES
 
 
-def test_latency_statistics_and_threads_restored() -> None:
-    net = small_net().eval()
+class FakeClock:
+    """The clock of measure.latency in a test: time moves only while a timed function "runs", by its cost.
+
+    Noise-free costs are multiples of 1/1024 s (``MS``), so sums and differences of clock readings are exact and a
+    statistic can be compared with ``==``.
+    """
+
+    def __init__(self, seed: int = 5) -> None:
+        self.now = 0.0
+        self.calls: list[str] = []
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def function(self, name: str, *costs_s: float, jitter: float = 0.0, first_call_penalty: float = 0.0):
+        """A callable that advances the clock by its costs in turn (repeating the last), plus noise: ``jitter``
+        adds a random (half-normal) share of about that fraction, ``first_call_penalty`` that fraction when the
+        call is the first of a pair (an even global call number, as warm-ups come in pairs: a cold cache)."""
+        def call() -> None:
+            cost = costs_s[min(self.calls.count(name), len(costs_s) - 1)]
+            cold = 1.0 + (first_call_penalty if len(self.calls) % 2 == 0 else 0.0)
+            self.calls.append(name)
+            noise = 1.0 + jitter * abs(self.rng.standard_normal()) if jitter else 1.0
+            self.now += cost * cold * noise
+        return call
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(measure.latency, "_clock", fake)
+    return fake
+
+
+MS = 1 / 1024  # about a millisecond, exactly representable: costs below are multiples of it
+
+
+def test_latency_median_and_p90_of_the_timed_runs_only(clock) -> None:
     before = torch.get_num_threads()
     threads = 1 if before != 1 else 2
-    result = measure.measure_latency(net, torch.randn(1, 3, 32, 32), warmup=2, runs=12, threads=threads)
-    assert torch.get_num_threads() == before
-    assert 0 < result.median_ms <= result.p90_ms
-    assert (result.runs, result.threads, result.batch) == (12, threads, 1)
-    entry = result.as_record((32, 32))
-    assert set(entry) == {"median", "p90", "runs", "batch", "threads", "input", "noisy"}
-    assert entry["input"] == [32, 32] and entry["runs"] == 12
-    assert entry["median"] == round(result.median_ms, 3)
+    seen_threads: list[int] = []
+    # Two slow warm-up calls, then 11..20 units: the warm-up must not reach the statistics.
+    timed = clock.function("net", 100 * MS, 100 * MS, *(k * MS for k in range(11, 21)))
+    result = measure.measure_latency(lambda: (seen_threads.append(torch.get_num_threads()), timed()), (),
+                                     warmup=2, runs=10, threads=threads, batch=4)
+    assert torch.get_num_threads() == before and set(seen_threads) == {threads} and len(seen_threads) == 12
+    unit_ms = MS * 1000
+    assert result.median_ms == 15.5 * unit_ms and result.p90_ms == pytest.approx(19.1 * unit_ms, rel=1e-12)
+    assert (result.runs, result.threads, result.batch) == (10, threads, 4)
+    assert result.as_record((32, 48)) == {"median": round(15.5 * unit_ms, 3), "p90": round(19.1 * unit_ms, 3),
+                                          "runs": 10, "batch": 4, "threads": threads, "input": [32, 48],
+                                          "noisy": False}
 
 
-def test_latency_counts_calls_and_restores_threads_on_error() -> None:
-    calls: list[int] = []
-
-    def fn(images: list) -> None:
-        calls.append(len(images))
-
-    result = measure.measure_latency(fn, [torch.zeros(3, 8, 8)] * 3, warmup=3, runs=7)
-    assert len(calls) == 10 and result.batch == 3
-    before = torch.get_num_threads()
-
-    def broken(_: torch.Tensor) -> None:
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError):
-        measure.measure_latency(broken, torch.zeros(1), threads=before + 1)
-    assert torch.get_num_threads() == before
-    with pytest.raises(CompressKitError, match="at least 1 timed runs"):
-        measure.measure_latency(fn, [torch.zeros(1)], runs=0)
+def test_latency_is_noisy_when_one_run_in_ten_was_interrupted(clock) -> None:
+    steady = measure.measure_latency(clock.function("steady", 10 * MS), (), warmup=0, runs=10)
+    interrupted = measure.measure_latency(clock.function("interrupted", *[10 * MS] * 9, 100 * MS), (),
+                                          warmup=0, runs=10)
+    assert steady.median_ms == steady.p90_ms == interrupted.median_ms == 10 * MS * 1000
+    assert interrupted.p90_ms == pytest.approx(19 * MS * 1000)  # a tenth of the way from 10 to 100 units
+    assert not steady.noisy and interrupted.noisy and interrupted.as_record((8, 8))["noisy"] is True
 
 
 def test_onnxruntime_session_latency(tmp_path) -> None:
@@ -170,24 +198,39 @@ def test_onnxruntime_session_latency(tmp_path) -> None:
     path = tmp_path / "tiny.onnx"
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(path))
-    session = measure.onnxruntime_session(path, threads=1)
+    session = onnxruntime_session(path, threads=1)
     array = np.ones((1, 16), dtype=np.float32)
     (output,) = session.run(None, {"x": array})
     np.testing.assert_allclose(output, array @ weight, rtol=1e-5)
-    result = measure.measure_latency(lambda x: session.run(None, {"x": x}), (array,), warmup=1, runs=5, threads=1)
-    assert result.batch == 1 and result.runs == 5 and result.median_ms > 0
+    outputs = []
+    result = measure.measure_latency(lambda x: outputs.append(session.run(None, {"x": x})[0]), (array,), warmup=1,
+                                     runs=5, threads=1)
+    assert result.batch == 1 and result.runs == 5 and len(outputs) == 6  # one warm-up call, five timed
+    assert all(np.array_equal(each, output) for each in outputs)  # the session was timed doing the real work
     assert measure.serialized_size(path).bytes == path.stat().st_size
     assert measure.serialized_size(model) == measure.serialized_size(path)  # an in-memory ModelProto, as saved
 
 
-def test_environment_stamp_keys() -> None:
+def test_environment_stamp_records_this_process_and_the_cpu_flags(monkeypatch) -> None:
+    import importlib.metadata
+    import platform
+
+    import onnxruntime
+    import torchvision
+
+    from compresskit.measure import environment
+
+    flags = frozenset({"fma", "sse4_2", "avx2", "avx512_vnni", "amx_int8"})  # sse4_2 is no flag the stamp keeps
+    monkeypatch.setattr(environment, "_cpuinfo", lambda: ("Test CPU @ 2.0GHz", flags))
+    monkeypatch.setitem(environment._DISTRIBUTIONS, "missing", ("no-such-distribution",))
     stamp = measure.environment_stamp()
-    for key in ("python", "torch", "torchvision", "torchao", "onnxruntime", "torch_pruning", "cpu", "isa",
-                "threads", "torch_cpu_capability"):
-        assert key in stamp
-    assert isinstance(stamp["isa"], list) and stamp["isa"] == sorted(stamp["isa"])
-    assert set(stamp["isa"]) <= set(measure.ISA_FLAGS)
-    assert stamp["torch"] and stamp["threads"] == torch.get_num_threads()
+    assert stamp["cpu"] == "Test CPU @ 2.0GHz" and stamp["isa"] == ["amx_int8", "avx2", "avx512_vnni", "fma"]
+    assert stamp["python"] == platform.python_version() and stamp["threads"] == torch.get_num_threads()
+    assert torch.__version__.startswith(stamp["torch"]) and torchvision.__version__.startswith(stamp["torchvision"])
+    assert stamp["onnxruntime"] == onnxruntime.__version__
+    assert stamp["torch_pruning"] == importlib.metadata.version("torch-pruning")
+    assert stamp["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert stamp["missing"] is None  # a package that is not installed is recorded as absent, not an error
 
 
 def test_count_macs_leaves_every_shared_module_in_its_own_mode():
@@ -210,80 +253,71 @@ def test_latency_noisy_when_p90_far_above_median() -> None:
     assert steady.as_record((8, 8))["noisy"] is False and jumpy.as_record((8, 8))["noisy"] is True
 
 
-class FakeClock:
-    """perf_counter for measure.latency's timings: each call of a timed function advances it by a known cost."""
-
-    def __init__(self, seed: int = 5) -> None:
-        self.now = 0.0
-        self.calls: list[str] = []
-        self.rng = np.random.default_rng(seed)
-
-    def perf_counter(self) -> float:
-        return self.now
-
-    def function(self, name: str, cost_s: float, first_call_penalty: float = 0.0):
-        def call() -> None:
-            # Even global call numbers are the first call of a pair when there is no warm-up: a cold cache.
-            cold = 1.0 + (first_call_penalty if len(self.calls) % 2 == 0 else 0.0)
-            self.calls.append(name)
-            self.now += cost_s * cold * (1.0 + 0.05 * abs(self.rng.standard_normal()))
-        return call
+def test_compare_latency_of_a_candidate_exactly_twice_as_fast(clock) -> None:
+    result = measure.compare_latency(clock.function("baseline", 16 * MS), clock.function("candidate", 8 * MS), (),
+                                     warmup=2, pairs=30)
+    assert (result.speedup, result.low, result.high) == (2.0, 2.0, 2.0)  # every pair's ratio is 2
+    assert result.baseline.median_ms == 2 * result.candidate.median_ms == 16 * MS * 1000
+    assert result.pairs == result.baseline.runs == result.candidate.runs == 30
+    assert result.holds(2.0) and not result.holds(2.01) and result.contradicts(2.01) and not result.noisy
+    assert result.as_record("base")["speedup"] == 2.0 and result.as_record("base")["interval"] == [2.0, 2.0]
 
 
-def paired_on_fake_clock(monkeypatch, *, seed: int = 0, penalty: float = 0.3) -> measure.PairedLatency:
-    clock = FakeClock()
-    monkeypatch.setattr(measure.latency, "time", SimpleNamespace(perf_counter=clock.perf_counter))
-    same = clock.function("a", 0.010, penalty), clock.function("b", 0.010, penalty)
-    return measure.compare_latency(*same, (), warmup=0, pairs=30, seed=seed)
+def test_compare_latency_speedup_is_the_median_of_the_per_pair_ratios(clock) -> None:
+    # The candidate's 30 timed calls cost 4, 8, 12 ... 120 units against a steady 24: ratios 6, 3, 2 ... 0.2.
+    candidate_costs = [k * 4 * MS for k in range(1, 31)]
+    result = measure.compare_latency(clock.function("baseline", 24 * MS), clock.function("candidate", *candidate_costs),
+                                     (), warmup=0, pairs=30)
+    ratios = sorted(24 / (k * 4) for k in range(1, 31))
+    assert result.speedup == pytest.approx((ratios[14] + ratios[15]) / 2, rel=1e-12)
+    assert result.candidate.median_ms == pytest.approx(15.5 * 4 * MS * 1000, rel=1e-12)  # medians of times agree
+    assert result.low < result.speedup < result.high and ratios[0] <= result.low and result.high <= ratios[-1]
 
 
-def test_compare_latency_with_itself_cancels_a_first_call_penalty(monkeypatch) -> None:
-    # Whichever side runs first in a pair is 30 % slower: always timing A first would report A 1.3x slower.
-    result = paired_on_fake_clock(monkeypatch)
-    assert 0.8 <= result.speedup <= 1.25
-    assert result.low <= 1.0 <= result.high
-    assert result.baseline.runs == result.candidate.runs == 30
+def test_compare_latency_with_itself_cancels_a_first_call_penalty(clock) -> None:
+    # Whichever side runs first in a pair is 50 % slower: always timing A first would report A 1.5x slower.
+    same = clock.function("a", 16 * MS, first_call_penalty=0.5), clock.function("b", 16 * MS, first_call_penalty=0.5)
+    result = measure.compare_latency(*same, (), warmup=0, pairs=30)
+    # Half of the pairs say 1.5, half 1/1.5, so each side's timings are alike and the interval straddles 1.
+    assert result.baseline == result.candidate and result.baseline.median_ms == 20 * MS * 1000
+    assert result.speedup == pytest.approx((1.5 + 1 / 1.5) / 2)
+    assert 1 / 1.5 <= result.low <= 1.0 <= result.high <= 1.5
     assert not result.holds(1.1) and not result.contradicts(0.9)
 
 
-def test_bootstrap_interval_is_deterministic_per_seed(monkeypatch) -> None:
-    first = paired_on_fake_clock(monkeypatch, seed=0, penalty=0.0)
-    again = paired_on_fake_clock(monkeypatch, seed=0, penalty=0.0)
-    other = paired_on_fake_clock(monkeypatch, seed=1, penalty=0.0)
+def test_compare_latency_detects_a_three_times_slower_copy(clock) -> None:
+    slow, fast = clock.function("slow", 24 * MS, jitter=0.05), clock.function("fast", 8 * MS, jitter=0.05)
+    result = measure.compare_latency(slow, fast, (), warmup=1, pairs=20)
+    assert 2.7 < result.low <= result.speedup <= result.high < 3.3
+    assert result.holds(2.5) and not result.contradicts(2.5) and not result.noisy
+    reverse = measure.compare_latency(fast, slow, (), warmup=1, pairs=20)
+    assert 1 / 3.3 < reverse.speedup < 1 / 2.7 and reverse.contradicts(1.0) and not reverse.holds(1.0)
+
+
+def test_compare_latency_of_an_erratic_candidate_is_noisy(clock) -> None:
+    # The candidate is twice as fast in some pairs and no faster in others: no claim survives such a run.
+    erratic = [8 * MS if fast else 16 * MS for fast in np.random.default_rng(3).random(20) < 0.5]
+    result = measure.compare_latency(clock.function("baseline", 16 * MS), clock.function("candidate", *erratic), (),
+                                     warmup=0, pairs=20)
+    assert result.noisy and result.low <= 1.25 and result.high == 2.0
+    assert not result.holds(1.5) and not result.contradicts(1.0)
+
+
+def test_bootstrap_interval_is_deterministic_per_seed(clock) -> None:
+    def paired(seed: int) -> measure.PairedLatency:
+        clock.now, clock.calls, clock.rng = 0.0, [], np.random.default_rng(5)  # the same timings for every seed
+        return measure.compare_latency(clock.function("a", 16 * MS, jitter=0.05),
+                                       clock.function("b", 16 * MS, jitter=0.05), (), warmup=0, pairs=30, seed=seed)
+
+    first, again, other = paired(0), paired(0), paired(1)
     assert first == again
-    assert other.speedup == first.speedup  # the same timings: only the resampling changed
+    assert other.speedup == first.speedup and other.baseline == first.baseline  # only the resampling changed
     assert (other.low, other.high) != (first.low, first.high)
     assert first.low < first.speedup < first.high
 
 
-def test_compare_latency_with_itself_on_the_real_clock() -> None:
-    net = small_net().eval()
-    result = measure.compare_latency(net, net, torch.randn(1, 3, 32, 32), warmup=3, pairs=30, threads=1)
-    assert 0.8 <= result.speedup <= 1.25
-    assert result.low < 1.25 and result.high > 0.8  # an interval around 1, not somewhere else
-    assert result.baseline.batch == result.candidate.batch == 1
-
-
-def test_compare_latency_detects_a_three_times_slower_copy() -> None:
-    # Sleeping costs the same wall time however busy the CPU is, so the 3x holds on a loaded machine.
-    def slow() -> None:
-        time.sleep(0.009)
-
-    def fast() -> None:
-        time.sleep(0.003)
-
-    result = measure.compare_latency(slow, fast, (), warmup=1, pairs=20)
-    assert result.speedup > 2 and result.low > 1.5
-    assert result.holds(1.5) and not result.contradicts(1.5) and not result.noisy
-    assert result.baseline.median_ms > 2 * result.candidate.median_ms
-    reverse = measure.compare_latency(fast, slow, (), warmup=1, pairs=20)
-    assert reverse.speedup < 0.5 and reverse.contradicts(1.0)
-
-
-def test_compare_latency_alternates_order_per_pair(monkeypatch) -> None:
-    clock = FakeClock()
-    monkeypatch.setattr(measure.latency, "time", SimpleNamespace(perf_counter=clock.perf_counter))
-    measure.compare_latency(clock.function("a", 0.01), clock.function("b", 0.01), (), warmup=2, pairs=4)
+def test_compare_latency_alternates_order_per_pair(clock) -> None:
+    measure.compare_latency(clock.function("a", MS), clock.function("b", MS), (), warmup=2, pairs=4)
     assert clock.calls[:4] == ["a", "b", "a", "b"]  # warm-up of both sides
     assert clock.calls[4:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
 

@@ -18,8 +18,9 @@ from compresskit.errors import CheckpointError, CompressKitError
 from compresskit.measure import count_macs
 from compresskit.models import (EMBEDDED_PRESETS, DetectorSpec, build_coco_architecture, build_detector,
                                 checkpoint_spec, load_checkpoint, load_preset, save_checkpoint, shipped_checkpoint)
-from compresskit.models.core import (EndToEndDetector, ExportableCore, OnnxCore, example_batch, export_core_onnx,
+from compresskit.models.core import (EndToEndDetector, ExportableCore, example_batch, export_core_onnx,
                                      export_core_program)
+from compresskit.runtimes import OnnxCore
 
 SHIPPED = ("teacher", "student", "teacher_pruned")
 SMALL_IMAGE = 128  # test specs run at this size: every stride-32 map is still 4x4

@@ -14,8 +14,6 @@ from compresskit.data.example_export import write_example_export
 from compresskit.data.split import SplitConfig, split_dataset
 from compresskit.engine import TrainConfig
 from compresskit.engine.recipes import train_preset
-from compresskit.errors import ConfigError
-from compresskit.harness.own_data import DatasetStudyConfig
 from compresskit.report import read_results
 
 
@@ -80,10 +78,3 @@ def test_study_refuses_a_dataset_with_errors_and_writes_nothing(fine_tuned, tmp_
     assert not out.exists()
     code = main(["train", "--preset", "student", "--data", str(broken), "--out", str(tmp_path / "ft")])
     assert code == 2 and "42" in capsys.readouterr().err and not (tmp_path / "ft").exists()
-
-
-@pytest.mark.parametrize("field, value", [("prune_ratio", 1.0), ("prune_ratio", 0.0), ("finetune_steps", -1),
-                                          ("runs", 0), ("calibration_images", 2.5)])
-def test_study_config_rejects_values_out_of_range(field, value):
-    with pytest.raises(ConfigError, match=field):
-        DatasetStudyConfig(**{field: value})

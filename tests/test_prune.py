@@ -15,16 +15,17 @@ from torch import nn
 
 from compresskit.data.dataset import LabelMap
 from compresskit.data.embedded import CATEGORIES
-from compresskit.errors import CheckpointError
+from compresskit.errors import CheckpointError, ConfigError
 from compresskit.measure import count_params, serialized_size
 from compresskit.models import (EMBEDDED_PRESETS, architecture_of, build_coco_architecture, build_detector,
                                 load_checkpoint, save_checkpoint)
-from compresskit.models.core import ExportableCore, OnnxCore, example_batch, export_core_onnx
+from compresskit.models.core import ExportableCore, example_batch, export_core_onnx
 from compresskit.prune import (StructuredConfig, UnstructuredConfig, channel_report, choose_part_ratios,
                                conv_sparsity, core_macs, detector_parts, iterative_prune, make_permanent_,
                                plot_sensitivity, prediction_layers, prune_structured_, prune_unstructured_,
                                sensitivity_scan, whole_model_l1_call)
 from compresskit.prune.structured import _WholeGroupNormPruner
+from compresskit.runtimes import OnnxCore
 
 STUDENT = EMBEDDED_PRESETS["student"]
 SMALL = 128  # example size for tracing and MACs where the exact figure does not matter
@@ -79,9 +80,13 @@ def test_unstructured_sparsity_is_the_requested_amount_and_survives_make_permane
     assert size.gzip_bytes < dense_student_size.gzip_bytes * (1 - amount / 3)
 
 
-def test_unstructured_config_is_validated():
-    with pytest.raises(ValueError, match="scope"):
-        prune_unstructured_(_student(), UnstructuredConfig(scope="model"))
+def test_an_unstructured_config_edited_after_creation_is_checked_again():
+    config = UnstructuredConfig()
+    config.scope = "model"
+    detector = _student()
+    with pytest.raises(ConfigError, match="scope = 'model'"):
+        prune_unstructured_(detector, config)
+    assert not any(hasattr(m, "weight_mask") for m in detector.modules())  # refused before any conv was touched
 
 
 # --------------------------------------------------------------------------------------------- structured

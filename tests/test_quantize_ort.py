@@ -14,23 +14,17 @@ import torch
 from compresskit.data import load_split
 from compresskit.engine import evaluate, make_loader
 from compresskit.errors import CheckpointError, CompressKitError, ConfigError
-from compresskit.models import load_preset
-from compresskit.models.core import EndToEndDetector, ExportableCore, OnnxCore
+from compresskit.models.core import EndToEndDetector, ExportableCore
 from compresskit.quantize import ort as ort_quant
 from compresskit.measure.environment import VNNI_FLAGS, environment_stamp
 from compresskit.quantize.ort import OrtQuantConfig, choose_activations, choose_reduce_range, quantize_core_onnx
 from compresskit.quantize.profile import (PARTS, int8_report, onnx_bytes_by_kind, op_time_profile, part_node_names,
                                           part_of_node, plot_op_profile, require_onnxruntime)
+from compresskit.runtimes import OnnxCore
 
 CALIBRATION_IMAGES = 4
 # Measured on the shipped student (4 calibration images): cosine similarity of int8 vs fp32 outputs >= 0.997.
 MIN_COSINE = 0.99
-
-
-@pytest.fixture(scope="module")
-def student():
-    detector, label_map, _ = load_preset("student")
-    return detector, label_map
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +59,9 @@ def core_batch(student, train_split):
 
 
 # ------------------------------------------------------------------------------------------------ config
-def test_config_round_trips_through_json_and_rejects_bad_values():
+def test_config_round_trips_through_json():  # its refusals: tests/test_configs.py
     config = OrtQuantConfig(calibration_images=8, method="entropy", activations="int8", exclude=("head", "fpn"))
     assert OrtQuantConfig(**json.loads(json.dumps(asdict(config)))) == config
-    for bad in ({"calibration_images": 0}, {"calibration_images": True}, {"method": "mse"},
-                {"activations": "fp8"}, {"per_channel": "yes"}, {"exclude": "head"}, {"exclude": ("",)},
-                {"seed": 1.5}):
-        with pytest.raises(ConfigError):
-            OrtQuantConfig(**bad)
 
 
 def test_reduce_range_is_chosen_where_uint8_x_int8_sums_can_saturate():
@@ -83,9 +72,10 @@ def test_reduce_range_is_chosen_where_uint8_x_int8_sums_can_saturate():
     assert choose_reduce_range(None, "int8", isa=[], machine="aarch64")[0] is False
     assert choose_reduce_range(True, "int8", isa=["avx512_vnni"], machine="x86_64")[0] is True
     assert choose_reduce_range(False, "uint8", isa=["avx2"], machine="x86_64")[0] is False
-    assert OrtQuantConfig().reduce_range is None
-    with pytest.raises(ConfigError, match="reduce_range"):
-        OrtQuantConfig(reduce_range="auto")
+    # The default config leaves the choice to the CPU: 7 bits without VNNI, 8 with it.
+    default = OrtQuantConfig().reduce_range
+    assert choose_reduce_range(default, "uint8", isa=["avx2"], machine="x86_64")[0] is True
+    assert choose_reduce_range(default, "uint8", isa=["avx2", "avx512_vnni"], machine="x86_64")[0] is False
 
 
 def test_auto_activations_pick_uint8_on_x86_and_int8_on_arm():

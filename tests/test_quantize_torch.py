@@ -13,7 +13,7 @@ from compresskit.data import load_split
 from compresskit.engine import evaluate, make_loader
 from compresskit.errors import ConfigError
 from compresskit.measure import environment_stamp, serialized_size
-from compresskit.models import EMBEDDED_PRESETS, build_detector, load_preset
+from compresskit.models import EMBEDDED_PRESETS, build_detector
 from compresskit.models.core import EndToEndDetector, ExportableCore, example_batch
 from compresskit.quantize.dynamic import (HalfCompute, article_dynamic_quant, fp16_compute, fp16_storage,
                                           fp16_to_float, module_type_counts, torchao_dynamic_quant)
@@ -26,12 +26,6 @@ from compresskit.quantize.qat import QatConfig, QatDetector, qat_finetune
 # calibration draws and still fails for a wrong scale or a conv that lost its weights. (Random-noise inputs are
 # far outside the calibrated ranges: they are not used to judge int8 accuracy.)
 INT8_MEAN_RELATIVE_ERROR = 0.10
-
-
-@pytest.fixture(scope="module")
-def student():
-    detector, label_map, _ = load_preset("student")
-    return detector.eval(), label_map
 
 
 @pytest.fixture(scope="module")
@@ -109,16 +103,26 @@ def test_fp16_compute_runs_the_core_in_half(student):
 
 
 # ------------------------------------------------------------------------------------------------ pt2e
-@pytest.mark.parametrize("bad", [{"calibration_images": 0}, {"calibration_images": -3}, {"calibration_images": True},
-                                 {"calibration_images": 2.0}, {"reduce_range": "auto"}, {"per_channel": 1},
-                                 {"seed": None}, {"per_channel": False}])
-def test_pt2e_config_rejects_bad_values(bad):
-    with pytest.raises(ConfigError):
-        Pt2eConfig(**bad)
+def _weight_dequantize_of_a_tiny_conv(config: Pt2eConfig):
+    """The op that dequantizes the weight of one conv after ``config``'s calibration and convert."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from compresskit.quantize.pt2e import export_for_quantization
+
+    torch.manual_seed(0)
+    example = torch.randn(1, 3, 8, 8)
+    prepared = prepare_pt2e(export_for_quantization(nn.Sequential(nn.Conv2d(3, 4, 3)).eval(), example),
+                            x86_quantizer(config))
+    prepared(example)
+    (conv,) = [node for node in convert_pt2e(prepared).graph.nodes if node.target == torch.ops.aten.conv2d.default]
+    return conv.args[1].target
 
 
 def test_per_tensor_weights_are_allowed_without_compile():
-    assert Pt2eConfig(per_channel=False, compile=False).per_channel is False
+    dequantize = torch.ops.quantized_decomposed
+    assert _weight_dequantize_of_a_tiny_conv(Pt2eConfig(compile=False)) == dequantize.dequantize_per_channel.default
+    per_tensor = Pt2eConfig(per_channel=False, compile=False)  # with compile=True it is refused (tests/test_configs)
+    assert _weight_dequantize_of_a_tiny_conv(per_tensor) == dequantize.dequantize_per_tensor.default
 
 
 def test_reduce_range_follows_vnni(monkeypatch):
@@ -194,8 +198,6 @@ def test_pt2e_artifact_is_smaller_and_reloads(student, student_int8, student_bat
 def test_quantize_pt2e_calibration_count_errors(student, student_train):
     with pytest.raises(ConfigError, match="only 24"):
         quantize_pt2e(student[0], student_train, Pt2eConfig(calibration_images=25, compile=False))
-    with pytest.raises(ConfigError):
-        quantize_pt2e(student[0], student_train, Pt2eConfig(calibration_images=0))
 
 
 def test_qat_core_is_trainable(student):
@@ -270,10 +272,3 @@ def test_qat_finetune_runs_in_the_engine_and_converts_to_int8(student, student_t
                        progress=False)
     assert 0.0 <= metrics["map"] <= 1.0
     assert result.as_dict()["qat_config"]["max_iters_per_epoch"] == 2
-
-
-def test_qat_config_refuses_what_cannot_train():
-    with pytest.raises(ConfigError, match="batch_size"):
-        QatConfig(batch_size=0)
-    with pytest.raises(ConfigError, match="lr"):
-        QatConfig(lr=float("nan"))

@@ -18,8 +18,9 @@ from compresskit.cli.arguments import (CHECKPOINTS_OUT, PATH_ERRORS, PATH_OPTION
                                        file_stem, non_negative_int, open_fraction, part_ratio, positive_float,
                                        positive_int, pruning_ratio)
 from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_embedded, _data_split, _distill,
-                                      _evaluate, _figures, _prune, _quantize, _reproduce, _study, _train,
-                                      format_metrics, is_reference_folder)
+                                      _evaluate, _figures, _prune, _reproduce, _study, _train, format_metrics,
+                                      is_reference_folder)
+from compresskit.cli.quantize import add_quantize_command
 from compresskit.errors import CompressKitError
 
 __all__ = ["LazyChoices", "build_parser", "file_stem", "format_metrics", "is_reference_folder", "main",
@@ -164,24 +165,7 @@ def _add_model_commands(commands: Any) -> None:
     distill.add_argument("--max-iters", type=positive_int,
                          help="cap iterations per epoch for a smoke run (default: no cap)")
 
-    quantize = _command(commands, "quantize", "static int8 of a detector's core; artifact + measured summary",
-                        _quantize, description="Calibrate on N train images, write the int8 ONNX core (and the fp32 "
-                                               "one beside it) and a JSON summary: size, mAP (0-1) and latency of "
-                                               "int8 against fp32 in the same runtime, measured in the same run.")
-    quantize.add_argument("--preset", choices=("teacher", "student", "teacher_pruned", "teacher_bnhead"),
-                          default="teacher", help="which detector (teacher_bnhead: the BatchNorm deployment head)")
-    quantize.add_argument("--checkpoint", type=Path, help="a checkpoint of that preset (default: the shipped one)")
-    quantize.add_argument("--runtime", choices=("onnxruntime", "torchao"), default="onnxruntime",
-                          help="int8 runtime: ONNX Runtime QDQ, or torchao PT2E lowered by torch.compile")
-    quantize.add_argument("--qat-steps", type=positive_int, default=None,
-                          help="torchao only: also fine-tune quantization-aware for this many steps of batch 16 "
-                               "(default: post-training quantization only)")
-    quantize.add_argument("--calibration-images", type=positive_int, default=64,
-                          help="train images used for calibration (never more than the train split holds)")
-    quantize.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
-                          help="calibration method")
-    quantize.add_argument("--runs", type=positive_int, default=30, help="timed latency pairs")
-    quantize.add_argument("--out", type=Path, default=Path("runs/quantize"), help="folder for the artifacts")
+    add_quantize_command(commands, _command)
 
     evaluate = _command(commands, "evaluate", "COCO mAP (0-1), params and MACs of a detector", _evaluate,
                         description="COCO mAP, params and MACs of a detector on a val split. mAP is printed as "
@@ -316,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a path the kit chose itself: a bug, keep its traceback
         return _fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}; check the path given on the "
                      "command line")
-    except KeyboardInterrupt:
-        print("compresskit: interrupted; completed files are kept, partial ones were not written", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a training run says how to resume it
+        print(f"compresskit: interrupted; {exc or 'completed files are kept, partial ones were not written'}",
+              file=sys.stderr)
         return 130
 

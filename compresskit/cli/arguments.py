@@ -90,7 +90,10 @@ def file_stem(text: str) -> str:
 
 class LazyChoices:
     """argparse ``choices`` read from ``module.attribute`` on first use, so building the parser (and ``--help``)
-    does not import the module. argparse only iterates it to check a value or to print that command's help."""
+    does not import the module. argparse only iterates it to check a value or to print that command's help.
+
+    The attribute is a collection of names, or a function returning one (read again at each use, so a registry
+    that grows after the parser was built, e.g. :func:`compresskit.runtimes.runtime_names`, is seen)."""
 
     def __init__(self, module: str, attribute: str) -> None:
         self.module, self.attribute = module, attribute
@@ -98,7 +101,8 @@ class LazyChoices:
     def _values(self) -> tuple[str, ...]:
         import importlib
 
-        return tuple(getattr(importlib.import_module(self.module), self.attribute))
+        values = getattr(importlib.import_module(self.module), self.attribute)
+        return tuple(values() if callable(values) else values)
 
     def __contains__(self, value: object) -> bool:
         return value in self._values()

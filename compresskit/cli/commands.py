@@ -45,8 +45,10 @@ def _data_split(args: argparse.Namespace) -> int:
     for name, counts in manifest["splits"].items():
         print(f"{name:5s} {counts['images']:6d} images {counts['boxes']:7d} boxes in {counts['groups']} group(s)")
     if manifest["not_in_val"]:
-        print(f"only one image group has boxes of {', '.join(manifest['not_in_val'])}: kept in train, so val cannot "
-              "measure them")
+        from compresskit.data.values import one_line
+
+        names = one_line(", ".join(manifest["not_in_val"]), limit=400)  # category names are the dataset's text
+        print(f"only one image group has boxes of {names}: kept in train, so val cannot measure them")
     print(f"written to {args.out} (manifest.json records the split); train with --data {args.out}")
     return 0
 
@@ -103,17 +105,18 @@ def _prune(args: argparse.Namespace) -> int:
     prune_config = replace(PRUNE_RECIPE, ratio=PRUNE_RECIPE.ratio if args.ratio is None else args.ratio,
                            part_ratios=dict(args.part_ratio) or PRUNE_RECIPE.part_ratios)
     train_config = replace(FINETUNE_RECIPE, epochs=args.epochs or FINETUNE_RECIPE.epochs)
-    if args.kd:
-        from compresskit.distill import distill_pruned
+    name, extra_training = args.name, None
+    if args.kd:  # the same pruning and budget, recovered with KD from the unpruned detector it was pruned from
+        from compresskit.distill import KDConfig, distillation
+        from compresskit.models import load_preset
 
         name = args.name if args.name != "teacher_pruned" else "teacher_pruned_kd"
-        checkpoint = distill_pruned(args.out, teacher=args.preset, prune_config=prune_config,
+        teacher, _, _ = load_preset(args.preset, checkpoint=args.checkpoint)
+        extra_training = distillation(teacher, KDConfig())
+    checkpoint = prune_and_finetune(args.out, preset=args.preset, prune_config=prune_config,
                                     train_config=train_config, data_dir=args.data, name=name,
-                                    max_iters_per_epoch=args.max_iters, checkpoint=args.checkpoint)
-    else:
-        checkpoint = prune_and_finetune(args.out, preset=args.preset, prune_config=prune_config,
-                                        train_config=train_config, data_dir=args.data, name=args.name,
-                                        max_iters_per_epoch=args.max_iters, checkpoint=args.checkpoint)
+                                    max_iters_per_epoch=args.max_iters, checkpoint=args.checkpoint,
+                                    extra_training=extra_training)
     print(f"pruned checkpoint written to {checkpoint}")
     return 0
 
@@ -133,29 +136,6 @@ def _shown(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-
-
-def _quantize(args: argparse.Namespace) -> int:
-    from compresskit.harness.quantization import quantize_command
-
-    summary = quantize_command(args.preset, args.out, checkpoint=args.checkpoint, runtime=args.runtime,
-                               calibration_images=args.calibration_images, method=args.method, runs=args.runs,
-                               qat_steps=args.qat_steps or 0)
-    if args.runtime == "torchao":
-        for key in ("ptq", "qat"):
-            if key in summary["artifacts"]:
-                low, high = summary["paired_latency"][key]["interval"]
-                print(f"{summary['artifacts'][key]}: mAP (0-1) {summary['map']['fp32']:.4f} -> "
-                      f"{summary['map'][key]:.4f}, x{summary['paired_latency'][key]['speedup']:.2f} "
-                      f"[{low:.2f}-{high:.2f}] faster than the compiled fp32 core (paired, same run)")
-        print(f"summary written to {Path(args.out) / (summary['preset'] + '-int8.json')}")
-        return 0
-    paired = summary["paired_latency"]
-    print(f"{summary['artifact']}: {summary['size_ratio']:.2f}x smaller than fp32, mAP (0-1) "
-          f"{summary['map']['fp32']:.4f} -> {summary['map']['int8']:.4f}, x{paired['speedup']:.2f} "
-          f"[{paired['interval'][0]:.2f}-{paired['interval'][1]:.2f}] faster than the fp32 core (paired, same run)")
-    print(f"summary written to {Path(args.out) / (summary['preset'] + '-int8.json')}")
-    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

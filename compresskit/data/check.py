@@ -8,8 +8,6 @@ problems to stderr and the summary of a clean dataset to stdout, so ``> summary.
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from compresskit.data.check_report import CheckReport, Problem
-from compresskit.data.files import describe_json_error
+from compresskit.data.files import JsonFileError, parse_json_bytes
+from compresskit.data.safe_paths import file_name_problem, normalized_file_name
+from compresskit.data.values import is_int as _is_int
+from compresskit.data.values import is_number as _is_number
+from compresskit.data.values import MAX_JSON_DEPTH, nesting_depth_exceeds, one_line, shown
 
 __all__ = ["CheckReport", "Problem", "check_dataset", "main_check"]
 
@@ -33,14 +35,7 @@ REQUIRED_KEYS = {
     "categories": ("id", "name"),
 }
 _SINGULAR = {"images": "image", "annotations": "annotation", "categories": "category"}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not an id
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+_UNREADABLE = object()  # load_json's answer for a file that did not parse (a file may hold a JSON null)
 
 
 class _Checker:
@@ -63,20 +58,16 @@ class _Checker:
         except OSError as exc:
             self.add("unreadable_file", "-", f"cannot read the annotation file ({exc.strerror or exc})",
                      "check the path and permissions")
-            return None
+            return _UNREADABLE
         if not text.strip():
             self.add("invalid_json", "-", f"{self.annotation_file.name} is empty ({len(text)} bytes)",
                      "was the download or export interrupted? re-export or re-download it")
-            return None
+            return _UNREADABLE
         try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            what, fix = describe_json_error(self.annotation_file, exc)
-            self.add("invalid_json", "-", what, fix)
-        except UnicodeDecodeError as exc:
-            self.add("invalid_json", "-", f"not UTF-8 text ({exc.reason} at byte {exc.start})",
-                     "save the annotation file as UTF-8 JSON")
-        return None
+            return parse_json_bytes(self.annotation_file, text)
+        except JsonFileError as exc:  # bad syntax, truncation, not UTF-8, absurd nesting or numbers
+            self.add("invalid_json", "-", exc.what, exc.fix)
+        return _UNREADABLE
 
     def section(self, data: dict, key: str) -> list[dict] | None:
         """The list under ``key`` with non-dict entries and records missing keys reported and dropped."""
@@ -104,7 +95,8 @@ class _Checker:
                 if _is_int(record.get("id")):
                     self.incomplete_ids[key].add(record["id"])
             elif not _is_int(record["id"]):
-                self.add("wrong_type", where, f"id {record['id']!r} is not an integer", "use integer ids as COCO does")
+                self.add("wrong_type", where, f"id {shown(record['id'])} is not an integer",
+                         "use integer ids as COCO does")
             else:
                 kept.append(record)
         return kept
@@ -113,8 +105,11 @@ class _Checker:
     def record(key: str, record: dict, index: int) -> str:
         if "id" not in record:
             return f"{key}[{index}]"
-        name = f"{_SINGULAR[key]} id={record['id']}"
-        return f"{name} (file_name={record['file_name']})" if key == "images" and "file_name" in record else name
+        name = f"{_SINGULAR[key]} id={shown(record['id'])}"
+        if key != "images" or "file_name" not in record:
+            return name
+        file_name = record["file_name"]
+        return f"{name} (file_name={one_line(file_name) if isinstance(file_name, str) else shown(file_name)})"
 
     def unique_ids(self, key: str, records: list[dict]) -> dict[int, dict]:
         """Index by id, reporting every record that reuses an id (the first one wins, as in pycocotools' index)."""
@@ -127,21 +122,38 @@ class _Checker:
                 by_id[record["id"]] = record
         return by_id
 
+    def check_categories(self, categories: list[dict]) -> dict[int, str]:
+        """Index categories by id, reporting names that are not text (the summary and reports print them)."""
+        names = {}
+        for cid, category in self.unique_ids("categories", categories).items():
+            if isinstance(category["name"], str) and category["name"]:
+                names[cid] = category["name"]
+            else:
+                self.add("wrong_type", self.record("categories", category, 0),
+                         f"name {shown(category['name'])} is not a non-empty string", "name the category in text")
+                names[cid] = f"category {cid}"
+        return names
+
     def check_images(self, images: list[dict]) -> dict[int, dict]:
         by_id = self.unique_ids("images", images)
         seen_names: dict[str, int] = {}
         for image in by_id.values():
             where = self.record("images", image, 0)
-            if not isinstance(image["file_name"], str) or not image["file_name"]:
+            name = image["file_name"]
+            if not isinstance(name, str) or not name:
                 self.add("wrong_type", where, "file_name is not a non-empty string", "set it to the image's path")
-            elif image["file_name"] in seen_names:
-                self.add("duplicate_file_name", where, f"same file as image id={seen_names[image['file_name']]}",
+            elif (unsafe := file_name_problem(name)) is not None:
+                # Never read, linked or written: the name would reach outside the images folder.
+                self.add("unsafe_file_name", where, f"file_name {unsafe[0]}", unsafe[1])
+            elif normalized_file_name(name) in seen_names:
+                self.add("duplicate_file_name", where,
+                         f"same file as image id={seen_names[normalized_file_name(name)]}",
                          "each image record needs its own file; remove the duplicate and merge its annotations")
             else:
-                seen_names[image["file_name"]] = image["id"]
+                seen_names[normalized_file_name(name)] = image["id"]
             for key in ("width", "height"):
                 if not (_is_int(image[key]) and image[key] > 0):
-                    self.add("wrong_type", where, f"{key} {image[key]!r} is not a positive integer",
+                    self.add("wrong_type", where, f"{key} {shown(image[key])} is not a positive integer",
                              f"set {key} to the image's size in pixels")
         return by_id
 
@@ -154,22 +166,23 @@ class _Checker:
             where = self.record("annotations", ann, 0)
             bad_refs = [k for k in ("image_id", "category_id") if not _is_int(ann[k])]
             if bad_refs:  # also keeps unhashable values (lists) away from the dict lookups below
-                self.add("wrong_type", where, "; ".join(f"{k} {ann[k]!r} is not an integer" for k in bad_refs),
+                self.add("wrong_type", where, "; ".join(f"{k} {shown(ann[k])} is not an integer" for k in bad_refs),
                          "refer to images and categories by their integer id")
                 continue
             image = (images or {}).get(ann["image_id"])
             # Only cross-check when the other section is usable, so one missing section is one problem, not 10,000.
             if images and image is None and ann["image_id"] not in self.incomplete_ids["images"]:
-                self.add("unknown_image", where, f"image_id {ann['image_id']!r} is not in 'images'",
+                self.add("unknown_image", where, f"image_id {ann['image_id']} is not in 'images'",
                          "add the image record or remove the annotation")
             if ann["category_id"] in summary["per_category"]:
                 summary["per_category"][ann["category_id"]] += 1
             elif categories and ann["category_id"] not in self.incomplete_ids["categories"]:
-                self.add("unknown_category", where, f"category_id {ann['category_id']!r} is not in 'categories'",
+                self.add("unknown_category", where, f"category_id {ann['category_id']} is not in 'categories'",
                          "add the category or map the annotation to an existing one")
             box_area = self.check_box(ann, where, image)
             if "iscrowd" in ann and not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
-                self.add("bad_iscrowd", where, f"iscrowd is {ann['iscrowd']!r}, not 0 or 1", "set iscrowd to 0 or 1")
+                self.add("bad_iscrowd", where, f"iscrowd is {shown(ann['iscrowd'])}, not 0 or 1",
+                         "set iscrowd to 0 or 1")
             elif ann.get("iscrowd") == 1:
                 summary["crowd"] += 1
             area = self.check_area(ann, where)
@@ -182,18 +195,18 @@ class _Checker:
         """Report a malformed, empty or out-of-image box; return its area when the box is usable."""
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            self.add("wrong_type", where, f"bbox {bbox!r} is not 4 finite numbers [x, y, width, height]",
+            self.add("wrong_type", where, f"bbox {shown(bbox)} is not 4 finite numbers [x, y, width, height]",
                      "write the box as [x, y, width, height] in pixels")
             return None
         x, y, w, h = bbox
         if w <= 0 or h <= 0:
-            self.add("box_nonpositive", where, f"box {bbox} has non-positive width or height",
+            self.add("box_nonpositive", where, f"box {shown(bbox)} has non-positive width or height",
                      "remove the annotation or give it a positive width and height")
             return None
         if image is not None and _is_int(image["width"]) and _is_int(image["height"]):
             width, height, tol = image["width"], image["height"], BOX_TOLERANCE_PX
             if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-                self.add("box_outside", where, f"box {bbox} extends outside the {width}x{height} image "
+                self.add("box_outside", where, f"box {shown(bbox)} extends outside the {width}x{height} image "
                          f"id={image['id']}", "clip the box to the image or correct its coordinates")
         return w * h
 
@@ -203,9 +216,10 @@ class _Checker:
                      severity="warning")
             return None
         if not _is_number(ann["area"]):
-            self.add("wrong_type", where, f"area {ann['area']!r} is not a finite number", "set area in pixels²")
+            self.add("wrong_type", where, f"area {shown(ann['area'])} is not a finite number", "set area in pixels²")
         elif ann["area"] < 0:
-            self.add("bad_area", where, f"area {ann['area']} is negative", "set area to the object's pixel area")
+            self.add("bad_area", where, f"area {shown(ann['area'])} is negative",
+                     "set area to the object's pixel area")
         else:
             return float(ann["area"])
         return None
@@ -216,12 +230,18 @@ class _Checker:
             self.add("missing_image", "-", f"images folder {self.images_dir} does not exist",
                      "pass the folder that the json's file_name entries are relative to")
             return
-        records = [im for im in images.values() if isinstance(im["file_name"], str) and im["file_name"]]
+        records = [im for im in images.values() if file_name_problem(im["file_name"]) is None]  # safe names only
         missing = []
         for image in tqdm(records, desc="checking images", unit="img", disable=not (progress and check_pixels)):
-            path = self.images_dir / image["file_name"]
+            path = self.images_dir / normalized_file_name(image["file_name"])
             where = self.record("images", image, 0)
-            if not path.is_file():
+            try:
+                exists = path.is_file()  # follows links: an image in a shared store is an image
+            except OSError as exc:  # permission denied, path too long: is_file() only absorbs "not there"
+                self.add("unreadable_image", where, f"image file {path} cannot be checked "
+                         f"({exc.strerror or exc})", "check the path and its permissions", file=self.file)
+                continue
+            if not exists:
                 missing.append(image)
                 self.add("missing_image", where, f"image file {path} does not exist",
                          "restore the file, fix file_name (relative to the images folder) or remove the record",
@@ -240,8 +260,9 @@ class _Checker:
                  and (folder.parent / image["file_name"]).is_file()]
         if len(found) * 2 < len(missing):  # only when it explains most of the missing files
             return
+        example = one_line(found[0]["file_name"])
         self.hints.append(f"{len(found)} of the {len(missing)} missing images exist under {folder.parent}: the "
-                          f"file_name entries already start with '{folder.name}/' (e.g. {found[0]['file_name']}), so "
+                          f"file_name entries already start with '{folder.name}/' (e.g. {example}), so "
                           f"pass --images {folder.parent} instead of --images {folder}")
 
     def check_pixels(self, path: Path, image: dict, where: str) -> None:
@@ -285,7 +306,12 @@ def check_dataset(annotation_file: Path, images_dir: Path, *, check_pixels: bool
     checker = _Checker(annotation_file, images_dir)
     report = CheckReport(annotation_file, images_dir, checker.problems, hints=checker.hints)
     data = checker.load_json()
-    if data is None:
+    if data is _UNREADABLE:
+        return report
+    if nesting_depth_exceeds(data):
+        checker.add("invalid_json", "-", f"{annotation_file.name} nests lists or objects more than {MAX_JSON_DEPTH} "
+                    "levels deep (a COCO file nests a few: images, a record, its bbox)",
+                    "export the file again, or remove the deeply nested values")
         return report
     if not isinstance(data, dict):
         checker.add("not_object", "-", f"top level is a JSON {type(data).__name__}, not an object",
@@ -294,7 +320,7 @@ def check_dataset(annotation_file: Path, images_dir: Path, *, check_pixels: bool
     categories = checker.section(data, "categories")
     images = checker.section(data, "images")
     annotations = checker.section(data, "annotations")
-    category_names = {cid: c["name"] for cid, c in checker.unique_ids("categories", categories or []).items()}
+    category_names = checker.check_categories(categories or [])
     images_by_id = checker.check_images(images) if images is not None else None
     summary = checker.check_annotations(annotations or [], images_by_id, category_names)
     if images_by_id:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compresskit.data.values import one_line
 from compresskit.errors import DatasetError
 
 
@@ -24,7 +25,8 @@ class Problem:
 
     def __str__(self) -> str:
         marker = "" if self.severity == "error" else f"{self.severity}: "
-        return f"{self.file}: {self.record}: {marker}{self.what} — fix: {self.fix}"
+        # one_line: a path or value with a newline or a lone surrogate must not break the one-line-per-problem rule
+        return one_line(f"{self.file}: {self.record}: {marker}{self.what} — fix: {self.fix}", limit=1000)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class CheckReport:
 
     def raise_for_errors(self, limit: int = 5) -> None:
         """Raise DatasetError listing the first ``limit`` errors per kind, for code that must not go on."""
+        if len(self.errors) == 1 and not self.hints:  # one fault, one line: the problem names the file itself
+            raise DatasetError(str(self.errors[0]))
         if not self.ok:
             errors_only = CheckReport(self.annotation_file, self.images_dir, self.errors, hints=self.hints)
             shown = errors_only.format_problems(limit)
@@ -70,7 +74,7 @@ class CheckReport:
         ]
         names = s.get("category_names", {})
         per_category = sorted(s.get("per_category", {}).items(), key=lambda kv: (-kv[1], kv[0]))
-        items = [f"{names.get(cid, cid)} {count}" for cid, count in per_category if count]
+        items = [f"{one_line(str(names.get(cid, cid)), 60)} {count}" for cid, count in per_category if count]
         empty = sum(1 for _, count in per_category if not count)
         if items:  # COCO has 80 categories: wrap between items rather than print one 800-character line
             lines.append("  per category:")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from compresskit.data.download import download, extract_zip_member, pin_file, read_pin, write_pin
 from compresskit.data.files import atomic_write_json, is_sha256, sha256_file
+from compresskit.data.safe_paths import file_name_problem
 from compresskit.errors import DatasetError, DownloadError
 from compresskit.settings import data_root
 
@@ -196,6 +197,10 @@ def verify_subset(out: Path) -> list[str]:
         return [f"{out / 'manifest.json'}: missing or unreadable ({error}); rebuild the subset."]
     problems = []
     for relative, sha256 in expected:
+        unsafe = file_name_problem(relative)
+        if unsafe is not None:  # a tampered manifest must not make the check read (hash) files elsewhere
+            problems.append(f"{out / 'manifest.json'}: entry {unsafe[0]}; rebuild the subset.")
+            continue
         path = out / relative
         if not path.is_file():
             problems.append(f"{path}: missing")
@@ -271,6 +276,10 @@ def _fetch_images(images: list[dict], target: Path, split: str, images_base_url:
             shutil.copyfile(source, destination)
             return
         url = image.get("coco_url") or f"{OFFICIAL_IMAGES_BASE_URL}/{split}/{name}"
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+            # urllib also opens file:// and ftp:// URLs: an annotation file must not make the kit copy local files
+            raise DatasetError(f"Image id {image['id']} has coco_url {url!r:.100}, not an http(s) URL; use the "
+                               "official annotations or a local COCO install (--coco-root).")
         if url.startswith(OFFICIAL_IMAGES_BASE_URL):
             url = images_base_url.rstrip("/") + url[len(OFFICIAL_IMAGES_BASE_URL):]
         download(url, destination, progress=False)
@@ -354,10 +363,11 @@ def build_coco_subset(out: Path, recipe: SubsetRecipe, *, annotations_url: str =
                        f"retry.") from error
         subset = select_subset(document, recipe)
         del document  # the train2017 JSON is ~450 MB of Python objects
-        for image in subset["images"]:
-            name = Path(image["file_name"]).name
-            if name != image["file_name"] or name in ("", ".", ".."):
-                raise DatasetError(f"Image id {image['id']} has an unexpected file_name {image['file_name']!r}.")
+        for image in subset["images"]:  # COCO's names are plain file names; anything else could leave the folder
+            name = image["file_name"]
+            if file_name_problem(name) is not None or "/" in name or name == ".":
+                raise DatasetError(f"Image id {image['id']} has an unexpected file_name {name!r:.100}; COCO 2017 "
+                                   "names images like 000000000139.jpg: check the annotation source.")
         _fetch_images(subset["images"], work / recipe.split, recipe.split, images_base_url, coco_root, progress)
         for image in subset["images"]:
             image["file_name"] = f"{recipe.split}/{image['file_name']}"

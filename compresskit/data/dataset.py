@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from compresskit.data.files import describe_json_error
+from compresskit.data.files import read_json_file
+from compresskit.data.safe_paths import confined, file_name_problem
+from compresskit.data.values import is_int, is_number, one_line, shown
 from compresskit.errors import DatasetError
+
+# What pycocotools' index and this loader read of each record; `compresskit data check` checks much more.
+_INDEXED_KEYS = {"images": ("id", "file_name"), "annotations": ("id", "image_id", "category_id", "bbox"),
+                 "categories": ("id", "name")}
+_ID_KEYS = {"images": ("id",), "annotations": ("id", "image_id", "category_id"), "categories": ("id",)}
+_CHECK_HINT = "(`compresskit data check` lists every problem)"
 
 
 @dataclass(frozen=True)
@@ -71,25 +78,42 @@ class LabelMap:
 def load_coco(annotation_file: Path | str) -> COCO:
     """pycocotools' COCO index of a file, with its chatter silenced and bad files turned into DatasetError."""
     annotation_file = Path(annotation_file)
-    try:
-        document = json.loads(annotation_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"{annotation_file}: annotation file not found") from None
-    except json.JSONDecodeError as exc:
-        what, fix = describe_json_error(annotation_file, exc)
-        raise DatasetError(f"{annotation_file}: {what}; {fix}") from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{annotation_file}: not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                           "save it as UTF-8 JSON") from None
-    missing = [key for key in ("images", "annotations", "categories") if key not in document]
-    if missing:
-        raise DatasetError(f"{annotation_file}: missing top-level key(s) {missing}; a COCO detection file needs "
-                           "images, annotations and categories")
+    document = read_json_file(annotation_file)
+    _require_indexable(annotation_file, document)
     coco = COCO()
     coco.dataset = document
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _require_indexable(annotation_file: Path, document: object) -> None:
+    """Raise DatasetError unless pycocotools can index ``document``: three lists of objects with the keys it reads
+    and integer ids (a list or ``true`` as an id would crash the index or silently alias another record)."""
+    if not isinstance(document, dict):
+        raise DatasetError(f"{annotation_file}: top level is a JSON {type(document).__name__}, not an object; a COCO "
+                           "detection file is an object with images, annotations and categories")
+    missing = [key for key in _INDEXED_KEYS if key not in document]
+    if missing:
+        raise DatasetError(f"{annotation_file}: missing top-level key(s) {missing}; a COCO detection file needs "
+                           "images, annotations and categories")
+    for section, keys in _INDEXED_KEYS.items():
+        records = document[section]
+        if not isinstance(records, list):
+            raise DatasetError(f"{annotation_file}: '{section}' is a {type(records).__name__}, not a list; make it a "
+                               "JSON list of objects")
+        for index, record in enumerate(records):
+            where = f"{annotation_file}: {section}[{index}]"
+            if not isinstance(record, dict):
+                raise DatasetError(f"{where}: entry is a {type(record).__name__}, not an object {_CHECK_HINT}")
+            absent = [key for key in keys if key not in record]
+            if absent:
+                raise DatasetError(f"{where}: missing key(s) {', '.join(absent)}; add them (the loader reads "
+                                   f"{', '.join(keys)}) {_CHECK_HINT}")
+            for key in _ID_KEYS[section]:
+                if not is_int(record[key]):
+                    raise DatasetError(f"{where}: {key} {shown(record[key])} is not an integer; use integer ids as "
+                                       f"COCO does {_CHECK_HINT}")
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -116,47 +140,67 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ids = sorted(self.coco.imgs)
         if not self.ids:
             raise DatasetError(f"{self.annotation_file}: the dataset has no images")
+        if not self.label_map.category_ids:
+            raise DatasetError(f"{self.annotation_file}: the dataset has no categories; add the categories its "
+                               "boxes belong to")
         self._validate()
 
     def _validate(self) -> None:
+        """Refuse, before any file is opened, what would crash a DataLoader worker or leave the images folder."""
+        for image in self.coco.dataset["images"]:
+            unsafe = file_name_problem(image["file_name"])
+            if unsafe is not None:
+                raise DatasetError(f"{self.annotation_file}: image id={image['id']}: file_name {unsafe[0]}; "
+                                   f"{unsafe[1]} {_CHECK_HINT}")
         known = set(self.label_map.category_ids)
         for ann in self.coco.dataset["annotations"]:
-            where = f"{self.annotation_file}: annotation id={ann.get('id')}"
-            if ann.get("category_id") not in known:
-                raise DatasetError(f"{where}: unknown category_id {ann.get('category_id')}; add it to "
-                                   "'categories' or remove the annotation (`compresskit data check` lists all)")
-            bbox = ann.get("bbox")
-            if not bbox or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
-                raise DatasetError(f"{where}: degenerate box {bbox} (width and height must be > 0); fix or "
-                                   "remove it (`compresskit data check` lists all)")
-            if ann.get("image_id") not in self.coco.imgs:
-                raise DatasetError(f"{where}: image_id {ann.get('image_id')} is not in 'images'")
+            where = f"{self.annotation_file}: annotation id={ann['id']}"
+            if ann["category_id"] not in known:
+                raise DatasetError(f"{where}: unknown category_id {ann['category_id']}; add it to "
+                                   f"'categories' or remove the annotation {_CHECK_HINT}")
+            bbox = ann["bbox"]
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
+                raise DatasetError(f"{where}: bbox {shown(bbox)} is not 4 finite numbers [x, y, width, height]; fix "
+                                   f"or remove it {_CHECK_HINT}")
+            if bbox[2] <= 0 or bbox[3] <= 0:
+                raise DatasetError(f"{where}: degenerate box {shown(bbox)} (width and height must be > 0); fix or "
+                                   f"remove it {_CHECK_HINT}")
+            if "area" in ann and not is_number(ann["area"]):
+                raise DatasetError(f"{where}: area {shown(ann['area'])} is not a finite number; set it in pixels² "
+                                   f"or leave it out {_CHECK_HINT}")
+            if ann.get("iscrowd", 0) not in (0, 1):
+                raise DatasetError(f"{where}: iscrowd is {shown(ann['iscrowd'])}, not 0 or 1; set it to 0 or 1 "
+                                   f"{_CHECK_HINT}")
+            if ann["image_id"] not in self.coco.imgs:
+                raise DatasetError(f"{where}: image_id {ann['image_id']} is not in 'images'")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def load_image(self, image_id: int) -> Image.Image:
         info = self.coco.imgs[image_id]
-        path = self.root / info["file_name"]
+        path = confined(self.root, info["file_name"])  # checked in _validate; reading through links is fine
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")  # grayscale and CMYK files exist in real COCO
         except FileNotFoundError:
             raise DatasetError(f"{self.annotation_file}: image id={image_id}: file {path} is missing; restore it "
                                "or remove the image from the annotation file") from None
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DatasetError(f"{self.annotation_file}: image id={image_id}: {path} cannot be read ({exc}); "
-                               "replace the file") from None
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, DecompressionBombError, SyntaxError...
+            raise DatasetError(f"{self.annotation_file}: image id={image_id}: {path} cannot be read "
+                               f"({type(exc).__name__}: {one_line(str(exc))}); replace the file") from None
 
     def load_target(self, image_id: int, width: int, height: int) -> dict:
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        # float() first: torch cannot take a JSON integer beyond int64 (10**30 is a valid, if absurd, number)
+        boxes = torch.tensor([[float(v) for v in a["bbox"]] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # boxes lying wholly outside vanish
         labels = torch.tensor([self.label_map.to_label(a["category_id"]) for a in anns], dtype=torch.int64)
-        area = torch.tensor([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=torch.float32)
+        area = torch.tensor([float(a.get("area", float(a["bbox"][2]) * float(a["bbox"][3]))) for a in anns],
+                            dtype=torch.float32)
         return {"boxes": tv_tensors.BoundingBoxes(boxes[keep], format="XYXY", canvas_size=(height, width)),
                 "labels": labels[keep], "image_id": image_id, "area": area[keep],
                 "iscrowd": torch.zeros(int(keep.sum()), dtype=torch.int64)}

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from compresskit.data.files import atomic_write_json
+from compresskit.data.safe_paths import confined, link_on_the_way
 from compresskit.errors import DatasetError
 
 EXAMPLE_CATEGORIES = ({"id": 0, "name": "disc"}, {"id": 3, "name": "tile"},
@@ -82,10 +83,20 @@ def write_example_export(folder: Path | str, images: int = 12, seed: int = 0) ->
 
 def convert_to_rgb_(images_dir: Path | str, file_names: list[str]) -> list[str]:
     """Rewrite the named images in RGB, in place (what ``data check``'s non-RGB warning suggests for tools other
-    than the kit, whose loader converts on the fly). Returns the names actually converted."""
+    than the kit, whose loader converts on the fly). Returns the names actually converted.
+
+    Raises:
+        DatasetError: a name leaves ``images_dir``, or the file (or a folder on its way) is a symbolic link: the
+            rewrite would change a file outside the dataset (a shared store), so nothing is converted.
+    """
+    paths = [confined(images_dir, name) for name in file_names]
+    for path in paths:
+        link = link_on_the_way(Path(images_dir), path)
+        if link is not None:
+            raise DatasetError(f"{link} is a symbolic link; converting {path.name} in place would rewrite a file "
+                               "outside the dataset: copy the images into the folder first (nothing was converted)")
     converted = []
-    for name in file_names:
-        path = Path(images_dir) / name
+    for name, path in zip(file_names, paths):
         with Image.open(path) as image:
             if image.mode == "RGB":
                 continue

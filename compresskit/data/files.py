@@ -1,4 +1,4 @@
-"""Small file helpers shared by the whole kit: atomic writes, checksums and readable JSON errors.
+"""Small file helpers shared by the whole kit: atomic writes, checksums, and JSON reading with readable errors.
 
 A reader never sees a half-written file: content goes to a temporary file in the same folder, is flushed to
 disk, and only then renamed over the target (a rename within one filesystem is atomic).
@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from compresskit.errors import DatasetError
 
 
 def atomic_write_bytes(path: Path | str, payload: bytes) -> Path:
@@ -55,6 +57,66 @@ def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
 def is_sha256(value: object) -> bool:
     """Whether ``value`` is a lowercase hex sha256 digest (64 characters), as ``sha256_file`` returns."""
     return isinstance(value, str) and len(value) == 64 and all(char in "0123456789abcdef" for char in value)
+
+
+class JsonFileError(DatasetError):
+    """A JSON file that cannot be parsed; ``what`` and ``fix`` are the message's two halves (``data check`` shows
+    them as one problem)."""
+
+    def __init__(self, path: Path | str, what: str, fix: str) -> None:
+        super().__init__(f"{path}: {what}; {fix}")
+        self.what, self.fix = what, fix
+
+
+def parse_json_bytes(path: Path | str, payload: bytes) -> Any:
+    """The document in ``payload`` (the bytes of the file ``path``): UTF-8, a leading byte-order mark allowed.
+
+    Every way a parser can fail on hostile or broken input becomes one message: bad syntax or truncation (with
+    line and column), non-UTF-8 bytes, nesting too deep for the parser (``[[[[...]]]]``), integers with more digits
+    than Python converts, and a document too large for memory. ``NaN`` and ``Infinity`` literals parse (as Python
+    does); whoever reads a number checks it is finite.
+
+    Raises:
+        JsonFileError: the file is not a JSON document the kit can read.
+    """
+    name = Path(path).name
+    try:
+        return json.loads(payload.decode("utf-8-sig"))  # -sig: editors on Windows start UTF-8 files with a BOM
+    except json.JSONDecodeError as exc:
+        raise JsonFileError(path, *describe_json_error(path, exc)) from None
+    except UnicodeDecodeError as exc:
+        raise JsonFileError(path, f"{name} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                            "save the annotation file as UTF-8 JSON") from None
+    except RecursionError:
+        raise JsonFileError(path, f"{name} nests lists or objects too deeply to parse (a COCO file nests a few "
+                            "levels: images, a record, its bbox)",
+                            "export the file again; it is not a COCO annotation file") from None
+    except MemoryError:
+        raise JsonFileError(path, f"{name} ({len(payload):,} bytes) is too large to parse in the memory available",
+                            "use a machine with more memory or split the file") from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise JsonFileError(path, f"{name} holds a value Python cannot read ({str(exc)[:120]})",
+                            "write ids and sizes as ordinary numbers") from None
+
+
+def read_json_file(path: Path | str) -> Any:
+    """The JSON document in the file ``path``, with every failure one :class:`JsonFileError` message.
+
+    Raises:
+        JsonFileError: the file is missing, unreadable, empty, or not a JSON document (see ``parse_json_bytes``).
+    """
+    path = Path(path)
+    try:
+        payload = path.read_bytes()
+    except FileNotFoundError:
+        raise JsonFileError(path, f"{path.name} not found", "check the path") from None
+    except OSError as exc:
+        raise JsonFileError(path, f"cannot read {path.name} ({exc.strerror or exc})",
+                            "check the path and permissions") from None
+    if not payload.strip():
+        raise JsonFileError(path, f"{path.name} is empty ({len(payload)} bytes)",
+                            "was the download or export interrupted? re-export or re-download it")
+    return parse_json_bytes(path, payload)
 
 
 def describe_json_error(path: Path | str, error: json.JSONDecodeError) -> tuple[str, str]:

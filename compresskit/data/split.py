@@ -6,13 +6,17 @@ The split is deterministic from its seed and works on *groups* of images: by def
 burst, in one group, so they never straddle train and val. Val is filled rarest category first: every category
 with boxes in at least two groups gets one of them in val, while train keeps at least one. Images are linked
 (hard links) or copied, never moved; the source files are only read. The whole output folder is written under a
-temporary name and renamed into place at the end, so an interrupted split leaves nothing behind.
+temporary name and renamed into place at the end, so an interrupted or failing split leaves nothing behind.
+
+Nothing is written outside ``out``: every ``file_name`` must stay inside the images folder (``data check`` refuses
+``..``, absolute paths and the like), ``out`` may not be a symbolic link (the split would land wherever it points),
+nor the images folder or a folder inside it (the split's files would mix with, and could replace, the sources).
+Source images may be symbolic links (a shared store): they are read through, and the split holds the files.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -24,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from compresskit.data.check import check_dataset
-from compresskit.data.files import _umask, atomic_write_json
+from compresskit.data.files import _umask, atomic_write_json, read_json_file
+from compresskit.data.safe_paths import confined, is_within, normalized_file_name
 from compresskit.errors import ConfigError, DatasetError
 
 SPLITS = ("train", "val")
@@ -123,12 +128,29 @@ def _place(source: Path, target: Path, mode: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     if mode == "link":
         try:
-            os.link(source, target)
+            # realpath: link(2) on Linux links a symbolic link itself (os.link's follow_symlinks does not reach it),
+            # which would leave a link in the split, dangling when it was relative; the file is what is wanted.
+            os.link(os.path.realpath(source), target)
             return "link"
         except OSError:  # another file system, or links not allowed: a copy does the same job
             pass
-    shutil.copy2(source, target)
+    shutil.copy2(source, target)  # follows a linked source too
     return "copy"
+
+
+def _refuse_unsafe_out(images_dir: Path, out: Path) -> None:
+    """Raise DatasetError, before anything is read or written, for an ``out`` the split must not write into."""
+    if out.is_symlink():
+        raise DatasetError(f"--out {out} is a symbolic link (to {os.readlink(out)}); the split would be written "
+                           "wherever it points: give a new folder that is not a link (nothing was written)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(f"{out} already exists and is not empty; split into a new folder (nothing was written)")
+    if is_within(out, images_dir):
+        raise DatasetError(f"--out {out} is the images folder {images_dir} or inside it; the split's files would "
+                           "mix with the sources: give a folder outside --images (nothing was written)")
+    if is_within(images_dir, out):
+        raise DatasetError(f"--images {images_dir} is inside --out {out}; give an --out folder that does not hold "
+                           "the sources (nothing was written)")
 
 
 def split_dataset(annotation_file: Path | str, images_dir: Path | str, out: Path | str,
@@ -146,16 +168,17 @@ def split_dataset(annotation_file: Path | str, images_dir: Path | str, out: Path
         box and per-category counts, the groups, and the categories that could not be put in val.
 
     Raises:
-        DatasetError: ``compresskit data check`` finds errors (they are listed), or ``out`` is not empty.
+        DatasetError: ``compresskit data check`` finds errors (they are listed), or ``out`` is not empty, is a
+            symbolic link, or is (inside) the images folder. Nothing is written then.
     """
     config = config or SplitConfig()
     annotation_file, images_dir, out = Path(annotation_file), Path(images_dir), Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DatasetError(f"{out} already exists and is not empty; split into a new folder (nothing was written)")
+    _refuse_unsafe_out(images_dir, out)
     report = check_dataset(annotation_file, images_dir, progress=progress)
     report.raise_for_errors()
-    data = json.loads(annotation_file.read_text(encoding="utf-8"))
-    images = {image["id"]: image for image in data["images"]}
+    data = read_json_file(annotation_file)
+    images = {image["id"]: {**image, "file_name": normalized_file_name(image["file_name"])}
+              for image in data["images"]}
     categories_of: dict[int, set[int]] = defaultdict(set)
     for annotation in data["annotations"]:
         categories_of[annotation["image_id"]].add(annotation["category_id"])
@@ -179,8 +202,9 @@ def split_dataset(annotation_file: Path | str, images_dir: Path | str, out: Path
             chosen = [images[i] for i in sorted(images) if split_of[i] == split]
             kept = {image["id"] for image in chosen}
             for image in chosen:
-                placed[_place(images_dir / image["file_name"], staging / split / image["file_name"],
-                              config.images)] += 1
+                # confined(): the check refused unsafe names already; a name never leaves staging regardless.
+                source, target = confined(images_dir, image["file_name"]), confined(staging / split, image["file_name"])
+                placed[_place(source, target, config.images)] += 1
             documents[split] = {**{key: value for key, value in data.items()
                                    if key not in ("images", "annotations")},
                                 "images": [{**image, "file_name": f"{split}/{image['file_name']}"}

@@ -6,20 +6,19 @@
   outputs through forward hooks and runs the frozen teacher on the same batch; feature adapters train as the
   engine's ``extra_modules``.
 - ``terms``: the per-location pieces (alignment check, foreground weights, box and feature terms).
-- ``recipe``: a student distilled on its own budget, and the pruned teacher recovered with KD.
-- ``figures``: the gradient-scale and per-step loss figures of the lesson.
+- ``recipe``: :func:`distillation`, KD as what a run of the engine's ``train_and_ship`` adds (the pruned
+  teacher's recovery passes it to ``compresskit.prune.prune_and_finetune``), and a student distilled on its
+  own budget.
 
 Introduced in ``04_distillation.ipynb``.
 """
 
-from compresskit.distill.figures import plot_gradient_scale, plot_kd_steps
 from compresskit.distill.fcos import METHODS, Distiller, KDConfig, check_label_maps, fpn_widths
 from compresskit.distill.losses import (article_kd_loss, giou_box_loss, gradient_scale, sigmoid_kd_loss,
                                         soft_targets_summary, softmax_kd_loss)
-from compresskit.distill.recipe import DISTILL_RECIPE, distill_pruned, distill_student, kd_step_log
+from compresskit.distill.recipe import DISTILL_RECIPE, distill_student, distillation, kd_step_log
 from compresskit.distill.terms import FOREGROUND_FLOOR
 
 __all__ = ["DISTILL_RECIPE", "FOREGROUND_FLOOR", "METHODS", "Distiller", "KDConfig", "article_kd_loss",
-           "check_label_maps", "distill_pruned", "distill_student", "fpn_widths", "giou_box_loss", "gradient_scale",
-           "kd_step_log", "plot_gradient_scale", "plot_kd_steps", "sigmoid_kd_loss", "soft_targets_summary",
-           "softmax_kd_loss"]
+           "check_label_maps", "distill_student", "distillation", "fpn_widths", "giou_box_loss", "gradient_scale",
+           "kd_step_log", "sigmoid_kd_loss", "soft_targets_summary", "softmax_kd_loss"]

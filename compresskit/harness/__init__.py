@@ -14,10 +14,11 @@ from compresskit.harness.own_data import DatasetStudyConfig, dataset_study
 from compresskit.harness.pruning import measure_structured, measure_unstructured, pruning_study
 from compresskit.harness.figures import draw_figures
 from compresskit.harness.reproduce import STUDIES, check_results, reproduce
+from compresskit.harness.reuse import ReuseCache
 from compresskit.harness.targets import TARGETS, check_targets
 from compresskit.harness.variant import Study, describe, runner_for
 
-__all__ = ["DatasetStudyConfig", "Loaded", "STUDIES", "Study", "TARGETS", "backbone_study", "baseline_study",
+__all__ = ["DatasetStudyConfig", "Loaded", "ReuseCache", "STUDIES", "Study", "TARGETS", "backbone_study", "baseline_study",
            "bench_baselines", "check_results", "check_targets", "combined_study", "dataset_study", "describe",
            "distillation_study", "draw_figures", "load_for_study", "load_trained", "measure_structured",
            "measure_unstructured", "pruning_study", "reproduce", "runner_for", "train_split", "training_record",

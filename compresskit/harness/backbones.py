@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 from torch import nn
 
 from compresskit.harness.loading import load_for_study, load_trained, require_embedded, train_split
+from compresskit.harness.reuse import ReuseCache
+from compresskit.harness.targets import BACKBONE_MAP_GAP, BACKBONE_SPEEDUP
 from compresskit.harness.variant import Study
 from compresskit.report.check import STAND_IN_WEIGHTS
 
@@ -45,7 +47,7 @@ def measure_backbone(study: Study, name: str, detector: nn.Module, meta: dict, s
     core, and (``int8``) its ORT int8 core against its own fp32 core (where int8 helps and where it does not).
     ``trunk_float`` adds a control: the same int8 core with the trunk kept in float (``ort-int8-trunk-fp32``,
     also against the fp32 core), so the two int8 records tell what quantizing the trunk itself buys."""
-    from compresskit.models.core import OnnxCore
+    from compresskit.runtimes import OnnxCore
     from compresskit.quantize import OrtQuantConfig
     from compresskit.harness.quantization import quantize_for_study
 
@@ -87,7 +89,7 @@ def measure_backbone(study: Study, name: str, detector: nn.Module, meta: dict, s
 def backbone_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
                    backbones: Sequence[str] | None = None, int8: bool = True, calibration_images: int = 64,
                    trunk_float: Sequence[str] = TRUNK_FLOAT_CONTROLS, progress: bool = False,
-                   log: Callable[[str], None] | None = None) -> Study:
+                   log: Callable[[str], None] | None = None, reuse: ReuseCache | None = None) -> Study:
     """Every record of lesson 05: the teacher (eager and ONNX Runtime fp32), then each backbone detector.
 
     Args:
@@ -105,7 +107,7 @@ def backbone_study(profile: str | None = None, val_images: int | None = None, ru
 
     teacher = load_for_study("teacher", profile)
     require_embedded(teacher, "backbone detectors")
-    study = Study.of(LESSON, teacher, val_images, runs=runs, progress=progress, log=log)
+    study = Study.of(LESSON, teacher, val_images, runs=runs, progress=progress, log=log, reuse=reuse)
     eager = study.measure(teacher.model, "backbones/teacher/eager", technique="baseline",
                           variant=f"{REFERENCE} trunk (the teacher), fp32")
     ort = study.measure(teacher.model, "backbones/teacher/ort-fp32", technique="baseline", runtime="onnxruntime",
@@ -116,10 +118,6 @@ def backbone_study(profile: str | None = None, val_images: int | None = None, ru
         measure_backbone(study, name, detector, meta, shipped, calibration_set, eager["id"], ort["id"], int8=int8,
                          calibration_images=calibration_images, trunk_float=name in trunk_float)
     return study
-
-
-TARGET_SPEEDUP = 3.0  # ONNX Runtime fp32, against the teacher's ONNX Runtime fp32 core
-TARGET_MAP_GAP = 0.05  # at most 5 mAP points below the teacher
 
 
 def tradeoff_rows(records: Sequence[dict], reference_metrics: dict[str, dict] | None = None) -> list[dict]:
@@ -133,7 +131,8 @@ def tradeoff_rows(records: Sequence[dict], reference_metrics: dict[str, dict] | 
     this run, or ``training record``); ``params``, ``macs``, ``size_bytes`` (the fp32 ONNX file), ``eager_ms``,
     ``fp32_ms`` and ``int8_ms`` (medians); ``speedup`` (ORT fp32 against the teacher's ORT fp32, paired) with its
     interval; ``int8_speedup`` (ORT int8 against its own fp32, paired) and ``int8_size_bytes``; ``map_gap`` (teacher
-    minus backbone) and ``meets_target`` (at least :data:`TARGET_SPEEDUP` faster within :data:`TARGET_MAP_GAP`).
+    minus backbone) and ``meets_target`` (at least :data:`~compresskit.harness.targets.BACKBONE_SPEEDUP` faster
+    within :data:`~compresskit.harness.targets.BACKBONE_MAP_GAP`).
     """
     by_id = {record["id"]: record for record in records}
     teacher = by_id.get("backbones/teacher/ort-fp32")
@@ -161,44 +160,15 @@ def tradeoff_rows(records: Sequence[dict], reference_metrics: dict[str, dict] | 
                "int8_map": (int8 or {}).get("map") if reference_metrics is None else None}
         row["map_gap"] = None if row["map"] is None else teacher_map - row["map"]
         row["meets_target"] = (row["speedup"] is not None and row["map_gap"] is not None
-                               and row["speedup"] >= TARGET_SPEEDUP and row["map_gap"] <= TARGET_MAP_GAP)
+                               and row["speedup"] >= BACKBONE_SPEEDUP and row["map_gap"] <= BACKBONE_MAP_GAP)
         rows.append(row)
     return rows
 
 
 def plot_tradeoffs(rows: Sequence[dict], teacher_map: float) -> "Figure":
-    """mAP against ONNX Runtime speed-up over the teacher, fp32 and int8, one point per backbone and runtime.
+    """:func:`compresskit.report.plot_tradeoffs` of :func:`tradeoff_rows` with this lesson's target (at least
+    :data:`~compresskit.harness.targets.BACKBONE_SPEEDUP` faster, at most
+    :data:`~compresskit.harness.targets.BACKBONE_MAP_GAP` below the teacher) drawn in."""
+    from compresskit.report import plot_tradeoffs as draw
 
-    The int8 point sits at the fp32 speed-up times int8's own paired speed-up (both measured in the same study);
-    the dotted and dash-dotted lines bound the lesson's target (at least 3x faster, at most 5 points below the teacher).
-    """
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7.5, 4.5), layout="constrained")
-    ax = figure.add_subplot()
-    ax.axhline(100 * teacher_map, color="0.3", linestyle="--", linewidth=0.8, label="teacher (x1.0)")
-    ax.axhline(100 * (teacher_map - TARGET_MAP_GAP), color="#e6194b", linestyle=":", linewidth=0.8,
-               label="target: within 5 points")
-    ax.axvline(TARGET_SPEEDUP, color="#e6194b", linestyle="-.", linewidth=0.8, label="target: 3x faster")
-    drawn = sorted((row for row in rows if row["map"] is not None and row["speedup"] is not None),
-                   key=lambda row: row["map"])
-    label_y = []  # rows a fraction of a point apart share a height: their labels are stacked instead
-    for row in drawn:
-        y = 100 * row["map"]
-        x8 = row["speedup"] * (row["int8_speedup"] or 1.0)
-        y8 = y if row["int8_map"] is None else 100 * row["int8_map"]
-        ax.scatter(row["speedup"], y, color="#4363d8", zorder=3)
-        if row["int8_speedup"] is not None:
-            ax.annotate("", (x8, y8), (row["speedup"], y), arrowprops={"arrowstyle": "->", "color": "0.6"})
-            ax.scatter(x8, y8, color="#f58231", marker="s", zorder=3)
-        stacked = sum(abs(y - other) < 1.0 for other in label_y)
-        label_y.append(y)
-        ax.annotate(row["name"], (x8, y8), textcoords="offset points", xytext=(6, -3 + 9 * stacked), fontsize=7)
-    ax.scatter([], [], color="#4363d8", label="ONNX Runtime fp32")
-    ax.scatter([], [], color="#f58231", marker="s", label="ONNX Runtime int8 (drawn at the fp32 mAP where "
-                                                         "int8 was not evaluated)")
-    ax.set_xlabel("speed-up over the teacher's ONNX Runtime fp32 core (paired, x)")
-    ax.set_ylabel("val mAP (x100)")
-    ax.grid(alpha=0.3)
-    figure.legend(fontsize=7, loc="outside lower center", ncols=3)
-    return figure
+    return draw(rows, teacher_map, target_speedup=BACKBONE_SPEEDUP, target_map_gap=BACKBONE_MAP_GAP)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from compresskit.harness.loading import load_for_study, val_loader
+from compresskit.harness.reuse import ReuseCache
 from compresskit.harness.variant import Study
 
 LESSON = "01_baseline_detectors"
@@ -16,7 +17,8 @@ LESSON = "01_baseline_detectors"
 
 def baseline_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
                    threads: int | None = None, models: tuple[str, ...] = ("teacher", "student"),
-                   progress: bool = False, log: Callable[[str], None] | None = None, lesson: str = LESSON) -> Study:
+                   progress: bool = False, log: Callable[[str], None] | None = None, lesson: str = LESSON,
+                   reuse: ReuseCache | None = None) -> Study:
     """Measure each preset in torch eager and ONNX Runtime fp32, in one run.
 
     The teacher's eager record is the study's baseline: the student's eager record is timed against it; each
@@ -32,7 +34,7 @@ def baseline_study(profile: str | None = None, val_images: int | None = None, ru
     """
     first = load_for_study(models[0], profile)
     study = Study(lesson=lesson, model=first.name, profile=first.profile, val_loader=val_loader(first, val_images),
-                  label_map=first.label_map, runs=runs, threads=threads, progress=progress, log=log)
+                  label_map=first.label_map, runs=runs, threads=threads, progress=progress, log=log, reuse=reuse)
     for index, name in enumerate(models):
         loaded = first if index == 0 else load_for_study(name, first.profile)
         source = loaded.meta.get("command") or ("torchvision COCO weights" if loaded.profile == "coco" else None)

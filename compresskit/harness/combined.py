@@ -26,9 +26,11 @@ from torch import nn
 from compresskit.harness.distillation import student_architecture
 from compresskit.harness.loading import load_for_study, load_trained, require_embedded, train_split
 from compresskit.harness.quantization import quantize_for_study
+from compresskit.harness.reuse import ReuseCache
+from compresskit.harness.targets import COMBINED_MAP_DROP, COMBINED_RECORD, COMBINED_SIZE_RATIO, COMBINED_SPEEDUP
 from compresskit.harness.variant import Study
-from compresskit.models.core import OnnxCore
 from compresskit.quantize.ort import OrtQuantConfig
+from compresskit.runtimes import OnnxCore
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -40,10 +42,8 @@ STUDENT_CONTROL, STUDENT_KD = "student_kd_none", "student_kd_both"
 CALIBRATION_IMAGES = 64
 FP32_ONLY_CALIBRATION = 4  # the export step writes the fp32 core; its int8 twin is not measured
 TEACHER_EAGER, TEACHER_ORT = "combined/teacher/eager", "combined/teacher/ort-fp32"
-FINAL_TEACHER = "combined/teacher/prune-kd-int8"  # the record the combined targets are checked on
+FINAL_TEACHER = COMBINED_RECORD  # the record the combined targets are checked on (harness.targets)
 FINAL_STUDENT = "combined/student/kd-int8"
-# The kit's targets for the prune route, against the fp32 teacher of the same run (see harness.targets).
-TARGET_SIZE_RATIO, TARGET_SPEEDUP, TARGET_MAP_DROP = 10.0, 4.0, 2.0
 ERRATA_IMAGES = 4  # val images whose class logits the article's loss is tried on
 
 
@@ -94,7 +94,8 @@ def _ort_record(study: Study, detector: nn.Module, calibration_set, record_id: s
 
 
 def combined_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
-                   progress: bool = False, log: Callable[[str], None] | None = None) -> Study:
+                   progress: bool = False, log: Callable[[str], None] | None = None,
+                   reuse: ReuseCache | None = None) -> Study:
     """Every record of lesson 06: the teacher (eager, ORT fp32) and each stage of :data:`ROUTES`.
 
     Eager records (the pruned + KD detector, before int8) compare with the eager teacher, ONNX Runtime records
@@ -105,7 +106,7 @@ def combined_study(profile: str | None = None, val_images: int | None = None, ru
 
     teacher = load_for_study("teacher", profile)
     require_embedded(teacher, "pruned and distilled detectors")
-    study = Study.of(LESSON, teacher, val_images, runs=runs, progress=progress, log=log)
+    study = Study.of(LESSON, teacher, val_images, runs=runs, progress=progress, log=log, reuse=reuse)
     calibration_set = train_split(teacher, augment=False)
     images = [study.val_loader.dataset[index][0] for index in range(ERRATA_IMAGES)]
     # The article's snippets run here, on this teacher and today's libraries; what they did is kept in the
@@ -206,63 +207,17 @@ def stages_markdown(document) -> str:
 
 
 def plot_stages(document) -> "Figure":
-    """What each stage of each route buys and costs, against the fp32 teacher in ONNX Runtime: three panels
-    (mAP, shipped size on a log axis, paired speed-up), one line of steps per route, the targets dashed.
+    """:func:`compresskit.report.plot_stages` of :func:`stage_rows`, with the combined targets of
+    :mod:`~compresskit.harness.targets` dashed and the document's environment as its caption.
 
     Raises:
         MissingRecordsError: the document holds no combined study.
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    from compresskit.report import MissingRecordsError, add_caption
+    from compresskit.report import MissingRecordsError, StageTargets, add_caption
+    from compresskit.report import plot_stages as draw
 
     rows = stage_rows(document)
     if not rows:
         raise MissingRecordsError("no combined study in these records; run `compresskit reproduce --only combined`")
-    figure, axes = plt.subplots(1, 3, figsize=(13, 4.4), layout="constrained")
-    panels = (("map", "mAP@[.5:.95] x100", lambda row: None if row["map"] is None else 100 * row["map"], "{:.1f}"),
-              ("size", "shipped size (MB, log scale)", lambda row: row["size_mb"], "{:.1f}"),
-              ("speed", "speed-up vs the fp32 teacher (x, paired)", lambda row: row["speedup"], "{:.2f}x"))
-    colours = dict(zip(ROUTES, ("C1", "C0")))
-    teacher = next(row for row in rows if row["record"] == TEACHER_ORT)
-    for ax, (panel, label, value_of, shown) in zip(axes, panels):
-        values = {route: [value_of(row) for row in rows if row["route"] == route] for route in ROUTES}
-        for route, route_values in values.items():
-            ax.plot(range(len(route_values)), route_values, marker="o", color=colours[route], label=route)
-            for index, value in enumerate(route_values[1:], start=1):  # the shared teacher point is labelled once
-                if value is None:
-                    continue
-                others = [other[index] for other in values.values() if other is not route_values
-                          and index < len(other) and other[index] is not None]
-                above = all(value >= other for other in others)  # the higher point's label above, the lower's below
-                ax.annotate(shown.format(value), (index, value), textcoords="offset points",
-                            xytext=(0, 7 if above else -12), ha="center", fontsize=7, color=colours[route])
-        ax.annotate(shown.format(value_of(teacher)), (0, value_of(teacher)), textcoords="offset points",
-                    xytext=(4, 6), fontsize=7)
-        names = ["\n".join(dict.fromkeys(stages[step].name for stages in ROUTES.values())) for step in range(STEPS)]
-        ax.set_xticks(range(STEPS), names, fontsize=7)
-        ax.set_xlim(-0.3, STEPS - 0.7)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        target_style = {"color": "0.4", "linestyle": "--", "linewidth": 0.8}
-        if panel == "map" and teacher["map"] is not None:
-            ax.axhline(100 * teacher["map"] - TARGET_MAP_DROP, **target_style)
-            ax.annotate(f"target: at most {TARGET_MAP_DROP:g} points below the teacher", (0.5, 100 * teacher["map"]
-                        - TARGET_MAP_DROP), textcoords="offset points", xytext=(0, -10), fontsize=7, color="0.4")
-        if panel == "size":
-            ax.set_yscale("log")
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.axhline(teacher["size_mb"] / TARGET_SIZE_RATIO, **target_style)
-            ax.annotate(f"target: {TARGET_SIZE_RATIO:g}x smaller", (1.5, teacher["size_mb"] / TARGET_SIZE_RATIO),
-                        textcoords="offset points", xytext=(0, 4), fontsize=7, color="0.4")
-        if panel == "speed":
-            ax.axhline(TARGET_SPEEDUP, **target_style)
-            ax.annotate(f"target: {TARGET_SPEEDUP:g}x", (0, TARGET_SPEEDUP), textcoords="offset points",
-                        xytext=(0, 4), fontsize=7, color="0.4")
-    axes[0].legend(fontsize=8, loc="center right")
-    figure.suptitle("The combined pipeline, stage by stage, against the fp32 teacher in ONNX Runtime (same run; "
-                    "targets dashed)", fontsize=10)
-    return add_caption(figure, document)
+    targets = StageTargets(map_drop_points=COMBINED_MAP_DROP, size_ratio=COMBINED_SIZE_RATIO, speedup=COMBINED_SPEEDUP)
+    return add_caption(draw(rows, targets), document)

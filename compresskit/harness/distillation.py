@@ -14,6 +14,7 @@ from typing import Callable
 from torch import nn
 
 from compresskit.harness.loading import load_for_study, load_trained, require_embedded
+from compresskit.harness.reuse import ReuseCache
 from compresskit.harness.variant import Study
 
 LESSON = "04_distillation"
@@ -58,13 +59,14 @@ def measure_trained(study: Study, name: str, record_id: str, technique: str, unt
 
 
 def distillation_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
-                       progress: bool = False, log: Callable[[str], None] | None = None) -> Study:
+                       progress: bool = False, log: Callable[[str], None] | None = None,
+                       reuse: ReuseCache | None = None) -> Study:
     """Every record of lesson 04: the teacher, the four equal-budget students (none, logit, feature, both) against
     the no-distillation one, and the pruned teacher recovered with and without distillation against the teacher."""
 
     teacher = load_for_study("teacher", profile)
     require_embedded(teacher, "distilled students")
-    study = Study.of(LESSON, teacher, val_images, runs=runs, progress=progress, log=log)
+    study = Study.of(LESSON, teacher, val_images, runs=runs, progress=progress, log=log, reuse=reuse)
     base = study.measure(teacher.model, "distill/teacher/eager", technique="baseline", variant="the teacher, fp32")
     student = student_architecture(teacher.label_map)
     control = None

@@ -1,15 +1,16 @@
-"""The article's four snippets, run on today's libraries: what each one does, what to do instead, and the measured
-effect of doing it right (read from results records, never typed in).
+"""The article's four snippets, run on today's libraries: what each one does and what to do instead.
 
 :func:`run_errata` executes every snippet on the detector it is given and captures the error or warning text as
-it happens; :func:`errata_rows` joins that with the records of a results document (the lesson's own run, or the
-reference written by ``compresskit reproduce``). Introduced in ``06_combined_pipeline.ipynb``.
+it happens; the combined study keeps that text in its baseline record. The measured effect of each fix is read
+from results records, never typed in: :func:`~compresskit.harness.summary.errata_rows` joins the captured text
+with a results document (the lesson's own run, or the reference written by ``compresskit reproduce``).
+Introduced in ``06_combined_pipeline.ipynb``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -83,76 +84,3 @@ def run_errata(detector: nn.Module, images: Sequence[Any]) -> dict[str, str]:
         "kd_loss": _kd_loss_on_teacher(detector, images),
         "pretrained": article_pretrained_call().replace("\n", " "),
     }
-
-
-def _effect(kind: str, record: Mapping[str, Any], baseline: Mapping[str, Any]) -> str:
-    from compresskit.report import compare
-
-    if record.get("baseline") == baseline["id"]:
-        ratios = compare(record, baseline)
-    else:  # two records of one study compared on what needs no pairing (the timings were paired elsewhere)
-        ratios = {"size_ratio": baseline["size_bytes"] / record["size_bytes"],
-                  "macs_ratio": baseline["macs"] / record["macs"], "latency_speedup": None,
-                  "map_drop_points": None if None in (record.get("map"), baseline.get("map"))
-                  else 100 * (baseline["map"] - record["map"])}
-    speed = ratios["latency_speedup"]
-    drop = ratios["map_drop_points"]
-    parts = []
-    if kind in ("prune", "int8"):
-        parts.append(f"{ratios['size_ratio']:.1f}x smaller")
-        if kind == "prune":
-            parts.append(f"{ratios['macs_ratio']:.1f}x fewer MACs")
-        if speed is not None:
-            parts.append(f"{speed:.2f}x faster")
-        if drop is not None:
-            parts.append(f"{drop:.1f} mAP points lost" if drop > 0 else f"{-drop:.1f} mAP points gained")
-    elif drop is not None:
-        parts.append(f"{-drop:+.1f} mAP points against the same design trained without distillation")
-    return ", ".join(parts) + f" ({record['id']} vs {baseline['id']})"
-
-
-def errata_rows(captured: Mapping[str, str], document: Any,
-                backbone_effect: Callable[[Any], str | None] | None = None) -> list[dict[str, str]]:
-    """One row per snippet: ``snippet``, ``what happens`` (``captured``), ``instead`` and ``measured effect`` of
-    the fix, from the first evidence pair present in ``document`` ("not measured in these records" otherwise).
-    ``backbone_effect`` turns the document into the backbone row's effect (default: the fastest backbone within
-    the lesson's accuracy gap, from the backbone study's records)."""
-    from compresskit.report import records_of
-
-    by_id = {record["id"]: record for record in records_of(document)}
-    rows = []
-    for snippet in SNIPPETS:
-        effect = None
-        for candidate, baseline in snippet.evidence:
-            if candidate in by_id and baseline in by_id:
-                effect = _effect(snippet.effect, by_id[candidate], by_id[baseline])
-                break
-        if snippet.effect == "backbone":
-            effect = (backbone_effect or _backbone_effect)(document)
-        rows.append({"snippet": snippet.code, "what happens": captured.get(snippet.key, "not run"),
-                     "instead": snippet.instead, "measured effect": effect or "not measured in these records"})
-    return rows
-
-
-def _backbone_effect(document: Any) -> str | None:
-    """The best torchvision backbone of lesson 05 (trained through the weights= API) against the teacher."""
-    from compresskit.harness.targets import TARGETS, check_target
-
-    target = next(target for target in TARGETS if target.id == "backbone-speed")
-    verdict = check_target(target, document)
-    if verdict.record is None:
-        return None
-    return f"lesson 05 builds seven trunks through this API (trained from random weights offline); the fastest " \
-           f"within {target.max_map_drop:g} mAP points of the teacher, {verdict.record}, is {verdict.value:.2f}x " \
-           f"faster in ONNX Runtime fp32 (target {target.threshold:g}x: {verdict.text()})"
-
-
-def errata_markdown(rows: Sequence[Mapping[str, str]]) -> str:
-    """The rows as a Markdown table (the captured text on one line per cell, its pipes escaped)."""
-    header = ["snippet", "what happens", "instead", "measured effect"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [" ".join(str(row[key]).split()).replace("|", "\\|") for key in header]  # one line per cell
-        cells[0] = f"`{cells[0]}`"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -1,75 +1,39 @@
 """Every figure of the kit redrawn from a results document alone: ``compresskit figures`` and ``reproduce``.
 
+The figures are drawn by :mod:`compresskit.report`; this module only chooses them, hands the backbone and combined
+figures the rows and targets of their studies, and writes the files.
+
 The files :func:`draw_figures` writes (each one skipped, and said so, when the document lacks its records):
 
 - ``pareto_latency.png``, ``pareto_size.png``, ``pareto_macs.png``: mAP against median CPU latency, serialized size
   and MACs for every record, with the Pareto frontier (lessons 01 and 06);
-- ``sparsity.png``: global unstructured pruning, mAP, dense and gzip size and latency against the share of
-  conv weights zeroed, with its unpruned baseline at 0 % (lesson 02);
+- ``sparsity.png``: global unstructured pruning, mAP, dense and gzip size and the paired speed-up (with its
+  interval) against the share of conv weights zeroed, with its unpruned baseline at 0 % (lesson 02);
 - ``calibration.png``: int8 mAP against the number of calibration images (lesson 03);
-- ``distillation.png``: each distilled student's mAP next to its no-KD control (lesson 04);
+- ``distillation.png``: each distilled student's mAP next to its no-KD control, and the gain in points (lesson 04);
 - ``backbones.png``: the backbone trade-offs, mAP against ONNX Runtime speed-up over the teacher (lesson 05);
 - ``combined.png``: each stage of the combined pipeline's two routes against the fp32 teacher (lesson 06).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from compresskit.data.files import atomic_write_bytes
+from compresskit.harness.backbones import plot_tradeoffs, tradeoff_rows
 from compresskit.harness.combined import plot_stages
-from compresskit.report import (PARETO_X, MissingRecordsError, ResultsFileError, add_caption, plot_calibration_sweep,
-                                plot_distillation, plot_pareto, read_results, records_of)
+from compresskit.harness.targets import TARGETS
+from compresskit.report import (MissingRecordsError, ResultsFileError, add_caption, plot_calibration_sweep,
+                                plot_distillation, plot_every_variant, plot_sparsity, read_results, records_of)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FIGURE_DPI = 120
-# Left out of the whole-kit Pareto figures: lesson 03's per-part sensitivity probes are scored on a slice of val
-# (the first 100 images), so their mAPs do not compare with the full-val records, and none is a variant to ship.
-PARETO_EXCLUDED = ("quantization/sensitivity/*",)
-_PARETO_TITLES = {"latency": "mAP against CPU latency", "size": "mAP against shipped size",
-                  "macs": "mAP against compute"}
-
-
-def _pareto(axis: str) -> Callable[[Mapping[str, Any]], "Figure"]:
-    def draw(document: Mapping[str, Any]) -> "Figure":
-        x_of = PARETO_X[axis][1]
-        records = [record for record in records_of(document)
-                   if not any(fnmatch.fnmatchcase(record["id"], pattern) for pattern in PARETO_EXCLUDED)]
-        if not any(x_of(record) is not None and record.get("map") is not None for record in records):
-            raise MissingRecordsError(f"no record has both an mAP and a {axis} value; run `compresskit reproduce`")
-        # No lines to each baseline: with every study's records they would cross the whole figure.
-        return plot_pareto({**document, "records": records}, x=axis, baseline_lines=False,
-                           title=f"{_PARETO_TITLES[axis]}, every measured variant")
-    return draw
-
-
-def plot_sparsity(document: Mapping[str, Any]) -> "Figure":
-    """Lesson 02's unstructured sparsity curve from a results document: the ``unstructured_pruning`` records of the
-    first baseline that has them, with that baseline at 0 % (``prune.plot_unstructured`` draws it).
-
-    Raises:
-        MissingRecordsError: no ``unstructured_pruning`` record with its baseline in the document.
-    """
-    from compresskit.prune import plot_unstructured
-
-    by_id = {record["id"]: record for record in records_of(document)}
-    sweeps: dict[str, list[Mapping[str, Any]]] = {}
-    for record in by_id.values():
-        if record.get("technique") == "unstructured_pruning" and record.get("baseline") in by_id \
-                and (record.get("config") or {}).get("amount") is not None:
-            sweeps.setdefault(record["baseline"], []).append(record)
-    if not sweeps:
-        raise MissingRecordsError("no unstructured_pruning records with their baseline in these records; run "
-                                  "`compresskit reproduce --only pruning`")
-    baseline, sparse = next(iter(sweeps.items()))  # lesson 02 sweeps one detector; a file holds one sweep
-    return add_caption(plot_unstructured(by_id[baseline], sorted(sparse, key=lambda r: r["config"]["amount"])),
-                       document)
+KD_GAIN_TARGET = "kd-gain"  # the target drawn on distillation.png (harness.targets)
 
 
 def plot_backbones(document: Mapping[str, Any]) -> "Figure":
@@ -78,8 +42,6 @@ def plot_backbones(document: Mapping[str, Any]) -> "Figure":
     Raises:
         MissingRecordsError: the document has no backbone study (its teacher's ONNX Runtime record and one trunk).
     """
-    from compresskit.harness.backbones import plot_tradeoffs, tradeoff_rows
-
     records = records_of(document)
     teacher = next((record for record in records if record["id"] == "backbones/teacher/ort-fp32"), None)
     rows = tradeoff_rows(records) if teacher is not None and teacher.get("map") is not None else []
@@ -89,11 +51,19 @@ def plot_backbones(document: Mapping[str, Any]) -> "Figure":
     return add_caption(plot_tradeoffs(rows, teacher["map"]), document)
 
 
+def plot_distillation_with_target(document: Mapping[str, Any]) -> "Figure":
+    """``report.plot_distillation`` with the lesson's gain target (``kd-gain`` of ``harness.targets``)."""
+    target = next((target.threshold for target in TARGETS if target.id == KD_GAIN_TARGET), None)
+    return plot_distillation(document, target_gain=target)
+
+
 # file name -> how to draw it from a results document (raises MissingRecordsError when its records are absent).
 FIGURES: dict[str, Callable[[Mapping[str, Any]], "Figure"]] = {
-    "pareto_latency.png": _pareto("latency"), "pareto_size.png": _pareto("size"), "pareto_macs.png": _pareto("macs"),
-    "sparsity.png": plot_sparsity, "calibration.png": plot_calibration_sweep, "distillation.png": plot_distillation,
-    "backbones.png": plot_backbones, "combined.png": plot_stages,
+    "pareto_latency.png": lambda document: plot_every_variant(document, x="latency"),
+    "pareto_size.png": lambda document: plot_every_variant(document, x="size"),
+    "pareto_macs.png": lambda document: plot_every_variant(document, x="macs"),
+    "sparsity.png": plot_sparsity, "calibration.png": plot_calibration_sweep,
+    "distillation.png": plot_distillation_with_target, "backbones.png": plot_backbones, "combined.png": plot_stages,
 }
 
 

@@ -1,6 +1,9 @@
 """Profile-aware loading for studies: the detector and the data come from the same profile, and the records say
 which one (docs/method.md, "Two profiles"). Lessons and ``compresskit reproduce`` load through here, never around it.
-Introduced in ``01_baseline_detectors.ipynb``.
+
+Two loaders: :func:`load_for_study` for every preset and shipped variant by name (or a checkpoint file of one),
+and :func:`load_trained` for a trained variant that may ship only its training record. Introduced in
+``01_baseline_detectors.ipynb``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from compresskit import settings
 from compresskit.data import profile_split
 from compresskit.engine import make_loader, val_subset
 
+STUDY_PRESETS = ("teacher", "student")  # loaded for either profile; shipped variants are embedded-only
+
 
 @dataclass
 class Loaded:
@@ -26,14 +31,49 @@ class Loaded:
     profile: str
 
 
-def load_for_study(name: str, profile: str | None = None) -> Loaded:
-    """Preset ``name`` of ``profile`` (default ``COMPRESSKIT_PROFILE``): the shipped embedded checkpoint, or
-    torchvision's COCO-pretrained detector for the coco profile."""
-    from compresskit.models import load_detector
+def _preset_of(name: str) -> str:
+    """The preset a detector name belongs to: ``teacher_pruned`` -> ``teacher`` (its data and label map)."""
+    preset = name.split("_", 1)[0]
+    if preset not in STUDY_PRESETS:
+        from compresskit.errors import ConfigError
+
+        raise ConfigError(f"{name!r} names no preset; a detector name starts with one of {', '.join(STUDY_PRESETS)}")
+    return preset
+
+
+def _shipped_variants() -> tuple[str, ...]:
+    from compresskit.models import shipped_checkpoint
+
+    folder = shipped_checkpoint("teacher").parent
+    return tuple(sorted(path.stem for path in folder.glob("*.pt") if path.stem not in STUDY_PRESETS))
+
+
+def load_for_study(name: str, profile: str | None = None, checkpoint=None) -> Loaded:
+    """Detector ``name`` of ``profile`` (default ``COMPRESSKIT_PROFILE``), as a study loads it.
+
+    ``name`` is a preset (``teacher``, ``student``: the shipped embedded checkpoint, or torchvision's
+    COCO-pretrained detector for the coco profile) or a variant shipped in the package (``teacher_pruned``,
+    ``teacher_bnhead``, ...: embedded profile only, with its own label map and training metadata). With
+    ``checkpoint``, that file is loaded instead, with the data and label map of ``name``'s preset.
+    """
+    from compresskit.errors import ConfigError
+    from compresskit.models import load_checkpoint, load_detector, shipped_checkpoint
 
     profile = profile or settings.profile()
-    model, label_map, meta = load_detector(name, profile=profile)
-    return Loaded(name=name, model=model, label_map=label_map, meta=meta, profile=profile)
+    if checkpoint is not None:
+        base = load_for_study(_preset_of(name), profile)
+        model, _, meta = load_checkpoint(checkpoint)
+        return Loaded(name=name, model=model, label_map=base.label_map, meta=meta, profile=base.profile)
+    if name in STUDY_PRESETS:
+        model, label_map, meta = load_detector(name, profile=profile)
+        return Loaded(name=name, model=model, label_map=label_map, meta=meta, profile=profile)
+    if not shipped_checkpoint(name).is_file():
+        raise ConfigError(f"unknown detector {name!r}; choose a preset ({', '.join(STUDY_PRESETS)}) or a shipped "
+                          f"variant ({', '.join(_shipped_variants())})")
+    if profile != "embedded":
+        raise ConfigError(f"{name} is shipped for the embedded profile only; use {' or '.join(STUDY_PRESETS)}")
+    model, label_map, meta = load_checkpoint(shipped_checkpoint(name))
+    return Loaded(name=name, model=model.eval(), label_map=label_map, meta=meta, profile=profile)
 
 
 def val_loader(loaded: Loaded, images: int | None = None, batch_size: int = 8):

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Callable
 
 from compresskit.data import load_split, require_clean_layout
-from compresskit.engine import TrainConfig, fit, make_loader
+from compresskit.engine import Splits, TrainConfig, make_loader, train_detector
 from compresskit.errors import ConfigError
 from compresskit.harness.variant import Study
 from compresskit.models import load_checkpoint
-from compresskit.models.core import OnnxCore
 from compresskit.prune import StructuredConfig, prune_structured_
 from compresskit.quantize.ort import OrtQuantConfig, quantize_core_onnx
 from compresskit.report import format_records_table, plot_pareto, read_results, write_records
+from compresskit.runtimes import OnnxCore
 
 LESSON = "07_your_own_dataset"
 PARETO_AXES = ("latency", "size", "macs")
@@ -148,9 +148,10 @@ def prune_and_recover(detector, data_dir: Path, label_map, config: DatasetStudyC
         recipe = TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                              warmup_iters=min(50, config.finetune_steps // 5), workers=0)
         # A fresh folder: the engine resumes from checkpoints it finds, and a stale run may have another shape.
+        # Nothing is shipped: the study measures the pruned copy itself, so the run needs no val split either.
         with tempfile.TemporaryDirectory(prefix="compresskit-study-") as work_dir:
-            fit(pruned, train_set, None, recipe, work_dir, progress=progress, log=lambda message: None,
-                max_iters_per_epoch=-(-config.finetune_steps // epochs))
+            train_detector(pruned, Splits(train_set), recipe, work_dir, progress=progress, log=lambda message: None,
+                           max_iters_per_epoch=-(-config.finetune_steps // epochs))
     return pruned.eval(), round(time.perf_counter() - started, 1)
 
 

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 from compresskit import prune
 from compresskit.harness.loading import load_for_study, val_loader
+from compresskit.harness.reuse import ReuseCache
 from compresskit.harness.variant import Study
 
 LESSON = "02_pruning"
@@ -63,7 +64,7 @@ def pruned_for_profile(loaded) -> tuple:
 
 def pruning_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
                   model: str = "teacher", amounts: Sequence[float] | None = None, progress: bool = False,
-                  log: Callable[[str], None] | None = None) -> Study:
+                  log: Callable[[str], None] | None = None, reuse: ReuseCache | None = None) -> Study:
     """The records of lesson 02: baseline, unstructured sweep, structured prune (eager and ONNX Runtime).
 
     Args:
@@ -74,7 +75,7 @@ def pruning_study(profile: str | None = None, val_images: int | None = None, run
     """
     loaded = load_for_study(model, profile)
     study = Study(lesson=LESSON, model=model, profile=loaded.profile, val_loader=val_loader(loaded, val_images),
-                  label_map=loaded.label_map, runs=runs, progress=progress, log=log)
+                  label_map=loaded.label_map, runs=runs, progress=progress, log=log, reuse=reuse)
     study.measure(loaded.model, f"pruning/{model}/eager", technique="baseline", variant=f"unpruned {model}, fp32")
     measure_unstructured(study, loaded.model, amounts)
     pruned, config, variant, meta = pruned_for_profile(loaded)

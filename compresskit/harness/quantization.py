@@ -13,14 +13,13 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from compresskit.engine import METRIC_NAMES
-from compresskit.harness.loading import Loaded, load_for_study, train_split, training_record, val_loader
-from compresskit.harness.variant import (Study, artifact_dir, dataset_identity, fingerprint, recall, remember,
-                                        reuse_key)
-from compresskit.models.core import OnnxCore
+from compresskit.harness.loading import load_for_study, train_split, training_record, val_loader
+from compresskit.harness.reuse import ReuseCache, dataset_identity, fingerprint
+from compresskit.harness.variant import Study, artifact_dir
 from compresskit.quantize import dynamic
 from compresskit.quantize.ort import (OrtQuantConfig, QuantizedCore, choose_activations, choose_reduce_range,
                                      fp32_path_for, quantize_core_onnx)
+from compresskit.runtimes import OnnxCore
 
 LESSON = "03_quantization"
 FP16_COMPUTE_PAIRS = 5
@@ -34,7 +33,7 @@ def quantize_for_study(study: Study, detector: nn.Module, calibration_set, name:
                        config: OrtQuantConfig) -> QuantizedCore:
     """``quantize_core_onnx`` into the run's artifact folder (files named after the record).
 
-    Inside :func:`~compresskit.harness.variant.reuse_evaluations` (``compresskit reproduce``), a call identical to
+    With the study's :class:`~compresskit.harness.reuse.ReuseCache` (``compresskit reproduce``), a call identical to
     an earlier one of the run (same weights and module settings, same calibration images, same settings) copies
     the earlier call's two files instead of quantizing again: quantization is deterministic, so they would be the
     same bytes.
@@ -46,9 +45,11 @@ def quantize_for_study(study: Study, detector: nn.Module, calibration_set, name:
     out_path = artifact_dir() / f"{study.lesson}-{name}.onnx"
     images = dataset_identity(calibration_set)
     activations = choose_activations(config.activations)  # both follow the CPU: part of what makes the file
-    key = None if images is None else reuse_key(detector, "quantize_core_onnx", dataclasses.asdict(config), activations,
-                                                    choose_reduce_range(config.reduce_range, activations[0]), images)
-    earlier = recall(key)
+    reuse = study.reuse
+    key = None if images is None or reuse is None else fingerprint(
+        detector, "quantize_core_onnx", dataclasses.asdict(config), activations,
+        choose_reduce_range(config.reduce_range, activations[0]), images)
+    earlier = None if reuse is None else reuse.recall(key)
     if earlier is not None:
         source, quantized = earlier
         if study.log is not None:
@@ -56,7 +57,8 @@ def quantize_for_study(study: Study, detector: nn.Module, calibration_set, name:
         return _copied(quantized, out_path)
     quantized = quantize_core_onnx(detector, calibration_set, config, out_path,
                                    calibration_cache=_calibration_cache(study, detector, config, images))
-    remember(key, f"{study.lesson}/{name}", quantized)
+    if reuse is not None:
+        reuse.remember(key, f"{study.lesson}/{name}", quantized)
     return quantized
 
 
@@ -146,20 +148,6 @@ def measure_int8_only(study: Study, detector: nn.Module, calibration_set, name: 
                          variant=variant, config=quantized.as_dict())
 
 
-class SingleImageCore:
-    """Runs a core one image at a time (a graph compiled for batch 1 then never recompiles for other batch
-    sizes), concatenating the outputs."""
-
-    def __init__(self, core: Callable) -> None:
-        self.core = core
-
-    def __call__(self, batch):
-        import torch
-
-        outputs = [self.core(image.unsqueeze(0)) for image in batch]
-        return tuple(torch.cat(parts, dim=0) for parts in zip(*outputs))
-
-
 def measure_pt2e(study: Study, detector: nn.Module, calibration_set, calibration_images: int = 32,
                  recorded_qat: bool = False) -> tuple[dict, dict, bytes]:
     """torchao PT2E int8 lowered by ``torch.compile``, paired with the fp32 core compiled the same way (same
@@ -170,18 +158,13 @@ def measure_pt2e(study: Study, detector: nn.Module, calibration_set, calibration
     after QAT has this graph, operators and dtypes (only the int8 values and scales differ), so its size and
     latency are measured on this one, and its mAP is the QAT run's, measured on the full val split; the record
     says so."""
-    import copy
-
-    import torch
-
     from compresskit.models import shipped_checkpoint
-    from compresskit.models.core import ExportableCore
     from compresskit.quantize.pt2e import Pt2eConfig, quantize_pt2e
 
     pt2e = quantize_pt2e(detector, calibration_set, Pt2eConfig(calibration_images=calibration_images))
-    fp32_core = SingleImageCore(torch.compile(copy.deepcopy(ExportableCore(detector)).eval(), dynamic=False))
+    # the torch-compile runtime's own core: a compiled copy of the fp32 core, one image per call
     fp32 = study.measure(detector, f"quantization/{study.model}/compile-fp32", technique="baseline",
-                         runtime="torch-compile", core=fp32_core, variant="fp32 core, torch.compile (inductor)")
+                         runtime="torch-compile", variant="fp32 core, torch.compile (inductor)")
     summary = {key: value for key, value in pt2e.summary.items() if key != "lowered"}
     summary["lowered_conv_ops"] = pt2e.summary.get("lowered", {})
     artifact = pt2e.artifact_bytes()
@@ -223,7 +206,7 @@ def calibration_sweep(study: Study, detector: nn.Module, calibration_set, baseli
 
 def sensitivity_study(profile: str | None = None, val_images: int | None = 100, runs: int = 10,
                       calibration_images: int = 16, parts: Sequence[str] = SENSITIVITY_PARTS, progress: bool = False,
-                      log: Callable[[str], None] | None = None) -> Study:
+                      log: Callable[[str], None] | None = None, reuse: ReuseCache | None = None) -> Study:
     """Per-part sensitivity of the teacher to int8: each part quantized alone (the rest float), ranked by mAP cost;
     then every part int8 except the most sensitive one. On the first ``val_images`` val images (default 100), each
     record against the fp32 ORT core on the same images.
@@ -231,7 +214,7 @@ def sensitivity_study(profile: str | None = None, val_images: int | None = 100, 
     teacher = load_for_study("teacher", profile)
     study = Study(lesson=LESSON, model="teacher", profile=teacher.profile,
                   val_loader=val_loader(teacher, val_images), label_map=teacher.label_map, runs=runs,
-                  progress=progress, log=log)
+                  progress=progress, log=log, reuse=reuse)
     calibration_set = train_split(teacher, augment=False)
     fixed = teacher.profile == "embedded"
     slice_text = f"first {val_images} val images" if val_images else "full val"
@@ -266,12 +249,12 @@ def sensitivity_study(profile: str | None = None, val_images: int | None = 100, 
 
 def quantization_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
                        calibration_images: int = 64, sweep: bool = True, progress: bool = False,
-                       log: Callable[[str], None] | None = None) -> Study:
+                       log: Callable[[str], None] | None = None, reuse: ReuseCache | None = None) -> Study:
     """Every record of lesson 03 (see the module docstring), for ``compresskit reproduce``."""
     teacher = load_for_study("teacher", profile)
     study = Study(lesson=LESSON, model="teacher", profile=teacher.profile,
                   val_loader=val_loader(teacher, val_images), label_map=teacher.label_map, runs=runs,
-                  progress=progress, log=log)
+                  progress=progress, log=log, reuse=reuse)
     calibration_set = train_split(teacher, augment=False)
     fixed = teacher.profile == "embedded"  # COCO images keep their own sizes: a free-shape core
     config = OrtQuantConfig(calibration_images=calibration_images, fixed_shape=fixed)
@@ -282,11 +265,11 @@ def quantization_study(profile: str | None = None, val_images: int | None = None
     measure_int8_only(study, teacher.model, calibration_set, "teacher/int8-activations", signed, fp32["id"],
                       "QDQ int8 with signed int8 activations (the pitfall)")
     if teacher.profile == "embedded":
-        bnhead = load_deploy_head()
+        bnhead = load_for_study("teacher_bnhead", teacher.profile).model
         measure_ort_pair(study, bnhead, calibration_set, "teacher_bnhead", config, fp32_baseline=fp32["id"],
                          int8_baseline=fp32["id"], variant="BatchNorm head (fine-tuned, folded), ",
                          model="teacher_bnhead")
-        pruned = load_pruned_teacher()
+        pruned = load_for_study("teacher_pruned", teacher.profile).model
         measure_ort_pair(study, pruned, calibration_set, "teacher_pruned", config, fp32_baseline=fp32["id"],
                          variant="pruned teacher, ", model="teacher_pruned")
         measure_pt2e(study, teacher.model, calibration_set, calibration_images=calibration_images,
@@ -297,154 +280,3 @@ def quantization_study(profile: str | None = None, val_images: int | None = None
     if sweep:
         calibration_sweep(study, teacher.model, calibration_set, fp32["id"])
     return study
-
-
-def load_deploy_head() -> nn.Module:
-    """The shipped teacher with the BatchNorm head (``python -m compresskit.quantize.deploy_head``)."""
-    from compresskit.models import load_checkpoint, shipped_checkpoint
-
-    return load_checkpoint(shipped_checkpoint("teacher_bnhead"))[0]
-
-
-def load_pruned_teacher() -> nn.Module:
-    """The shipped pruned and fine-tuned teacher (``compresskit prune``)."""
-    from compresskit.prune import load_shipped_pruned
-
-    return load_shipped_pruned()[0]
-
-
-QUANTIZE_PRESETS = ("teacher", "student", "teacher_pruned", "teacher_bnhead")
-
-
-def load_quantize_subject(preset: str, checkpoint=None, profile: str | None = None) -> tuple[nn.Module, Loaded]:
-    """The detector ``compresskit quantize`` works on: a checkpoint file, a shipped preset (teacher, student,
-    teacher_pruned, teacher_bnhead), or the coco profile's pretrained teacher/student."""
-    from compresskit.errors import ConfigError
-    from compresskit.models import load_checkpoint, shipped_checkpoint
-
-    if preset not in QUANTIZE_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(QUANTIZE_PRESETS)}")
-    base = load_for_study("student" if preset == "student" else "teacher", profile)
-    if checkpoint is not None:
-        detector = load_checkpoint(checkpoint)[0]
-    elif preset in ("teacher_pruned", "teacher_bnhead"):
-        if base.profile != "embedded":
-            raise ConfigError(f"{preset} is shipped for the embedded profile only; use --preset teacher|student")
-        detector = load_checkpoint(shipped_checkpoint(preset))[0]
-    else:
-        detector = base.model
-    return detector, base
-
-
-def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxruntime",
-                     calibration_images: int = 64, method: str = "minmax", runs: int = 30,
-                     val_images: int | None = None, qat_steps: int = 0,
-                     log: Callable[[str], None] = print) -> dict:
-    """``compresskit quantize``: write the int8 artifact of a detector and a JSON summary measured against the
-    fp32 core of the same runtime, in the same run (size, mAP, paired latency), plus their results records.
-
-    ``runtime="torchao"`` quantizes with PT2E and lowers with ``torch.compile`` (see :func:`torchao_command`);
-    ``qat_steps`` adds a quantization-aware fine-tune of that many steps there.
-
-    Returns:
-        The summary written to ``out/<preset>-int8.json``.
-    """
-    from pathlib import Path
-
-    from compresskit.data.files import atomic_write_json
-    from compresskit.errors import ConfigError
-    from compresskit.report import compare, write_records
-
-    if runtime not in ("onnxruntime", "torchao"):
-        raise ConfigError(f"unknown runtime {runtime!r}; use onnxruntime or torchao")
-    if qat_steps and runtime != "torchao":
-        raise ConfigError("quantization-aware training runs with torchao PT2E: add --runtime torchao")
-    out = Path(out)
-    detector, base = load_quantize_subject(preset, checkpoint)
-    if runtime == "torchao":
-        return torchao_command(preset, detector, base, out, checkpoint=checkpoint,
-                               calibration_images=calibration_images, runs=runs, val_images=val_images,
-                               qat_steps=qat_steps, log=log)
-    config = OrtQuantConfig(calibration_images=calibration_images, method=method,
-                            fixed_shape=base.profile == "embedded")
-    study = Study(lesson="quantize_command", model=preset, profile=base.profile,
-                  val_loader=val_loader(base, val_images), label_map=base.label_map, runs=runs, log=log)
-    calibration_set = train_split(base, augment=False)
-    log(f"calibrating on {calibration_images} train images ({method}) and quantizing {preset} ...")
-    quantized = quantize_core_onnx(detector, calibration_set, config, out / f"{preset}-int8.onnx")
-    fp32 = study.measure(detector, f"quantize/{preset}/ort-fp32", technique="baseline", runtime="onnxruntime",
-                         core=OnnxCore(quantized.fp32_path, threads=study.threads), variant="fp32 core")
-    int8 = study.measure(detector, f"quantize/{preset}/ort-int8", technique="static_ptq", runtime="onnxruntime",
-                         core=OnnxCore(quantized.int8_path, threads=study.threads), baseline=fp32["id"],
-                         variant=f"QDQ int8, {quantized.activations} activations, {method}, "
-                                 f"{quantized.calibration_images} calibration images", config=quantized.as_dict())
-    ratios = compare(int8, fp32)
-    summary = {"preset": preset, "checkpoint": None if checkpoint is None else str(checkpoint), "runtime": runtime,
-               "profile": base.profile, "artifact": str(quantized.int8_path), "fp32_artifact": str(quantized.fp32_path),
-               "size_bytes": {"fp32": fp32["size_bytes"], "int8": int8["size_bytes"]},
-               "size_ratio": round(ratios["size_ratio"], 4), "map": {"fp32": fp32["map"], "int8": int8["map"]},
-               "map_drop_points": round(ratios["map_drop_points"], 3), "latency_ms": {
-                   "fp32": fp32["latency_ms"], "int8": int8["latency_ms"]}, "paired_latency": int8["paired_latency"],
-               "activations": quantized.activations, "activation_reason": quantized.activation_reason,
-               "calibration_images": quantized.calibration_images, "method": method}
-    write_records(study.records, reports_dir=out)
-    atomic_write_json(out / f"{preset}-int8.json", summary, indent=1)
-    return summary
-
-
-def torchao_command(preset: str, detector: nn.Module, base: Loaded, out, *, checkpoint=None,
-                    calibration_images: int = 64, runs: int = 30, val_images: int | None = None,
-                    qat_steps: int = 0, log: Callable[[str], None] = print) -> dict:
-    """The torchao side of ``compresskit quantize``: PT2E post-training int8 and, with ``qat_steps``, a QAT
-    fine-tune of that many steps (batch 16, through the engine's loop), each against the fp32 core compiled the
-    same way. Writes ``out/<preset>-pt2e-int8.pt2`` (and ``-qat-int8.pt2``: ``torch.export.load`` reads them), the
-    records, and the summary ``out/<preset>-int8.json``, which is also a training record when QAT ran (command,
-    environment, hardware, history, ``val_metrics`` of the QAT int8 core)."""
-    from pathlib import Path
-
-    from compresskit.data.files import atomic_write_bytes, atomic_write_json
-    from compresskit.engine.recipes import console_command, training_device_name
-    from compresskit.measure import environment_stamp
-    from compresskit.quantize.qat import QatConfig, qat_finetune
-    from compresskit.report import compare, write_records
-
-    out = Path(out)
-    study = Study(lesson="quantize_command", model=preset, profile=base.profile,
-                  val_loader=val_loader(base, val_images), label_map=base.label_map, runs=runs,
-                  log=log)
-    log(f"calibrating on {calibration_images} train images and quantizing {preset} with torchao PT2E ...")
-    fp32, ptq, ptq_bytes = measure_pt2e(study, detector, train_split(base, augment=False), calibration_images)
-    records, artifacts = {"fp32": fp32, "ptq": ptq}, {"ptq": (out / f"{preset}-pt2e-int8.pt2", ptq_bytes)}
-    qat_result = None
-    if qat_steps:
-        log(f"quantization-aware fine-tune: {qat_steps} steps of batch 16 ...")
-        qat_config = QatConfig(max_iters_per_epoch=qat_steps)
-        qat_result = qat_finetune(detector, train_split(base), out / f"{preset}-qat-run", qat_config)
-        qat_bytes = qat_result.core.artifact_bytes()
-        records["qat"] = study.measure(
-            detector, f"quantization/{preset}/pt2e-qat-int8", technique="qat", runtime="torch-compile",
-            core=qat_result.core, baseline=fp32["id"], artifact=qat_bytes,
-            variant=f"torchao PT2E QAT, {qat_steps} steps, torch.compile", train_seconds=qat_result.train_seconds,
-            config=qat_result.as_dict())
-        artifacts["qat"] = (out / f"{preset}-qat-int8.pt2", qat_bytes)
-    for path, payload in artifacts.values():
-        atomic_write_bytes(path, payload)
-    summary = {"preset": preset, "checkpoint": None if checkpoint is None else str(checkpoint), "runtime": "torchao",
-               "profile": base.profile, "artifacts": {key: str(path) for key, (path, _) in artifacts.items()},
-               "map": {key: record["map"] for key, record in records.items()},
-               "map_drop_points": {key: round(compare(record, fp32)["map_drop_points"], 3)
-                                   for key, record in records.items() if key != "fp32"},
-               "size_bytes": {key: record["size_bytes"] for key, record in records.items()},
-               "latency_ms": {key: record["latency_ms"] for key, record in records.items()},
-               "paired_latency": {key: record["paired_latency"] for key, record in records.items() if key != "fp32"},
-               "calibration_images": calibration_images}
-    if qat_result is not None:
-        summary.update(qat_result.as_dict())
-        summary.update({"val_metrics": {key: records["qat"][key] for key in METRIC_NAMES},
-                        "ptq_val_metrics": {key: ptq[key] for key in METRIC_NAMES},
-                        "fp32_val_metrics": {key: fp32[key] for key in METRIC_NAMES},
-                        "val_images": val_images, "trained_on": training_device_name(),
-                        "command": console_command(), "environment": environment_stamp()})
-    write_records(study.records, reports_dir=out)
-    atomic_write_json(out / f"{preset}-int8.json", summary, indent=1)
-    return summary

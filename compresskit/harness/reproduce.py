@@ -3,8 +3,8 @@
 Writes ``OUT/results.json``, ``OUT/figures/*.png`` (:func:`~compresskit.harness.figures.draw_figures`) and
 ``OUT/summary.md`` (every record and the lessons' targets), and prints a table of every record; :func:`check_results`
 compares a results file with the committed reference. Within one run each distinct variant is evaluated once
-(:func:`~compresskit.harness.variant.reuse_evaluations`); every record's latency is still measured in its own
-study. The committed reference (``reports/`` of the repository) is only written on purpose
+(one :class:`~compresskit.harness.reuse.ReuseCache` shared by every study); every record's latency is still
+measured in its own study. The committed reference (``reports/`` of the repository) is only written on purpose
 (``update_reference=True``). Introduced in ``02_pruning.ipynb``.
 """
 
@@ -23,12 +23,13 @@ from compresskit.harness.figures import draw_figures
 from compresskit.harness.pruning import pruning_study
 from compresskit.harness.quantization import quantization_study, sensitivity_study
 from compresskit.harness.summary import write_summary
-from compresskit.harness.variant import Study, reuse_evaluations
+from compresskit.harness.reuse import ReuseCache
+from compresskit.harness.variant import Study
 
 if TYPE_CHECKING:
     from compresskit.report import CheckOutcome
 
-# name -> study function; each takes (profile, val_images, runs, progress, log) and returns a Study.
+# name -> study function; each takes (profile, val_images, runs, progress, log, reuse) and returns a Study.
 STUDIES: dict[str, Callable[..., Study]] = {"baselines": baseline_study, "pruning": pruning_study,
                                             "quantization": quantization_study,
                                             "quantization_sensitivity": sensitivity_study,
@@ -73,16 +74,16 @@ def reproduce(out: Path | str = DEFAULT_OUT, *, studies: list[str] | tuple[str, 
     if unknown:
         raise CompressKitError(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
     records: list[dict] = []
-    with reuse_evaluations():  # the fp32 teacher is in every study: its val pass runs once, not once per study
-        for index, name in enumerate(names, start=1):
-            started = time.perf_counter()
-            log(f"[{index}/{len(names)}] {name} study ...")
-            sizes = {} if val_images is None else {"val_images": val_images}  # else each study's own default
-            study = STUDIES[name](profile=profile, runs=runs, progress=progress, log=log if progress else None,
-                                  **sizes)
-            records += study.records
-            log(f"[{index}/{len(names)}] {name}: {len(study.records)} records in "
-                f"{time.perf_counter() - started:.0f} s")
+    reuse = ReuseCache()  # the fp32 teacher is in every study: its val pass runs once, not once per study
+    for index, name in enumerate(names, start=1):
+        started = time.perf_counter()
+        log(f"[{index}/{len(names)}] {name} study ...")
+        sizes = {} if val_images is None else {"val_images": val_images}  # else each study's own default
+        study = STUDIES[name](profile=profile, runs=runs, progress=progress, log=log if progress else None,
+                              reuse=reuse, **sizes)
+        records += study.records
+        log(f"[{index}/{len(names)}] {name}: {len(study.records)} records in "
+            f"{time.perf_counter() - started:.0f} s")
     results = write_records(records, reports_dir=out)
     log(format_records_table(records))
     write_derived(out, log=log)  # an --only run merges into the file: draw and summarise all it now holds

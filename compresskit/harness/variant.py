@@ -11,119 +11,31 @@ Introduced in ``01_baseline_detectors.ipynb``.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from compresskit.engine import METRIC_NAMES, evaluate
+from compresskit.harness.reuse import ReuseCache, dataset_identity, fingerprint
 from compresskit.measure import (compare_latency, count_macs, count_nonzero_params, count_params, measure_latency,
                                  serialized_size)
-from compresskit.models.core import EndToEndDetector, ExportableCore, OnnxCore, example_batch, export_core_onnx
+from compresskit.models.core import EndToEndDetector, ExportableCore, example_batch
 from compresskit.report import make_record
+from compresskit.runtimes import Core, get_runtime
 from compresskit.settings import latency_runs, reports_dir, threads as resolve_threads
 
-RUNTIMES_MEASURED = ("torch-eager", "torch-compile", "onnxruntime")
 
-# Active only inside reuse_evaluations(): key -> (what produced it: a record id or a file, the value kept).
-_reused: dict[str, tuple[str, Any]] | None = None
-
-
-@contextlib.contextmanager
-def reuse_evaluations():
-    """Within this block, identical work is done once: every :meth:`Study.measure` evaluates each distinct
-    variant once, and :func:`~compresskit.harness.quantization.quantize_for_study` quantizes each distinct
-    (detector, calibration images, settings) once.
-
-    ``compresskit reproduce`` measures the fp32 teacher in every study (each study's speed-ups are paired with its
-    own teacher runs), but its mAP on the same val images cannot change between studies: the same weights, module
-    settings and runtime file give the same detections. Evaluation and quantization are deterministic, so a later
-    record takes the metrics (or the int8 file) of the first identical one instead of computing them again; its
-    latency, size and counts are still measured in its own study. Variants that cannot be identified safely (a
-    compiled core, a core the harness did not build) are always evaluated.
-    """
-    global _reused
-    outer, _reused = _reused, {} if _reused is None else _reused
-    try:
-        yield
-    finally:
-        _reused = outer
-
-
-def _module_fingerprint(detector: nn.Module, digest) -> bool:
-    """Feed the detector's structure, scalar settings and every tensor of its state into ``digest``; False when
-    some state cannot be read as plain bytes (then the variant is not identified)."""
-    digest.update(repr(detector).encode())
-    for name, module in detector.named_modules():
-        settings = {key: value for key, value in vars(module).items() if not key.startswith("_")
-                    and isinstance(value, (bool, int, float, str, tuple, type(None)))}
-        digest.update(f"{name}:{sorted(settings.items())!r}".encode())
-    for name, tensor in detector.state_dict().items():
-        if not hasattr(tensor, "dtype") or tensor.is_quantized or tensor.layout != torch.strided:
-            return False
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return True
-
-
-def fingerprint(detector: nn.Module, *context: Any) -> str | None:
-    """A key for work on ``detector`` (structure, settings, every tensor) in ``context`` (compared by repr, so
-    plain values only), or None when the detector cannot be identified."""
-    digest = hashlib.sha256()
-    if not _module_fingerprint(detector, digest):
-        return None
-    digest.update(repr(context).encode())
-    return digest.hexdigest()
-
-
-def reuse_key(detector: nn.Module, *context: Any) -> str | None:
-    """:func:`fingerprint` inside :func:`reuse_evaluations`; None outside it."""
-    return None if _reused is None else fingerprint(detector, *context)
-
-
-def recall(key: str | None) -> tuple[str, Any] | None:
-    """``(source, value)`` kept under ``key`` in this :func:`reuse_evaluations` block, or None."""
-    return None if key is None or _reused is None else _reused.get(key)
-
-
-def remember(key: str | None, source: str, value: Any) -> None:
-    """Keep ``value`` (produced by ``source``) under ``key`` for the rest of the block (no-op outside it)."""
-    if key is not None and _reused is not None:
-        _reused[key] = (source, value)
-
-
-def dataset_identity(data: Any) -> tuple | None:
-    """What a dataset, a ``Subset`` of one or a loader over either reads: annotation file, image folder and image
-    ids in order; None when its items are randomly transformed (augmentation), so that reading it twice differs."""
-    from compresskit.engine.evaluation import dataset_and_ids
-
-    try:
-        dataset, image_ids = dataset_and_ids(data)
-    except AttributeError:  # not a kit dataset: nothing names its images
-        return None
-    if getattr(dataset, "transforms", None) is not None:
-        return None
-    return (str(getattr(dataset, "annotation_file", "")), str(getattr(dataset, "root", "")), tuple(image_ids))
-
-
-def _evaluation_key(detector: nn.Module, core: Any, runtime: str, val_loader, label_map, threads: int) -> str | None:
-    """Identity of what an evaluation measures: weights and settings, runtime file, val images, label map.
-
-    ``core`` is the core the record runs: None for the detector's own (torch eager), an :class:`OnnxCore` for ONNX
-    Runtime; anything else is not identified (None).
-    """
-    if not ((runtime == "torch-eager" and core is None) or (runtime == "onnxruntime" and isinstance(core, OnnxCore))):
-        return None
+def _evaluation_key(detector: nn.Module, core: Core, runtime: str, val_loader, label_map, threads: int) -> str | None:
+    """Identity of what an evaluation measures: weights and settings, what the runtime says identifies the core
+    (its :meth:`~compresskit.runtimes.Runtime.evaluation_identity`: e.g. the ONNX file's bytes), val images, label
+    map; None when the core or the images cannot be identified."""
+    identity = get_runtime(runtime).evaluation_identity(detector, core)
     images = dataset_identity(val_loader)
-    if images is None:
+    if identity is None or images is None:
         return None
-    runtime_file = hashlib.sha256(core.path.read_bytes()).hexdigest() if isinstance(core, OnnxCore) else None
-    return reuse_key(detector, "evaluate", runtime, threads, runtime_file, images, repr(label_map))
+    return fingerprint(detector, "evaluate", runtime, threads, identity, images, repr(label_map))
 
 
 def artifact_dir() -> Path:
@@ -131,29 +43,27 @@ def artifact_dir() -> Path:
     return reports_dir() / "artifacts"
 
 
-def _safe_name(record_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", record_id)
-
-
-def runner_for(detector: nn.Module, record_id: str, runtime: str, core: Any = None,
+def runner_for(detector: nn.Module, record_id: str, runtime: str, core: Core | None = None,
                threads: int | None = None, artifacts: Path | None = None) -> tuple[EndToEndDetector, Any]:
     """The end-to-end callable measured for ``runtime`` and the file or object whose size is shipped.
 
+    Without ``core``, the runtime builds its own from the detector
+    (:meth:`~compresskit.runtimes.Runtime.core_for`; an exported file goes into ``artifacts``, default
+    :func:`artifact_dir`).
+
     Returns:
-        ``(runner, default artifact)``: torch eager (and a compiled core, unless the caller names its artifact)
-        ships the state_dict (the detector itself); ONNX Runtime ships the exported (or given) ``.onnx`` file,
-        written into ``artifacts`` (default: :func:`artifact_dir`).
+        ``(runner, default artifact)``, the artifact being what the runtime ships for that core
+        (:meth:`~compresskit.runtimes.Runtime.artifact`): the state_dict (the detector itself) for torch, the
+        ``.onnx`` file for ONNX Runtime.
+
+    Raises:
+        UnknownRuntimeError: ``runtime`` is not registered (the message lists those that are).
     """
-    if runtime not in RUNTIMES_MEASURED:
-        raise ValueError(f"runtime {runtime!r} is not measured by the harness; use one of {RUNTIMES_MEASURED}")
-    if runtime == "torch-compile" and core is None:
-        raise ValueError("a torch-compile record needs its compiled core (core=...)")
-    if runtime == "onnxruntime" and core is None:
-        onnx_path = export_core_onnx(ExportableCore(detector),
-                                     (artifacts or artifact_dir()) / f"{_safe_name(record_id)}.onnx")
-        core = OnnxCore(onnx_path, threads=threads)
-    artifact = core.path if isinstance(core, OnnxCore) else detector
-    return EndToEndDetector(detector, core), artifact
+    chosen = get_runtime(runtime)
+    if core is None:
+        core = chosen.core_for(detector, threads=resolve_threads(threads), artifact_dir=artifacts or artifact_dir(),
+                               record_id=record_id)
+    return EndToEndDetector(detector, core), chosen.artifact(detector, core)
 
 
 @dataclass
@@ -175,6 +85,9 @@ class Study:
         artifacts: where exported ONNX files go (default: :func:`artifact_dir`, beside ``COMPRESSKIT_REPORTS``).
         calibrations: keys of the activation ranges this study calibrated and keeps in a file for its later
             quantizations (see :func:`~compresskit.harness.quantization.quantize_for_study`).
+        reuse: evaluations and quantizations shared with the other studies of a run (``compresskit reproduce``
+            hands one :class:`~compresskit.harness.reuse.ReuseCache` to each); None: this study computes all its
+            own.
     """
 
     lesson: str
@@ -191,6 +104,7 @@ class Study:
     runners: dict[str, Callable] = field(default_factory=dict, repr=False)
     artifacts: Path | None = None
     calibrations: set[str] = field(default_factory=set, repr=False)
+    reuse: ReuseCache | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.runs is None:
@@ -224,12 +138,14 @@ class Study:
         Args:
             record_id: unique id, e.g. ``"pruning/teacher/structured-50/eager"``.
             technique: a ``report.TECHNIQUES`` name.
-            runtime: ``torch-eager`` runs the detector's own core; ``onnxruntime`` exports the core to ONNX (unless
-                ``core`` is given) and runs it in an ONNX Runtime session.
+            runtime: a registered runtime (:func:`compresskit.runtimes.runtime_names`): ``torch-eager`` runs the
+                detector's own core; ``onnxruntime`` exports the core to ONNX (unless ``core`` is given) and runs
+                it in an ONNX Runtime session; ``torch-compile`` compiles a copy of the fp32 core (unless ``core``
+                is given, e.g. a PT2E int8 graph).
             baseline: id of an earlier record of this study to compare against (default: the study's first).
             core: a ready core callable (e.g. an ``OnnxCore`` of an int8 file) to evaluate and time instead.
             artifact: what a user ships, measured for size (a path, bytes, an ``nn.Module``, an ONNX model);
-                default: the ONNX file for ``onnxruntime``, the detector's state_dict for torch.
+                default: the runtime's (the ONNX file for ``onnxruntime``, the detector's state_dict for torch).
             model, label_map: preset name and label map when they differ from the study's (e.g. the student in the
                 baseline study).
             evaluate_map: False for a variant too slow to evaluate (its mAP fields stay None: not measured).
@@ -252,9 +168,7 @@ class Study:
             metrics = {key: recorded_metrics[key] for key in METRIC_NAMES}
             config = {**(config or {}), "map_source": "training record (checkpoint not shipped)"}
         elif evaluate_map:
-            # the core a key can name: the detector's own (eager, none given) or the ONNX Runtime session
-            run_core = runner.core if runtime == "onnxruntime" else core
-            metrics = self._evaluate(runner, detector, runtime, run_core, record_id, label_map or self.label_map)
+            metrics = self._evaluate(runner, detector, runtime, record_id, label_map or self.label_map)
         else:
             metrics = None
         image = self.example_image()
@@ -281,11 +195,12 @@ class Study:
             self.log(describe(record))
         return record
 
-    def _evaluate(self, runner: EndToEndDetector, detector: nn.Module, runtime: str, core: Any, record_id: str,
+    def _evaluate(self, runner: EndToEndDetector, detector: nn.Module, runtime: str, record_id: str,
                   label_map: Any) -> dict:
-        key = _evaluation_key(detector, core, runtime, self.val_loader, label_map, self.threads) \
-            if _reused is not None else None
-        earlier = recall(key)
+        if self.reuse is None:
+            return evaluate(runner, self.val_loader, label_map, progress=self.progress, desc=f"evaluate {record_id}")
+        key = _evaluation_key(detector, runner.core, runtime, self.val_loader, label_map, self.threads)
+        earlier = self.reuse.recall(key)
         if earlier is not None:
             source, metrics = earlier
             if self.log is not None:
@@ -293,7 +208,7 @@ class Study:
                          "its evaluation is reused")
             return dict(metrics)
         metrics = evaluate(runner, self.val_loader, label_map, progress=self.progress, desc=f"evaluate {record_id}")
-        remember(key, record_id, dict(metrics))
+        self.reuse.remember(key, record_id, dict(metrics))
         return metrics
 
 

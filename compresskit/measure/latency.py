@@ -3,7 +3,7 @@
 Holds the timing summaries :class:`Latency` and :class:`PairedLatency` and the noise rules a reader can apply by eye
 (``NOISY_P90_OVER_MEDIAN`` for one callable, :func:`interval_is_noisy` for a paired speed-up; docs/method.md, "Measurement"). Inputs
 follow the package's calling convention (see :mod:`compresskit.measure`). ONNX Runtime sessions are built with
-:func:`onnxruntime_session`, re-exported here. Introduced in ``01_baseline_detectors.ipynb``.
+:func:`compresskit.runtimes.onnxruntime_session`. Introduced in ``01_baseline_detectors.ipynb``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 from compresskit import settings
 from compresskit.errors import CompressKitError
 from compresskit.measure.counts import _as_args
-from compresskit.models.core import onnxruntime_session  # noqa: F401  (one session builder, re-exported here)
 
 # A p90 this far above the median means other work interrupted some timed runs, so the median is suspect too.
 NOISY_P90_OVER_MEDIAN = 1.5
@@ -29,6 +28,8 @@ PAIRED_FAR_FROM_ONE = 1.1
 PAIRED_MAX_RELATIVE_WIDTH = 0.5
 BOOTSTRAP_RESAMPLES = 2000
 PAIRED_METHOD = "median of per-pair ratios, interleaved, 95% bootstrap interval"
+# Seconds, read before and after every timed call. A test swaps in a fake clock to check the statistics exactly.
+_clock: Callable[[], float] = time.perf_counter
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,9 @@ def measure_latency(fn: Callable[..., Any], inputs: Any, *, warmup: int = 5, run
     torch's intra-op thread count is fixed to ``threads`` for the measurement and restored afterwards.
     Flush-denormal mode is switched on (and left on: torch offers no getter) because denormal floats in
     pruned or fine-tuned weights can make CPU timings erratic. For ONNX Runtime the thread count is the
-    session's own: build it with :func:`onnxruntime_session` using the same ``threads``. To compare two
-    variants use :func:`compare_latency`: medians measured one after the other drift on a busy machine.
+    session's own: build it with :func:`compresskit.runtimes.onnxruntime_session` using the same ``threads``.
+    To compare two variants use :func:`compare_latency`: medians measured one after the other drift on a busy
+    machine.
 
     Args:
         fn: the callable to time (a model, a compiled model, or a lambda calling an ORT session).
@@ -188,9 +190,9 @@ def measure_latency(fn: Callable[..., Any], inputs: Any, *, warmup: int = 5, run
         for _ in range(warmup):
             fn(*args)
         for _ in range(runs):
-            start = time.perf_counter()
+            start = _clock()
             fn(*args)
-            timings_ms.append((time.perf_counter() - start) * 1000.0)
+            timings_ms.append((_clock() - start) * 1000.0)
     return _summary(timings_ms, threads=threads, batch=batch if batch is not None else _infer_batch(args))
 
 
@@ -239,9 +241,9 @@ def compare_latency(baseline_fn: Callable[..., Any], candidate_fn: Callable[...,
                 fn(*args)
         for pair in range(pairs):
             for side in ((0, 1) if pair % 2 == 0 else (1, 0)):
-                start = time.perf_counter()
+                start = _clock()
                 sides[side](*arguments[side])
-                timings_ms[side].append((time.perf_counter() - start) * 1000.0)
+                timings_ms[side].append((_clock() - start) * 1000.0)
     baseline_ms, candidate_ms = np.asarray(timings_ms[0]), np.asarray(timings_ms[1])
     # A coarse clock can read 0 for a trivial call; one nanosecond keeps the ratio finite.
     ratios = baseline_ms / np.maximum(candidate_ms, 1e-6)

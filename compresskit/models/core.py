@@ -2,9 +2,9 @@
 
 The core is ``backbone + FPN + head``: an image batch tensor in, head tensors out — all the convolutions, so it
 is what pruning, quantization and ONNX export act on. :class:`EndToEndDetector` puts any core (the eager module, an
-ONNX Runtime session, a quantized graph) back between torchvision's own transform and post-processing, so every
-variant is evaluated end to end by the same evaluator. Works for torchvision's FCOS, RetinaNet and SSD classes.
-Introduced in ``01_baseline_detectors.ipynb``.
+ONNX Runtime session, a quantized graph: :mod:`compresskit.runtimes` builds them) back between torchvision's own
+transform and post-processing, so every variant is evaluated end to end by the same evaluator. Works for
+torchvision's FCOS, RetinaNet and SSD classes. Introduced in ``01_baseline_detectors.ipynb``.
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.ssd import SSD
-
-from compresskit import settings
 
 _HEAD_OUTPUTS = {FCOS: ("cls_logits", "bbox_regression", "bbox_ctrness"),
                  RetinaNet: ("cls_logits", "bbox_regression"), SSD: ("bbox_regression", "cls_logits")}
@@ -135,46 +132,6 @@ def export_core_onnx(core: nn.Module, path: Path | str, example: torch.Tensor | 
                           opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False)
     tmp.replace(path)
     return path
-
-
-def onnxruntime_session(path: Path | str, threads: int | None = None):
-    """An ONNX Runtime CPU session set up like the torch side of a latency comparison: ``threads`` intra-op
-    threads (default: :func:`compresskit.settings.threads`), one inter-op thread, all graph optimisations."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.threads(threads)
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ORT's pool threads spin after each run by default. In an interleaved comparison the idle session's spinning
-    # threads steal the cores from the one being timed (measured: the teacher's fp32 core 58 ms with spinning, 40 ms
-    # without; the paired interval of pruned vs unpruned narrowed from [2.11-3.43] to [2.91-2.98]).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-class OnnxCore:
-    """An ONNX Runtime session behind the core interface: ``batch tensor -> tuple of torch tensors``.
-
-    A file exported for a fixed batch of 1 (fixed shapes let the shape plumbing fold away, see
-    ``compresskit.quantize``) still takes a batch: its images run one at a time and the outputs are concatenated.
-    """
-
-    def __init__(self, path: Path | str, threads: int | None = None) -> None:
-        self.path = Path(path)
-        self.session = onnxruntime_session(path, threads)
-        model_input = self.session.get_inputs()[0]
-        self.input_name = model_input.name
-        self.fixed_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
-
-    def _run(self, batch: torch.Tensor) -> list[np.ndarray]:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch.numpy(), dtype=np.float32)})
-
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.fixed_batch == 1 and batch.shape[0] > 1:
-            pieces = [self._run(batch[index:index + 1]) for index in range(batch.shape[0])]
-            return tuple(torch.from_numpy(np.concatenate(parts)) for parts in zip(*pieces))
-        return tuple(torch.from_numpy(output) for output in self._run(batch))
 
 
 def export_core_program(core: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:

@@ -1,21 +1,19 @@
-"""The long recovery fine-tune behind the shipped pruned teacher: prune the shipped teacher, fine-tune it through
-the engine, and ship it like any trained detector (``compresskit.engine.ship_checkpoint``). ``compresskit prune``
-runs it; the lesson keeps a short live fine-tune and loads the result of this one.
-Introduced in ``02_pruning.ipynb``.
+"""The long recovery fine-tune behind the shipped pruned teacher: prune the shipped teacher, fine-tune it, and ship
+it like any trained detector (``compresskit.engine.train_and_ship``). ``compresskit prune`` runs it, and
+``compresskit prune --kd`` runs it with distillation from the unpruned teacher, which the caller passes in as the
+run's extra training (pruning itself knows no distillation). The lesson keeps a short live fine-tune and loads the
+result of this one. Introduced in ``02_pruning.ipynb``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 from torch import nn
 
-from compresskit.data import load_split
 from compresskit.data.dataset import LabelMap
-from compresskit.engine import (TrainConfig, deployed_head_statistics, evaluate, fit, is_main_process, make_loader,
-                                ship_checkpoint)
+from compresskit.engine import ExtraTrainingFactory, TrainConfig, load_splits, train_and_ship
 from compresskit.models import checkpoint_spec, load_checkpoint, load_preset, shipped_checkpoint
 from compresskit.prune.structured import StructuredConfig, core_macs, prune_structured_
 
@@ -28,10 +26,12 @@ FINETUNE_RECIPE = TrainConfig(epochs=8, batch_size=16, lr=1e-3, warmup_iters=50,
 def prune_and_finetune(out_dir: Path | str, preset: str = "teacher", prune_config: StructuredConfig | None = None,
                        train_config: TrainConfig | None = None, data_dir: Path | str | None = None,
                        name: str = SHIPPED_PRUNED, max_iters_per_epoch: int | None = None,
-                       progress: bool = True, checkpoint: Path | str | None = None) -> Path:
+                       progress: bool = True, checkpoint: Path | str | None = None,
+                       extra_training: ExtraTrainingFactory | None = None) -> Path:
     """Prune a preset structurally, fine-tune it, and write ``out_dir/NAME.pt`` (+ ``.json``).
 
-    The recorded mAPs are measured after reloading the fp16 file, i.e. on the weights as shipped.
+    The recorded mAPs are measured after reloading the fp16 file, i.e. on the weights as shipped. A BatchNorm
+    head keeps normalising as it is deployed during the fine-tune (``compresskit.engine.deployed_head_statistics``).
 
     Args:
         out_dir: where the checkpoint (and the resumable run, ``NAME-run``) are written.
@@ -43,36 +43,28 @@ def prune_and_finetune(out_dir: Path | str, preset: str = "teacher", prune_confi
         max_iters_per_epoch: cap on steps per epoch (quick checks only).
         progress: show progress bars.
         checkpoint: start from this checkpoint instead of the shipped ``preset``.
+        extra_training: what the fine-tune adds to the detector's own losses, built for the pruned detector
+            (see ``compresskit.engine.ExtraTraining``): e.g. ``compresskit.distill.distillation(teacher)``,
+            distillation from the unpruned detector, whose record (``method``, ``kd_config``, ``kd_steps``) joins
+            the metadata. Same pruning and budget with or without it, so the results compare at equal cost.
 
     Returns:
-        Path of the pruned checkpoint (load it with :func:`compresskit.models.load_checkpoint`).
+        Path of the pruned checkpoint (load it with :func:`compresskit.models.load_checkpoint`); its metadata holds
+        ``prune_config``, ``macs_before``, ``macs_after`` and ``map_before_finetune`` beside the training record.
     """
     prune_config = prune_config or PRUNE_RECIPE
     train_config = train_config or FINETUNE_RECIPE
-    out_dir = Path(out_dir)
     source = Path(checkpoint) if checkpoint is not None else shipped_checkpoint(preset)
     model, label_map, source_meta = load_preset(preset, checkpoint=source)
-    spec = checkpoint_spec(source)
-    macs_before = core_macs(model, prune_config.image_size)
+    meta = {"preset": preset, "prune_config": asdict(prune_config),
+            "macs_before": core_macs(model, prune_config.image_size),
+            "teacher_val_metrics": source_meta.get("val_metrics")}
     prune_structured_(model, prune_config)
-    train_set = load_split("train", data_dir, label_map=label_map)
-    val_set = load_split("val", data_dir, label_map=label_map)
-    val_loader = make_loader(val_set, batch_size=8, train=False)
-    before = evaluate(model, val_loader, label_map, progress=progress)
-    started = time.perf_counter()
-    with deployed_head_statistics(model):  # a BatchNorm head trains as it is exported
-        result = fit(model, train_set, val_loader, train_config, out_dir / f"{name}-run",
-                     max_iters_per_epoch=max_iters_per_epoch, progress=progress)
-    target = out_dir / f"{name}.pt"
-    if not is_main_process():
-        return target
-    model.cpu()  # fit leaves it on the training device; MACs are counted on a CPU example batch
-    meta = {"preset": preset, "prune_config": asdict(prune_config), "train_config": asdict(train_config),
-            "macs_before": macs_before, "macs_after": core_macs(model, prune_config.image_size),
-            "map_before_finetune": before, "train_seconds": round(result["train_seconds"], 1),
-            "wall_seconds_incl_eval": round(time.perf_counter() - started, 1), "history": result["history"],
-            "seed": train_config.seed, "teacher_val_metrics": source_meta.get("val_metrics")}
-    return ship_checkpoint(target, model, spec, label_map, meta, val_set, progress=progress)
+    return train_and_ship(model, checkpoint_spec(source), load_splits(data_dir, label_map=label_map), train_config,
+                          Path(out_dir) / f"{name}.pt", meta=meta, extra_training=extra_training,
+                          deployed_head=True, measure_start=True,
+                          trained_meta=lambda pruned: {"macs_after": core_macs(pruned, prune_config.image_size)},
+                          max_iters_per_epoch=max_iters_per_epoch, progress=progress)
 
 
 def load_shipped_pruned(name: str = SHIPPED_PRUNED) -> tuple[nn.Module, LabelMap, dict]:

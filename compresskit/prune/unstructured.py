@@ -88,12 +88,13 @@ def prune_unstructured_(model: nn.Module, config: UnstructuredConfig | None = No
     config = config or UnstructuredConfig()
     config.validate()  # checked when built, but a field may have been edited since
     convs = _convs(model)
+    amount = float(config.amount)  # torch reads an int amount as a count of weights: amount=1 would zero one
     if config.scope == "global":
         prune.global_unstructured([(conv, "weight") for conv in convs], pruning_method=prune.L1Unstructured,
-                                  amount=config.amount)
+                                  amount=amount)
     else:
         for conv in convs:
-            prune.l1_unstructured(conv, name="weight", amount=config.amount)
+            prune.l1_unstructured(conv, name="weight", amount=amount)
     return model
 
 

@@ -4,8 +4,8 @@ In ONNX Runtime int8 the FCOS head's GroupNorm exports as Reshape -> InstanceNor
 and stays a float island between the quantized convs (with NHWC<->NCHW Transposes around it). A BatchNorm2d head
 exports, in eval mode, folded into the preceding Conv: the whole head quantizes. :func:`batchnorm_head` converts a
 GroupNorm detector (weights kept, BatchNorm statistics measured on train images); :func:`finetune_deploy_head`
-fine-tunes the converted teacher through the kit's one loop, with those statistics frozen
-(:func:`frozen_head_statistics`), and ships it with the one checkpoint writer::
+fine-tunes the converted teacher with those statistics frozen (``compresskit.engine.frozen_head_statistics``) and
+ships it, through the engine's one train-and-ship routine::
 
     python -m compresskit.quantize.deploy_head --preset teacher --out runs/deploy_head
 
@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from compresskit.data import load_split
-from compresskit.engine import (TrainConfig, evaluate, fit, frozen_head_statistics, is_main_process, make_loader,
-                                ship_checkpoint)
+from compresskit.engine import TrainConfig, load_splits, train_and_ship
 from compresskit.errors import CompressKitError, ConfigError
 from compresskit.models import EMBEDDED_PRESETS, DetectorSpec, checkpoint_spec, load_preset, shipped_checkpoint
 from compresskit.models.core import ExportableCore
@@ -133,10 +131,10 @@ def finetune_deploy_head(out_dir: Path | str, preset: str = "teacher", train_con
     """Convert a shipped preset to a BatchNorm head, fine-tune it, and write ``out_dir/NAME.pt`` (+ ``.json``).
 
     The head's BatchNorm statistics stay as measured on the train images while the rest trains (see
-    :func:`frozen_head_statistics` for why and what it changes). The run (``out_dir/NAME-run/last.pt``, one
-    checkpoint per epoch) resumes when started again. The recorded mAPs after the fine-tune are measured on the
-    reloaded fp16 file (:func:`compresskit.engine.ship_checkpoint`). Runs unchanged on a GPU (the loop picks CUDA
-    when there is one; 4 epochs took 70 s on an H100) and on CPU.
+    :func:`~compresskit.engine.frozen_head_statistics` for why and what it changes). The run
+    (``out_dir/NAME-run/last.pt``, one checkpoint per epoch) resumes when started again. The recorded mAPs after
+    the fine-tune are measured on the reloaded fp16 file (:func:`compresskit.engine.ship_checkpoint`). Runs
+    unchanged on a GPU (the loop picks CUDA when there is one; 4 epochs took 70 s on an H100) and on CPU.
 
     Args:
         out_dir: where the checkpoint and the resumable run are written.
@@ -152,30 +150,17 @@ def finetune_deploy_head(out_dir: Path | str, preset: str = "teacher", train_con
     """
     train_config = train_config or DEPLOY_HEAD_RECIPE
     name = name or f"{preset}_bnhead"
-    out_dir = Path(out_dir)
     model, label_map, source_meta = load_preset(preset)
     spec = checkpoint_spec(shipped_checkpoint(preset))
     calibration_set = load_split("train", data_dir, train_transforms=False, label_map=label_map)
     calibration_images = min(CALIBRATION_IMAGES, len(calibration_set))  # a small user dataset uses all it has
     model, spec = batchnorm_head(model, spec, calibration_set, images=calibration_images)
-    train_set = load_split("train", data_dir, label_map=label_map)
-    val_set = load_split("val", data_dir, label_map=label_map)
-    val_loader = make_loader(val_set, batch_size=8, train=False)
-    before = evaluate(model, val_loader, label_map, progress=progress)
-    started = time.perf_counter()
-    with frozen_head_statistics(model):
-        result = fit(model, train_set, val_loader, train_config, out_dir / f"{name}-run",
-                     max_iters_per_epoch=max_iters_per_epoch, progress=progress)
-    target = out_dir / f"{name}.pt"
-    if not is_main_process():  # under torchrun, rank 0 alone evaluates and writes
-        return target
     meta = {"preset": preset, "head_norm": spec.head_norm, "head_statistics": "frozen during the fine-tune",
-            "calibration_images": calibration_images, "train_config": asdict(train_config),
-            "map_before_finetune": before,
-            "source_val_metrics": source_meta.get("val_metrics"), "train_seconds": round(result["train_seconds"], 1),
-            "wall_seconds_incl_eval": round(time.perf_counter() - started, 1), "history": result["history"],
-            "seed": train_config.seed}
-    return ship_checkpoint(target, model.cpu(), spec, label_map, meta, val_set, progress=progress)
+            "calibration_images": calibration_images, "source_val_metrics": source_meta.get("val_metrics")}
+    # deployed_head: the converted head is BatchNorm, so its statistics stay frozen while the rest trains.
+    return train_and_ship(model, spec, load_splits(data_dir, label_map=label_map), train_config,
+                          Path(out_dir) / f"{name}.pt", meta=meta, deployed_head=True, measure_start=True,
+                          max_iters_per_epoch=max_iters_per_epoch, progress=progress)
 
 
 def _positive(text: str) -> int:

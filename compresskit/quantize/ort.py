@@ -83,7 +83,8 @@ class OrtQuantConfig:
 
 @dataclass(frozen=True)
 class QuantizedCore:
-    """What :func:`quantize_core_onnx` wrote and how.
+    """What :func:`quantize_core_onnx` wrote and how. Either file runs as an ``onnxruntime`` core:
+    ``compresskit.runtimes.OnnxCore(path, threads)``.
 
     Attributes:
         int8_path: the QDQ int8 core. fp32_path: the float core it was quantized from (same pre-processing and

@@ -153,7 +153,7 @@ def _session_options(threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # the "optimized model is hardware specific" notice is expected here
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as models.core.onnxruntime_session
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as runtimes.onnxruntime_session
     return options
 
 

@@ -236,7 +236,8 @@ def lowered_conv_ops(fn: Callable, batch: torch.Tensor) -> dict[str, int]:
 
 @dataclass
 class Pt2eCore:
-    """A PT2E-quantized core: ``batch (N, 3, H, W) -> tuple of head tensors``, usable by ``EndToEndDetector``.
+    """A PT2E-quantized core: ``batch (N, 3, H, W) -> tuple of head tensors``, usable by ``EndToEndDetector``;
+    compiled, it is measured as runtime ``torch-compile`` (its artifact: :meth:`artifact_bytes`).
 
     The graph was exported at one input shape, so inputs must have that height and width; a batch of N images
     runs as N single-image calls (the shape quantization and latency are measured at).

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from compresskit.engine import METRIC_NAMES
+from compresskit.engine.evaluation import METRIC_NAMES
 from compresskit.measure.environment import has_vnni
 from compresskit.report.records import records_of
 

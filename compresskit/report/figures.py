@@ -1,5 +1,7 @@
-"""Figures regenerated from results records: curves, metric bars, the calibration sweep and the KD comparison (the
-Pareto figures are in :mod:`compresskit.report.pareto`).
+"""What every figure of the kit shares (the caption, a technique's colour, the missing-records error) and the
+generic figures: curves, metric bars, ranked bars, training curves and the calibration sweep. The lessons' own
+figures have modules of their own in :mod:`compresskit.report` (``pareto``, ``pruning``, ``distillation``,
+``tradeoffs``, ``stages``, ``detections``).
 
 Every function returns a bare matplotlib ``Figure`` (not pyplot), so notebooks show it once and scripts never
 leak open figures. A figure drawn from a whole results document carries a caption naming the machine (CPU model,
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from compresskit.engine import METRIC_NAMES
+from compresskit.engine.evaluation import METRIC_NAMES
 from compresskit.errors import CompressKitError
 from compresskit.report.records import TECHNIQUES, records_frame, records_of
 from compresskit.report.tables import short_label
@@ -19,9 +21,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-KD_TECHNIQUES = ("logit_kd", "feature_kd", "kd")
 QUANTIZATION_TECHNIQUES = ("static_ptq", "qat")
 MAP_LABEL = "COCO mAP@[.5:.95] (x100)"
+MIN_SWEEP_SPAN = 2.0  # mAP points the calibration figure's axis spans at least
 
 
 class MissingRecordsError(CompressKitError):
@@ -264,66 +266,26 @@ def plot_calibration_sweep(document: Mapping[str, Any] | Sequence[Mapping[str, A
         if by_id.get(baseline, {}).get("map") is not None:
             ax.axhline(100 * by_id[baseline]["map"], color="0.3", linestyle="--", linewidth=0.8,
                        label=f"fp32 baseline ({short_label(baseline)})")
-    for settings in sweeps.values():
+    drops, values = [], [100 * by_id[b]["map"] for b, _ in sweeps if by_id.get(b, {}).get("map") is not None]
+    for (baseline, _), settings in sweeps.items():
         for setting, points in settings.items():
             images = sorted(points)
             maps = [100 * points[count]["map"] for count in images]
+            values += maps
+            if by_id.get(baseline, {}).get("map") is not None:
+                drops += [100 * by_id[baseline]["map"] - value for value in maps]
             ax.plot(images, maps, marker="o" if len(images) > 1 else "D", linestyle="-" if len(images) > 1 else "",
                     label=setting)
+    # At least MIN_SWEEP_SPAN points tall: a fraction of a point of calibration noise must not look like a trend.
+    middle, half = (max(values) + min(values)) / 2, max(MIN_SWEEP_SPAN, max(values) - min(values)) / 2 * 1.15
+    ax.set_ylim(middle - half, middle + half)
     ax.set_xscale("log", base=2)  # image counts are chosen as powers of two (4, 16, 64, 256)
     ax.set_xticks(counts, [str(count) for count in counts])
     ax.set_xlabel("calibration images (log scale)")
     ax.set_ylabel(MAP_LABEL)
-    ax.set_title("int8 accuracy against calibration set size")
+    ax.set_title("int8 accuracy against calibration set size"
+                 + (f": every run within {max(drops):.1f} points of fp32" if drops and max(drops) >= 0 else ""),
+                 fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return add_caption(ax.figure, document)
-
-
-def plot_distillation(document: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> "Figure":
-    """mAP of each distilled student next to its no-KD control (the record it names as baseline), as bars with
-    the gain in points. Introduced in ``04_distillation.ipynb``.
-
-    Args:
-        document: a results document (its environment becomes the caption) or a list of records.
-
-    Returns:
-        The matplotlib Figure.
-
-    Raises:
-        MissingRecordsError: no ``logit_kd``/``feature_kd``/``kd`` record whose control is in the records.
-    """
-    by_id = {record["id"]: record for record in records_of(document)}
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for record in by_id.values():
-        control = by_id.get(record.get("baseline") or "")
-        if record.get("technique") in KD_TECHNIQUES and record.get("map") is not None and control \
-                and control.get("map") is not None:
-            groups.setdefault(control["id"], []).append(record)
-    if not groups:
-        raise MissingRecordsError(f"no distillation records ({', '.join(KD_TECHNIQUES)}) with their no-KD control "
-                                  "in these records; run `compresskit reproduce --only distillation`")
-    ax = _new_axes(None)
-    position, ticks, names = 0, [], []
-    for control_id, students in groups.items():
-        control = by_id[control_id]
-        start = position
-        for record in [control, *students]:
-            value = 100 * record["map"]
-            is_control = record is control
-            style = {"color": "white", "edgecolor": "0.3", "hatch": "//"} if is_control else \
-                {"color": technique_colour(record["technique"])}
-            bar = ax.bar(position, value, **style)
-            gain = "" if is_control else f"\n{value - 100 * control['map']:+.1f}"
-            ax.bar_label(bar, [f"{value:.1f}{gain}"], fontsize=7)
-            ticks.append(position)
-            names.append(f"{short_label(record['id'])}\n({'no KD, control' if is_control else record['technique']})")
-            position += 1
-        ax.hlines(100 * control["map"], start - 0.4, position - 0.6, color="0.3", linestyle="--", linewidth=0.8)
-        position += 0.5  # a gap between the groups of different controls
-    ax.set_xticks(ticks, names, fontsize=7)
-    ax.set_ylabel(MAP_LABEL)
-    ax.set_ylim(0, 1.15 * ax.get_ylim()[1])  # room for the two-line bar labels
-    ax.set_title("Distillation under one budget: gain over the no-KD control (points)")
-    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="lower right")
     return add_caption(ax.figure, document)

@@ -1,22 +1,27 @@
 """Accuracy against cost: the non-dominated (Pareto) frontier and the figure that draws it.
 
 Every record becomes a point, coloured by technique and shaped by runtime; the frontier (no other record is both
-cheaper and more accurate) is a step line. Labels are short ids placed without overlap by ``adjustText``: frontier
-points always, the others only while few enough to stay readable. Introduced in ``01_baseline_detectors.ipynb``.
+cheaper and more accurate) is a step line. Labels are short ids placed where they cover no other label, marker or
+line (:func:`~compresskit.report.labels.place_labels`): frontier points always, the others only while few enough to
+stay readable. :func:`plot_every_variant` draws the kit's whole-results figures (lessons 01 and 06, ``compresskit
+figures``). Introduced in ``01_baseline_detectors.ipynb``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import math
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from compresskit.engine import METRIC_NAMES
+from compresskit.engine.evaluation import METRIC_NAMES
 from compresskit.errors import CompressKitError
 from compresskit.report.comparisons import latency_median
-from compresskit.report.figures import MAP_LABEL, add_caption, technique_colour
-from compresskit.report.records import RUNTIMES, TECHNIQUES, records_of
+from compresskit.report.figures import MAP_LABEL, MissingRecordsError, add_caption, technique_colour
+from compresskit.report.labels import place_labels
+from compresskit.report.records import TECHNIQUES, records_of
 from compresskit.report.tables import short_label
+from compresskit.runtimes import runtime_names
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -38,6 +43,9 @@ OTHER_RUNTIME_MARKER = "D"
 LABEL_EVERY_POINT_UP_TO = 15  # beyond this many points only the frontier is labelled, so labels stay readable
 LOG_SCALE_SPAN = 10.0  # a cost range wider than this ratio is drawn on a log axis
 MAX_NAMES_PER_LABEL = 2  # points drawn on the same spot share one label: two names, then "+N"
+MAX_NAMES_BELOW = 4  # records below the y floor named in its note, the highest first
+COLLAPSED_SHARE = 0.5  # every-variant figures: a record under this share of the best mAP is drawn below a cut axis
+FLOOR_MARGIN = 5.0  # mAP points between the cut and the least accurate record kept above it
 
 
 def _missing(value: Any) -> bool:
@@ -123,17 +131,19 @@ def _draw_points(ax: "Axes", points: Sequence[tuple[float, float, Mapping[str, A
                    edgecolors=["black" if i in on_frontier else "none" for i in indices], linewidths=0.9)
 
 
-def _place_labels(ax: "Axes", labels: Sequence[tuple[float, float, str]],
-                  points: Sequence[tuple[float, float, Mapping[str, Any]]]) -> None:
-    texts = [ax.text(x_value, y_value, text, fontsize=7) for x_value, y_value, text in labels]
-    if not texts:
-        return
-    from adjustText import adjust_text  # imported here: it loads pyplot and scipy
-
-    # A fixed iteration count, not adjustText's default time limit, so the same results draw the same figure.
-    adjust_text(texts, x=[p[0] for p in points], y=[p[1] for p in points], ax=ax, iter_lim=1000,
-                expand=(1.2, 1.5), force_text=(0.3, 0.6), force_static=(0.3, 0.6),
-                arrowprops={"arrowstyle": "-", "color": "0.55", "linewidth": 0.5})
+def _mark_below(ax: "Axes", below: Sequence[tuple[float, float, Mapping[str, Any]]], floor: float,
+                top: float) -> None:
+    """Cut the y axis at ``floor``: each record below it a hollow triangle on the bottom edge, named in a note."""
+    ax.set_ylim(floor, top + 0.15 * (top - floor))  # room for the labels above the most accurate points
+    edge = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    ax.scatter([x_value for x_value, _, _ in below], [0.012] * len(below), transform=edge, marker="v", s=30,
+               facecolors="none", edgecolors=[technique_colour(record["technique"]) for _, _, record in below],
+               zorder=3, clip_on=False)
+    names = [f"{short_label(record['id'])} ({y_value:.1f})" for _, y_value, record in sorted(below, key=lambda p: -p[1])]
+    shown = names[:MAX_NAMES_BELOW] + ([f"+{len(names) - MAX_NAMES_BELOW} more"] if len(names) > MAX_NAMES_BELOW else [])
+    ax.text(0.99, 0.035, f"below {floor:g} (▼ on the edge):\n" + "\n".join(shown), transform=ax.transAxes,
+            ha="right", va="bottom", fontsize=6.5, color="0.3",
+            bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "edgecolor": "0.8", "alpha": 0.9})
 
 
 def _log_x(ax: "Axes") -> None:
@@ -147,7 +157,8 @@ def _log_x(ax: "Axes") -> None:
 
 
 def plot_pareto(records: Mapping[str, Any] | Sequence[Mapping[str, Any]], x: str = "latency", y: str = "map",
-                *, baseline_lines: bool = True, ax: "Axes | None" = None, title: str | None = None) -> "Figure":
+                *, baseline_lines: bool = True, ax: "Axes | None" = None, title: str | None = None,
+                y_floor: float | None = None) -> "Figure":
     """Accuracy against cost for every record, with the Pareto frontier as a step line.
 
     Colour says the technique, the marker the runtime (circle torch eager, triangle torch.compile, square ONNX
@@ -163,6 +174,8 @@ def plot_pareto(records: Mapping[str, Any] | Sequence[Mapping[str, Any]], x: str
         baseline_lines: draw a dashed line from each record to its baseline when both are plotted.
         ax: axes to draw into; a new Figure when None.
         title: optional axes title.
+        y_floor: the lowest accuracy shown (x100); records below it (e.g. a collapsed variant) are marked at the
+            axes' bottom edge and named, with their value, in a note, so they do not squash everything else.
 
     Returns:
         The matplotlib Figure.
@@ -197,13 +210,60 @@ def plot_pareto(records: Mapping[str, Any] | Sequence[Mapping[str, Any]], x: str
         ax.set_title(title)
     order = {name: index for index, name in enumerate(TECHNIQUES)}
     techniques = sorted({record["technique"] for _, _, record in points}, key=lambda t: order.get(t, len(order)))
+    registered = runtime_names()  # legend order: the registry's
     runtimes = sorted({record["runtime"] for _, _, record in points},
-                      key=lambda r: RUNTIMES.index(r) if r in RUNTIMES else len(RUNTIMES))
+                      key=lambda r: registered.index(r) if r in registered else len(registered))
     if points:
         _legends(ax, techniques, runtimes, bool(frontier), outside=own_figure)
     ax.grid(alpha=0.3, which="both")
     ax.margins(x=0.05, y=0.12)  # room inside the axes for the labels of the points at the edges
+    if y_floor is not None and any(y_value < y_floor for _, y_value, _ in points):
+        _mark_below(ax, [point for point in points if point[1] < y_floor], y_floor,
+                    top=max(y_value for _, y_value, _ in points))
     add_caption(ax.figure, records)
-    labelled = range(len(points)) if len(points) <= LABEL_EVERY_POINT_UP_TO else frontier
-    _place_labels(ax, _label_texts(points, labelled), points)
+    # Frontier points first: they get the nearest free spots.
+    labelled = list(frontier) + [index for index in range(len(points)) if index not in set(frontier)] \
+        if len(points) <= LABEL_EVERY_POINT_UP_TO else frontier
+    labels = _label_texts(points, labelled)
+    spots = {(x_value, y_value) for x_value, y_value, _ in labels}
+    place_labels(ax, labels, avoid=[(p[0], p[1]) for p in points if (p[0], p[1]) not in spots])
     return ax.figure
+
+
+# Left out of the whole-kit Pareto figures: lesson 03's per-part sensitivity probes are scored on a slice of val
+# (the first 100 images), so their mAPs do not compare with the full-val records, and none is a variant to ship.
+EVERY_VARIANT_EXCLUDED = ("quantization/sensitivity/*",)
+_EVERY_VARIANT_TITLES = {"latency": "mAP against CPU latency", "size": "mAP against shipped size",
+                         "macs": "mAP against compute"}
+
+
+def plot_every_variant(document: Mapping[str, Any] | Sequence[Mapping[str, Any]], x: str = "latency") -> "Figure":
+    """Every variant of a results document on one Pareto figure (``pareto_{x}.png`` of ``compresskit figures``):
+    :func:`plot_pareto` without baseline lines (with every study's records they would cross the whole figure),
+    without the records of :data:`EVERY_VARIANT_EXCLUDED`, and with the y axis cut a little under the frontier
+    under the records that did not collapse (those that did, under :data:`COLLAPSED_SHARE` of the best mAP, are
+    marked on the edge and named).
+
+    Args:
+        document: a results document (its environment becomes the caption) or a list of records.
+        x: ``"latency"``, ``"size"`` or ``"macs"``.
+
+    Raises:
+        MissingRecordsError: no record has both an mAP and an ``x`` value.
+    """
+    if x not in PARETO_X:
+        raise CompressKitError(f"x must be one of {', '.join(PARETO_X)}, got {x!r}")
+    x_of = PARETO_X[x][1]
+    records = [record for record in records_of(document)
+               if not any(fnmatch.fnmatchcase(record["id"], pattern) for pattern in EVERY_VARIANT_EXCLUDED)]
+    if not any(not _missing(x_of(record)) and not _missing(record.get("map")) for record in records):
+        raise MissingRecordsError(f"no record has both an mAP and a {x} value; run `compresskit reproduce`")
+    shown = {**document, "records": records} if isinstance(document, Mapping) else records
+    accuracies = [y_value for _, y_value, _ in _points(records, x, "map")]
+    # Collapsed variants (e.g. 90 % of the weights zeroed, an mAP near 0) would squash every other point into a
+    # thin band: cut the axis at a round number under the rest and name them instead.
+    kept = [value for value in accuracies if value >= COLLAPSED_SHARE * max(accuracies)]
+    floor = 5 * math.floor((min(kept) - FLOOR_MARGIN) / 5)
+    cut = floor > 0 and len(kept) < len(accuracies)
+    return plot_pareto(shown, x=x, baseline_lines=False, title=f"{_EVERY_VARIANT_TITLES[x]}, every measured variant",
+                       y_floor=floor if cut else None)

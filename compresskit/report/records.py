@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from compresskit import measure, settings
 from compresskit.data.files import atomic_write_bytes
-from compresskit.engine import METRIC_NAMES
+from compresskit.engine.evaluation import METRIC_NAMES
 from compresskit.errors import CompressKitError
+from compresskit.runtimes import runtime_names
 
 if TYPE_CHECKING:  # heavy optional imports, only for annotations
     import pandas
@@ -37,7 +38,6 @@ TECHNIQUES = (
     "baseline", "unstructured_pruning", "structured_pruning", "dynamic_quant", "fp16", "static_ptq", "qat",
     "logit_kd", "feature_kd", "kd", "backbone", "combined",
 )
-RUNTIMES = ("torch-eager", "torch-compile", "onnxruntime")
 
 
 class ResultsFileError(CompressKitError, ValueError):
@@ -106,7 +106,7 @@ def make_record(*, id: str, lesson: str, profile: str, technique: str, model: st
             ``"custom"`` for a user's own dataset (``compresskit study``).
         technique: one of ``TECHNIQUES``.
         model: the preset measured (``teacher``, ``student``, a backbone name...).
-        runtime: one of ``RUNTIMES``.
+        runtime: a registered runtime (:func:`compresskit.runtimes.runtime_names`).
         metrics: ``engine.evaluate``'s dict (COCOeval values in 0-1); its ``METRIC_NAMES`` keys are copied.
         variant: free text saying what exactly was done.
         baseline: id of the record this one is compared against (measured in the same run), or None.
@@ -132,8 +132,9 @@ def make_record(*, id: str, lesson: str, profile: str, technique: str, model: st
     if technique not in TECHNIQUES:
         raise ResultsFileError(f"unknown technique {technique!r} for record {id!r}; use one of "
                                f"{', '.join(TECHNIQUES)}")
-    if runtime not in RUNTIMES:
-        raise ResultsFileError(f"unknown runtime {runtime!r} for record {id!r}; use one of {', '.join(RUNTIMES)}")
+    if runtime not in runtime_names():
+        raise ResultsFileError(f"unknown runtime {runtime!r} for record {id!r}; use one of "
+                               f"{', '.join(runtime_names())} (or register it: compresskit.runtimes)")
     if baseline is not None and (not isinstance(baseline, str) or not baseline):
         raise ResultsFileError(f"baseline of record {id!r} must be a record id (string) or None, got {baseline!r}")
     if baseline == id:

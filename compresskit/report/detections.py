@@ -1,7 +1,7 @@
-"""Pictures a learner would rather look at than read: images with boxes, ground truth next to predictions.
+"""Detections on images: a dataset's ground-truth boxes, and each model's predictions next to them.
 
-Functions return a matplotlib ``Figure`` (nothing is shown or saved behind the caller's back).
-Introduced in ``00_setup_and_data.ipynb``.
+Functions return a bare matplotlib ``Figure`` (nothing is shown or saved behind the caller's back; a notebook shows
+it as a cell's last expression). Introduced in ``00_setup_and_data.ipynb``.
 """
 
 from __future__ import annotations

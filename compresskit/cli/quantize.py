@@ -1,0 +1,204 @@
+"""``compresskit quantize``: its arguments, what it runs, and what it prints.
+
+Static int8 of one detector's core, written as the artifact a user ships and measured against the fp32 core of
+the same runtime in the same run: ONNX Runtime QDQ (``--runtime onnxruntime``) or torchao PT2E lowered by
+``torch.compile`` (``--runtime torch-compile``, also spelled ``torchao`` after its quantizer). Only the standard
+library loads at the top, so ``compresskit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from compresskit.cli.arguments import LazyChoices, positive_int
+
+if TYPE_CHECKING:
+    from compresskit.harness.loading import Loaded
+
+QUANTIZE_PRESETS = ("teacher", "student", "teacher_pruned", "teacher_bnhead")
+# --runtime value -> the int8 path that serves it; "torchao" is the PT2E path's own name (the summary's runtime).
+INT8_PATHS = {"onnxruntime": "onnxruntime", "torch-compile": "torchao", "torchao": "torchao"}
+
+
+def runtime_choices() -> tuple[str, ...]:
+    """What ``--runtime`` accepts: every registered runtime (one without an int8 path here is refused with a
+    message when the command runs), and ``torchao``, the PT2E path's own name."""
+    from compresskit.runtimes import runtime_names
+
+    return (*runtime_names(), "torchao")
+
+
+def add_quantize_command(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    """The ``quantize`` sub-command and its options; ``command`` makes a sub-parser as the others are made."""
+    quantize = command(commands, "quantize", "static int8 of a detector's core; artifact + measured summary",
+                       _quantize, description="Calibrate on N train images, write the int8 ONNX core (and the fp32 "
+                                              "one beside it) and a JSON summary: size, mAP (0-1) and latency of "
+                                              "int8 against fp32 in the same runtime, measured in the same run.")
+    quantize.add_argument("--preset", choices=QUANTIZE_PRESETS, default="teacher",
+                          help="which detector (teacher_bnhead: the BatchNorm deployment head)")
+    quantize.add_argument("--checkpoint", type=Path, help="a checkpoint of that preset (default: the shipped one)")
+    quantize.add_argument("--runtime", choices=LazyChoices("compresskit.cli.quantize", "runtime_choices"),
+                          default="onnxruntime", metavar="RUNTIME",
+                          help="a registered runtime, one of %(choices)s; int8 is written for onnxruntime (QDQ) "
+                               "and torch-compile (torchao PT2E lowered by torch.compile, also spelled torchao)")
+    quantize.add_argument("--qat-steps", type=positive_int, default=None,
+                          help="torchao only: also fine-tune quantization-aware for this many steps of batch 16 "
+                               "(default: post-training quantization only)")
+    quantize.add_argument("--calibration-images", type=positive_int, default=64,
+                          help="train images used for calibration (never more than the train split holds)")
+    quantize.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                          help="calibration method")
+    quantize.add_argument("--runs", type=positive_int, default=30, help="timed latency pairs")
+    quantize.add_argument("--out", type=Path, default=Path("runs/quantize"), help="folder for the artifacts")
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    summary = quantize_command(args.preset, args.out, checkpoint=args.checkpoint, runtime=args.runtime,
+                               calibration_images=args.calibration_images, method=args.method, runs=args.runs,
+                               qat_steps=args.qat_steps or 0)
+    if summary["runtime"] == "torchao":
+        for key in ("ptq", "qat"):
+            if key in summary["artifacts"]:
+                low, high = summary["paired_latency"][key]["interval"]
+                print(f"{summary['artifacts'][key]}: mAP (0-1) {summary['map']['fp32']:.4f} -> "
+                      f"{summary['map'][key]:.4f}, x{summary['paired_latency'][key]['speedup']:.2f} "
+                      f"[{low:.2f}-{high:.2f}] faster than the compiled fp32 core (paired, same run)")
+        print(f"summary written to {Path(args.out) / (summary['preset'] + '-int8.json')}")
+        return 0
+    paired = summary["paired_latency"]
+    print(f"{summary['artifact']}: {summary['size_ratio']:.2f}x smaller than fp32, mAP (0-1) "
+          f"{summary['map']['fp32']:.4f} -> {summary['map']['int8']:.4f}, x{paired['speedup']:.2f} "
+          f"[{paired['interval'][0]:.2f}-{paired['interval'][1]:.2f}] faster than the fp32 core (paired, same run)")
+    print(f"summary written to {Path(args.out) / (summary['preset'] + '-int8.json')}")
+    return 0
+
+
+def _int8_path(runtime: str) -> str:
+    from compresskit.errors import ConfigError
+    from compresskit.runtimes import get_runtime
+
+    if runtime not in INT8_PATHS:
+        get_runtime(runtime)  # an unknown name: the error lists the registered runtimes
+        raise ConfigError(f"compresskit quantize has no int8 path for runtime {runtime!r}; use onnxruntime (QDQ) "
+                          "or torch-compile (torchao PT2E)")
+    return INT8_PATHS[runtime]
+
+
+def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxruntime",
+                     calibration_images: int = 64, method: str = "minmax", runs: int = 30,
+                     val_images: int | None = None, qat_steps: int = 0,
+                     log: Callable[[str], None] = print) -> dict:
+    """``compresskit quantize``: write the int8 artifact of a detector and a JSON summary measured against the
+    fp32 core of the same runtime, in the same run (size, mAP, paired latency), plus their results records.
+
+    ``runtime="torch-compile"`` (or ``"torchao"``) quantizes with PT2E and lowers with ``torch.compile`` (see
+    :func:`torchao_command`); ``qat_steps`` adds a quantization-aware fine-tune of that many steps there.
+
+    Returns:
+        The summary written to ``out/<preset>-int8.json``.
+    """
+    from compresskit.data.files import atomic_write_json
+    from compresskit.errors import ConfigError
+    from compresskit.harness import Study, load_for_study, train_split, val_loader
+    from compresskit.quantize.ort import OrtQuantConfig, quantize_core_onnx
+    from compresskit.report import compare, write_records
+    from compresskit.runtimes import OnnxCore
+
+    path = _int8_path(runtime)
+    if qat_steps and path != "torchao":
+        raise ConfigError("quantization-aware training runs with torchao PT2E: add --runtime torchao")
+    if preset not in QUANTIZE_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(QUANTIZE_PRESETS)}")
+    out = Path(out)
+    loaded = load_for_study(preset, checkpoint=checkpoint)
+    if path == "torchao":
+        return torchao_command(loaded, out, checkpoint=checkpoint, calibration_images=calibration_images, runs=runs,
+                               val_images=val_images, qat_steps=qat_steps, log=log)
+    detector = loaded.model
+    config = OrtQuantConfig(calibration_images=calibration_images, method=method,
+                            fixed_shape=loaded.profile == "embedded")
+    study = Study(lesson="quantize_command", model=preset, profile=loaded.profile,
+                  val_loader=val_loader(loaded, val_images), label_map=loaded.label_map, runs=runs, log=log)
+    calibration_set = train_split(loaded, augment=False)
+    log(f"calibrating on {calibration_images} train images ({method}) and quantizing {preset} ...")
+    quantized = quantize_core_onnx(detector, calibration_set, config, out / f"{preset}-int8.onnx")
+    fp32 = study.measure(detector, f"quantize/{preset}/ort-fp32", technique="baseline", runtime="onnxruntime",
+                         core=OnnxCore(quantized.fp32_path, threads=study.threads), variant="fp32 core")
+    int8 = study.measure(detector, f"quantize/{preset}/ort-int8", technique="static_ptq", runtime="onnxruntime",
+                         core=OnnxCore(quantized.int8_path, threads=study.threads), baseline=fp32["id"],
+                         variant=f"QDQ int8, {quantized.activations} activations, {method}, "
+                                 f"{quantized.calibration_images} calibration images", config=quantized.as_dict())
+    ratios = compare(int8, fp32)
+    summary = {"preset": preset, "checkpoint": None if checkpoint is None else str(checkpoint), "runtime": path,
+               "profile": loaded.profile, "artifact": str(quantized.int8_path),
+               "fp32_artifact": str(quantized.fp32_path),
+               "size_bytes": {"fp32": fp32["size_bytes"], "int8": int8["size_bytes"]},
+               "size_ratio": round(ratios["size_ratio"], 4), "map": {"fp32": fp32["map"], "int8": int8["map"]},
+               "map_drop_points": round(ratios["map_drop_points"], 3), "latency_ms": {
+                   "fp32": fp32["latency_ms"], "int8": int8["latency_ms"]}, "paired_latency": int8["paired_latency"],
+               "activations": quantized.activations, "activation_reason": quantized.activation_reason,
+               "calibration_images": quantized.calibration_images, "method": method}
+    write_records(study.records, reports_dir=out)
+    atomic_write_json(out / f"{preset}-int8.json", summary, indent=1)
+    return summary
+
+
+def torchao_command(loaded: "Loaded", out, *, checkpoint=None, calibration_images: int = 64, runs: int = 30,
+                    val_images: int | None = None, qat_steps: int = 0,
+                    log: Callable[[str], None] = print) -> dict:
+    """The torchao side of ``compresskit quantize`` for ``loaded`` (see
+    :func:`~compresskit.harness.load_for_study`): PT2E post-training int8 and, with ``qat_steps``, a QAT
+    fine-tune of that many steps (batch 16, through the engine's loop), each against the fp32 core compiled the
+    same way. Writes ``out/<preset>-pt2e-int8.pt2`` (and ``-qat-int8.pt2``: ``torch.export.load`` reads them), the
+    records, and the summary ``out/<preset>-int8.json``, which is also a training record when QAT ran (command,
+    environment, hardware, history, ``val_metrics`` of the QAT int8 core)."""
+    from compresskit.data.files import atomic_write_bytes, atomic_write_json
+    from compresskit.engine import METRIC_NAMES, console_command, training_device_name
+    from compresskit.harness import Study, train_split, val_loader
+    from compresskit.harness.quantization import measure_pt2e
+    from compresskit.measure import environment_stamp
+    from compresskit.quantize.qat import QatConfig, qat_finetune
+    from compresskit.report import compare, write_records
+
+    out = Path(out)
+    preset, detector = loaded.name, loaded.model
+    study = Study(lesson="quantize_command", model=preset, profile=loaded.profile,
+                  val_loader=val_loader(loaded, val_images), label_map=loaded.label_map, runs=runs, log=log)
+    log(f"calibrating on {calibration_images} train images and quantizing {preset} with torchao PT2E ...")
+    fp32, ptq, ptq_bytes = measure_pt2e(study, detector, train_split(loaded, augment=False), calibration_images)
+    records, artifacts = {"fp32": fp32, "ptq": ptq}, {"ptq": (out / f"{preset}-pt2e-int8.pt2", ptq_bytes)}
+    qat_result = None
+    if qat_steps:
+        log(f"quantization-aware fine-tune: {qat_steps} steps of batch 16 ...")
+        qat_config = QatConfig(max_iters_per_epoch=qat_steps)
+        qat_result = qat_finetune(detector, train_split(loaded), out / f"{preset}-qat-run", qat_config)
+        qat_bytes = qat_result.core.artifact_bytes()
+        records["qat"] = study.measure(
+            detector, f"quantization/{preset}/pt2e-qat-int8", technique="qat", runtime="torch-compile",
+            core=qat_result.core, baseline=fp32["id"], artifact=qat_bytes,
+            variant=f"torchao PT2E QAT, {qat_steps} steps, torch.compile", train_seconds=qat_result.train_seconds,
+            config=qat_result.as_dict())
+        artifacts["qat"] = (out / f"{preset}-qat-int8.pt2", qat_bytes)
+    for path, payload in artifacts.values():
+        atomic_write_bytes(path, payload)
+    summary = {"preset": preset, "checkpoint": None if checkpoint is None else str(checkpoint), "runtime": "torchao",
+               "profile": loaded.profile, "artifacts": {key: str(path) for key, (path, _) in artifacts.items()},
+               "map": {key: record["map"] for key, record in records.items()},
+               "map_drop_points": {key: round(compare(record, fp32)["map_drop_points"], 3)
+                                   for key, record in records.items() if key != "fp32"},
+               "size_bytes": {key: record["size_bytes"] for key, record in records.items()},
+               "latency_ms": {key: record["latency_ms"] for key, record in records.items()},
+               "paired_latency": {key: record["paired_latency"] for key, record in records.items() if key != "fp32"},
+               "calibration_images": calibration_images}
+    if qat_result is not None:
+        summary.update(qat_result.as_dict())
+        summary.update({"val_metrics": {key: records["qat"][key] for key in METRIC_NAMES},
+                        "ptq_val_metrics": {key: ptq[key] for key in METRIC_NAMES},
+                        "fp32_val_metrics": {key: fp32[key] for key in METRIC_NAMES},
+                        "val_images": val_images, "trained_on": training_device_name(),
+                        "command": console_command(), "environment": environment_stamp()})
+    write_records(study.records, reports_dir=out)
+    atomic_write_json(out / f"{preset}-int8.json", summary, indent=1)
+    return summary
