@@ -176,7 +176,7 @@ def test_backbone_table_counts_depthwise_convs_and_macs():
     assert mobile["trunk_macs"] < mobile["macs"] and mobile["trunk_macs"] < rows["resnet_basic"]["trunk_macs"]
     assert mobile["nodes"] == {stride: list(tap) for stride, tap in tapped_nodes(detector).items()}
 
-    from compresskit.backbones import plot_macs_split
+    from compresskit.report import plot_macs_split
 
     bars = plot_macs_split(list(rows.values())).axes[0].patches  # trunk bars, then FPN-and-head bars
     assert [bar.get_width() for bar in bars[:2]] == pytest.approx([r["trunk_macs"] / 1e9 for r in rows.values()])

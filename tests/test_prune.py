@@ -15,6 +15,7 @@ from torch import nn
 
 from compresskit.data.dataset import LabelMap
 from compresskit.data.embedded import CATEGORIES
+from compresskit.report import plot_sensitivity
 from compresskit.errors import CheckpointError, ConfigError
 from compresskit.measure import count_params, serialized_size
 from compresskit.models import (EMBEDDED_PRESETS, architecture_of, build_coco_architecture, build_detector,
@@ -22,7 +23,7 @@ from compresskit.models import (EMBEDDED_PRESETS, architecture_of, build_coco_ar
 from compresskit.models.core import ExportableCore, example_batch, export_core_onnx
 from compresskit.prune import (StructuredConfig, UnstructuredConfig, channel_report, choose_part_ratios,
                                conv_sparsity, core_macs, detector_parts, iterative_prune, make_permanent_,
-                               plot_sensitivity, prediction_layers, prune_structured_, prune_unstructured_,
+                               prediction_layers, prune_structured_, prune_unstructured_,
                                sensitivity_scan, whole_model_l1_call)
 from compresskit.prune.structured import _WholeGroupNormPruner
 from compresskit.runtimes import OnnxCore

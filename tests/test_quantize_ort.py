@@ -18,8 +18,9 @@ from compresskit.models.core import EndToEndDetector, ExportableCore
 from compresskit.quantize import ort as ort_quant
 from compresskit.measure.environment import VNNI_FLAGS, environment_stamp
 from compresskit.quantize.ort import OrtQuantConfig, choose_activations, choose_reduce_range, quantize_core_onnx
+from compresskit.report import plot_op_profile
 from compresskit.quantize.profile import (PARTS, int8_report, onnx_bytes_by_kind, op_time_profile, part_node_names,
-                                          part_of_node, plot_op_profile, require_onnxruntime)
+                                          part_of_node, require_onnxruntime)
 from compresskit.runtimes import OnnxCore
 
 CALIBRATION_IMAGES = 4

@@ -14,11 +14,10 @@ Introduced in ``05_lightweight_backbones.ipynb``.
 
 from compresskit.backbones.designs import (BACKBONES, IMAGENET, BackboneChoice, backbone_choice, backbone_spec,
                                            build_detector_with_backbone, load_imagenet_trunk_)
-from compresskit.backbones.figures import plot_macs_split
 from compresskit.backbones.pretrained import article_pretrained_call, weights_api_steps
 from compresskit.backbones.recipe import TRAIN_RECIPE_BACKBONE, train_backbone
 from compresskit.backbones.table import backbone_table, tapped_nodes
 
 __all__ = ["BACKBONES", "IMAGENET", "TRAIN_RECIPE_BACKBONE", "BackboneChoice", "article_pretrained_call",
            "backbone_choice", "backbone_spec", "backbone_table", "build_detector_with_backbone",
-           "load_imagenet_trunk_", "plot_macs_split", "tapped_nodes", "train_backbone", "weights_api_steps"]
+           "load_imagenet_trunk_", "tapped_nodes", "train_backbone", "weights_api_steps"]

@@ -16,7 +16,7 @@ Introduced in ``02_pruning.ipynb``.
 
 from compresskit.prune.recipe import (FINETUNE_RECIPE, PRUNE_RECIPE, SHIPPED_PRUNED, load_shipped_pruned,
                                       prune_and_finetune)
-from compresskit.prune.schedule import choose_part_ratios, iterative_prune, plot_sensitivity, sensitivity_scan
+from compresskit.prune.schedule import choose_part_ratios, iterative_prune, map_drop_points, sensitivity_scan
 from compresskit.prune.structured import (ChannelPruner, StructuredConfig, channel_report, core_macs,
                                           detector_parts, prediction_layers, prunable_core, prune_structured_)
 from compresskit.prune.unstructured import (UnstructuredConfig, conv_sparsity, make_permanent_,
@@ -25,5 +25,5 @@ from compresskit.prune.unstructured import (UnstructuredConfig, conv_sparsity, m
 __all__ = ["FINETUNE_RECIPE", "PRUNE_RECIPE", "SHIPPED_PRUNED", "load_shipped_pruned", "prune_and_finetune",
            "ChannelPruner", "StructuredConfig", "UnstructuredConfig", "channel_report", "choose_part_ratios",
            "conv_sparsity", "core_macs", "detector_parts", "iterative_prune", "make_permanent_",
-           "plot_sensitivity", "prediction_layers", "prunable_core", "prune_structured_",
+           "map_drop_points", "prediction_layers", "prunable_core", "prune_structured_",
            "prune_unstructured_", "sensitivity_scan", "whole_model_l1_call"]

@@ -9,7 +9,6 @@ import copy
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -49,32 +48,9 @@ def sensitivity_scan(detector: nn.Module, parts: list[str], ratios: list[float],
     return rows
 
 
-def _drop_points(row: dict, baseline_map: float) -> float:
+def map_drop_points(row: dict, baseline_map: float) -> float:
+    """mAP points a :func:`sensitivity_scan` row lost against ``baseline_map`` (both 0-1)."""
     return (baseline_map - row["map"]) * 100.0  # COCO mAP is 0-1; papers and lessons talk in points
-
-
-def plot_sensitivity(rows: Sequence[dict], baseline_map: float) -> Figure:
-    """mAP drop (points) against pruning ratio, one line per part.
-
-    Args:
-        rows: the output of :func:`sensitivity_scan`.
-        baseline_map: mAP (0-1) of the unpruned detector, measured in the same run.
-
-    Returns:
-        A matplotlib ``Figure``.
-    """
-    figure = Figure(figsize=(6, 4))
-    ax = figure.add_subplot(1, 1, 1)
-    for part in dict.fromkeys(row["part"] for row in rows):
-        points = sorted((row["ratio"], _drop_points(row, baseline_map)) for row in rows if row["part"] == part)
-        ax.plot([r for r, _ in points], [d for _, d in points], marker="o", label=part)
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("pruning ratio of the part (fraction of channels removed)")
-    ax.set_ylabel("mAP drop (points)")
-    ax.set_title("Sensitivity: one part pruned at a time")
-    ax.legend(fontsize=8)
-    figure.tight_layout()
-    return figure
 
 
 def choose_part_ratios(rows: Sequence[dict], baseline_map: float, max_drop_points: float,
@@ -100,7 +76,7 @@ def choose_part_ratios(rows: Sequence[dict], baseline_map: float, max_drop_point
         for row in sorted((r for r in rows if r["part"] == part), key=lambda r: r["ratio"]):
             if allowed is not None and round(row["ratio"], 6) not in allowed:
                 continue
-            if _drop_points(row, baseline_map) > max_drop_points:
+            if map_drop_points(row, baseline_map) > max_drop_points:
                 break
             chosen[part] = float(row["ratio"])
     return chosen

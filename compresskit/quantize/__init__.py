@@ -27,11 +27,10 @@ from compresskit.quantize.ort import (OrtQuantConfig, QuantizedCore, choose_acti
                                      quantize_core_onnx)
 from compresskit.quantize.pt2e import Pt2eConfig, Pt2eCore, prepare_qat_core, quantize_pt2e
 from compresskit.quantize.qat import QatConfig, QatDetector, qat_finetune
-from compresskit.quantize.profile import (int8_report, onnx_bytes_by_kind, op_time_profile, part_node_names,
-                                          plot_op_profile)
+from compresskit.quantize.profile import (int8_report, onnx_bytes_by_kind, op_time_profile, part_node_names)
 
 __all__ = ["DynamicQuantResult", "OrtQuantConfig", "QuantizedCore", "article_dynamic_quant", "calibration_batches",
            "calibration_indices", "choose_activations", "choose_reduce_range", "fp16_compute", "fp16_storage",
            "fp16_to_float", "int8_report", "onnx_bytes_by_kind", "op_time_profile", "part_node_names",
-           "plot_op_profile", "Pt2eConfig", "Pt2eCore", "QatConfig", "QatDetector", "prepare_qat_core", "qat_finetune",
+           "Pt2eConfig", "Pt2eCore", "QatConfig", "QatDetector", "prepare_qat_core", "qat_finetune",
            "quantize_core_onnx", "quantize_pt2e", "torchao_dynamic_quant"]

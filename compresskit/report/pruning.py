@@ -1,11 +1,12 @@
 """Figures of the pruning lesson, drawn from results records and schedule rows: the unstructured sparsity sweep
-and the iterative prune -> fine-tune path. Introduced in ``02_pruning.ipynb``.
+the iterative prune -> fine-tune path, and the per-part sensitivity scan. Introduced in ``02_pruning.ipynb``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from compresskit.prune.schedule import map_drop_points
 from compresskit.report.figures import MAP_LABEL, MissingRecordsError, add_caption
 from compresskit.report.records import records_of
 
@@ -128,4 +129,30 @@ def plot_iterative(steps: Sequence[Mapping[str, Any]], baseline_map: float, base
     ax.set_title("Iterative pruning: each step pruned, then fine-tuned (labels: channels pruned)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return figure
+
+
+def plot_sensitivity(rows: Sequence[dict], baseline_map: float) -> "Figure":
+    """mAP drop (points) against pruning ratio, one line per part.
+
+    Args:
+        rows: the output of :func:`compresskit.prune.sensitivity_scan`.
+        baseline_map: mAP (0-1) of the unpruned detector, measured in the same run.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    ax = figure.add_subplot(1, 1, 1)
+    for part in dict.fromkeys(row["part"] for row in rows):
+        points = sorted((row["ratio"], map_drop_points(row, baseline_map)) for row in rows if row["part"] == part)
+        ax.plot([r for r, _ in points], [d for _, d in points], marker="o", label=part)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("pruning ratio of the part (fraction of channels removed)")
+    ax.set_ylabel("mAP drop (points)")
+    ax.set_title("Sensitivity: one part pruned at a time")
+    ax.legend(fontsize=8)
+    figure.tight_layout()
     return figure

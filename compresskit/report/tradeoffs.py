@@ -1,4 +1,4 @@
-"""The backbone trade-off figure of lesson 05: accuracy against ONNX Runtime speed-up over the teacher, fp32 and
+"""The backbone figures of lesson 05: the MACs split of each design, and the trade-off figure: accuracy against ONNX Runtime speed-up over the teacher, fp32 and
 int8, one pair of points per backbone. Drawn from the rows ``harness.backbones.tradeoff_rows`` makes of a backbone
 study's records. Introduced in ``05_lightweight_backbones.ipynb``.
 """
@@ -73,4 +73,22 @@ def plot_tradeoffs(rows: Sequence[Mapping[str, Any]], teacher_map: float, target
     ax.margins(y=0.08)
     fp32_points = [(row["speedup"], 100 * row["map"]) for row in drawn]
     place_labels(ax, labels, avoid=fp32_points)
+    return figure
+
+
+def plot_macs_split(rows: list[dict]) -> "Figure":
+    """Stacked bars of :func:`compresskit.backbones.backbone_table` rows: the trunk's MACs and the FPN's and head's, per backbone."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 0.45 * len(rows) + 1.2), layout="constrained")
+    ax = figure.add_subplot()
+    names = [row["name"] for row in rows]
+    trunk = [row["trunk_macs"] / 1e9 for row in rows]
+    rest = [(row["macs"] - row["trunk_macs"]) / 1e9 for row in rows]
+    ax.barh(names, trunk, color="#4363d8", label="trunk")
+    ax.barh(names, rest, left=trunk, color="#a9a9a9", label="FPN and FCOS head (the same design on every trunk)")
+    ax.invert_yaxis()
+    ax.set_xlabel("multiply-accumulates per 320x320 image (G)")
+    figure.legend(fontsize=8, loc="outside upper center", ncols=2)
+    ax.grid(alpha=0.3, axis="x")
     return figure
