@@ -166,20 +166,30 @@ def coco_image_size() -> int | None:
     Smaller inputs trade small-object accuracy for CPU time."""
     return _positive_int_env(COCO_IMAGE_SIZE_ENV)
 
-# A notice torchao's import triggers in torch's pytree registry (torchao registers an Enum that torch now handles
-# natively). It is a logging record with a timestamp and process id, not a warning the test policy could catch, and
-# it says nothing a learner or a user can act on; every other record of that logger still passes.
-_TORCHAO_ENUM_NOTICE = "is an Enum subclass and is now natively supported by torch.compile"
+# Library log records that carry nothing a learner or a user can act on. They are logging records with a timestamp and
+# a process id, not warnings the test policy could catch, so they are dropped at their loggers; every other record of
+# those loggers still passes. (logger name, a fragment of the one message dropped):
+# - torchao registers an Enum in torch's pytree registry that torch now handles natively;
+# - torch.compile's C++ builder looks for CUDA on a machine that has a CUDA toolkit but no GPU (the kit is CPU-only).
+QUIET_NOTICES = (("torch.utils._pytree", "is an Enum subclass and is now natively supported by torch.compile"),
+                 ("torch.utils.cpp_extension", "No CUDA runtime is found"))
 
 
-def _not_torchao_enum_notice(record) -> bool:
-    return _TORCHAO_ENUM_NOTICE not in record.getMessage()
+class _DropNotice:
+    """A logging filter that drops the records whose message contains ``fragment``."""
+
+    def __init__(self, fragment: str) -> None:
+        self.fragment = fragment
+
+    def filter(self, record) -> bool:
+        return self.fragment not in record.getMessage()
 
 
 def quiet_library_notices() -> None:
-    """Drop the one known library log record that carries no information for the kit's users (idempotent)."""
+    """Drop the known library log records in :data:`QUIET_NOTICES` (idempotent)."""
     import logging
 
-    logger = logging.getLogger("torch.utils._pytree")
-    if _not_torchao_enum_notice not in logger.filters:
-        logger.addFilter(_not_torchao_enum_notice)
+    for name, fragment in QUIET_NOTICES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotice) and f.fragment == fragment for f in logger.filters):
+            logger.addFilter(_DropNotice(fragment))

@@ -153,7 +153,7 @@ def test_shown_path_writes_the_home_folder_as_a_tilde(tmp_path, monkeypatch):
     assert settings.shown_path(tmp_path / ".cache" / "w.pth") == str(Path("~") / ".cache" / "w.pth")
 
 
-def test_torchaos_enum_notice_is_dropped_and_other_pytree_records_pass(caplog):
+def test_known_library_notices_are_dropped_and_other_records_pass(caplog):
     import logging
 
     # In a fresh process, importing the kit's quantization room and then torchao prints no pytree notice.
@@ -163,10 +163,12 @@ def test_torchaos_enum_notice_is_dropped_and_other_pytree_records_pass(caplog):
     assert "Enum subclass" not in result.stderr
 
     settings.quiet_library_notices()
-    settings.quiet_library_notices()  # idempotent: one filter
-    logger = logging.getLogger("torch.utils._pytree")
-    assert logger.filters.count(settings._not_torchao_enum_notice) == 1
-    with caplog.at_level(logging.WARNING, logger="torch.utils._pytree"):
-        logger.warning("%s is an Enum subclass and is now natively supported by torch.compile as ...", "X")
-        logger.warning("some other pytree notice")
-    assert [record.getMessage() for record in caplog.records] == ["some other pytree notice"]
+    settings.quiet_library_notices()  # idempotent: one filter per notice
+    for name, fragment in settings.QUIET_NOTICES:
+        logger = logging.getLogger(name)
+        assert sum(isinstance(f, settings._DropNotice) for f in logger.filters) == 1
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=name):
+            logger.warning("[0/0] %s ... and so on", fragment)
+            logger.warning("some other notice")
+        assert [record.getMessage() for record in caplog.records] == ["some other notice"]
