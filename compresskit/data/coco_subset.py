@@ -23,7 +23,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from compresskit.data.download import download, extract_zip_member, pin_file, read_pin, write_pin
+from compresskit.data.download import (download, extract_zip_member, pin_file, read_pin, require_free_space,
+                                       write_pin)
 from compresskit.data.files import atomic_write_json, is_sha256, sha256_file
 from compresskit.data.safe_paths import file_name_problem
 from compresskit.errors import DatasetError, DownloadError
@@ -38,6 +39,11 @@ SELECTION_RULE = (
     "the subset, and the picked ids are sorted. Only the requested categories and their annotations are kept, "
     "with COCO's original category ids.")
 IMAGE_DOWNLOAD_THREADS = 8  # many small files: a few parallel connections hide the per-request latency
+# What a build writes beside its output before it knows the exact sizes, for the disk-space check: the split's
+# annotation JSON as extracted from the zip (the zip itself is checked against its Content-Length as it downloads),
+# and the mean size of a COCO 2017 image (train2017: 18 GB for 118,287 images).
+ANNOTATION_JSON_BYTES = {"train2017": 470_000_000, "val2017": 20_000_000}
+MEAN_IMAGE_BYTES = 165_000
 
 
 @dataclass
@@ -350,6 +356,9 @@ def build_coco_subset(out: Path, recipe: SubsetRecipe, *, annotations_url: str =
     annotations_sha256 = annotations_sha256 or recipe.annotations_sha256
     if _is_built(out, recipe, annotations_sha256):
         return out / "manifest.json"
+    extracted = ANNOTATION_JSON_BYTES[recipe.split] if coco_root is None else 0  # a local install is read in place
+    require_free_space(out.parent, extracted + recipe.images * MEAN_IMAGE_BYTES,
+                       f"the COCO subset {recipe.name} ({recipe.images} images, estimated)")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp-"))
     try:

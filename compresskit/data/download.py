@@ -32,6 +32,30 @@ CHUNK_BYTES = 1 << 16
 _UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
 
 
+def _gigabytes(count: int) -> str:
+    return f"{count / 1e9:.2f} GB"
+
+
+def require_free_space(folder: Path | str, needed_bytes: int, what: str) -> None:
+    """Refuse, before anything is written, to put ``needed_bytes`` into ``folder`` when its disk has less free.
+
+    Args:
+        folder: where the bytes go; its nearest existing parent is measured when it does not exist yet.
+        needed_bytes: what will be written.
+        what: what they are, for the message (e.g. ``the annotations zip``).
+
+    Raises:
+        DownloadError: saying how much is needed, where, and how much is free.
+    """
+    folder = Path(folder).absolute()
+    measured = next(path for path in (folder, *folder.parents) if path.exists())
+    free = shutil.disk_usage(measured).free
+    if needed_bytes > free:
+        raise DownloadError(f"{what} needs {_gigabytes(needed_bytes)} at {folder}, {_gigabytes(free)} free; free "
+                            "some space there, or write to a disk with room (COMPRESSKIT_DATA moves the kit's "
+                            "data cache).")
+
+
 class _ShortRead(Exception):
     """The connection ended before the announced number of bytes arrived."""
 
@@ -93,6 +117,8 @@ def _fetch_once(url: str, part: Path, label: str, timeout_s: float, progress: bo
         else:
             # 200 (the server ignored Range) or a 206 that does not start where we stopped: start over.
             have, mode, total = 0, "wb", length
+        if total is not None:
+            require_free_space(part.parent, total - have, f"downloading {url}")
         with open(part, mode) as handle, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                               unit_divisor=1024, desc=label, disable=not progress,
                                               leave=False) as bar:
@@ -239,6 +265,7 @@ def extract_zip_member(archive: Path, member: str, dest: Path) -> Path:
             if member not in names:
                 raise DownloadError(f"Archive {archive} has no member {member!r}; is it the right file? {hint}.")
             dest.parent.mkdir(parents=True, exist_ok=True)
+            require_free_space(dest.parent, zipped.getinfo(member).file_size, f"extracting {member}")
             with zipped.open(member) as source, open(tmp, "wb") as target:
                 shutil.copyfileobj(source, target, CHUNK_BYTES)  # zipfile checks the CRC at the end
         os.replace(tmp, dest)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import io
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 
 from compresskit.data.files import atomic_write_bytes
 from compresskit.engine.evaluation import evaluate
-from compresskit.errors import CheckpointError
+from compresskit.errors import CheckpointError, ConfigError
 from compresskit.settings import seed_everything
 
 # extra_loss(model, images, targets) -> {name: scalar tensor}, added to the detector's own losses.
@@ -51,6 +53,12 @@ def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _epoch_bar(data_loader, epoch: int, progress: bool) -> tqdm:
+    # The bar opens the loader's iterator when it is built and again when iterated (tqdm.auto's asyncio variant):
+    # a persistent-worker loader then draws and discards a shuffle per epoch, which _replay_loading must repeat.
+    return tqdm(data_loader, desc=f"epoch {epoch}", leave=False, disable=not (progress and is_main_process()))
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loader, device: torch.device | str,
                     epoch: int, scheduler=None, extra_loss: ExtraLoss | None = None, clip_grad_norm: float = 0.0,
                     scaler: torch.amp.GradScaler | None = None, max_iters: int | None = None,
@@ -65,7 +73,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loa
     model.train()
     totals: dict[str, float] = {}
     steps = 0
-    bar = tqdm(data_loader, desc=f"epoch {epoch}", leave=False, disable=not (progress and is_main_process()))
+    bar = _epoch_bar(data_loader, epoch, progress)
     for images, targets in bar:
         images = [image.to(device) for image in images]
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
@@ -139,7 +147,27 @@ def make_loader(dataset, batch_size: int, train: bool, workers: int = 0, seed: i
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None,
                                        sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-                                       generator=generator, persistent_workers=workers > 0)
+                                       generator=generator, persistent_workers=workers > 0,
+                                       worker_init_fn=_quiet_abandoned_transfers if workers > 0 else None)
+
+
+def _quiet_abandoned_transfers(worker_id: int) -> None:
+    """In a loader worker: no traceback when the main process stops half-way through taking a batch.
+
+    A batch reaches the main process through a file descriptor that multiprocessing's resource-sharer thread of the
+    worker hands over; on Ctrl-C the main process may hang up mid-handover, and that thread reports the
+    ConnectionResetError through ``sys.excepthook`` under the command's one-line message. Nothing is lost: the
+    batch was never trained on. Every other error, and every other thread's, is still reported.
+    """
+    import sys
+    import threading
+
+    report = sys.excepthook
+
+    def excepthook(kind, value, traceback) -> None:
+        if not (issubclass(kind, ConnectionError) and "_serve" in threading.current_thread().name):
+            report(kind, value, traceback)
+    sys.excepthook = excepthook
 
 
 def _average_gradients_of(module: nn.Module) -> list:
@@ -170,6 +198,53 @@ def _optimizer(modules: list[nn.Module], config: TrainConfig) -> torch.optim.Ada
                               {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError.
+
+    (Where the operating system overcommits memory, a CPU run may be killed instead, with nothing to catch.)
+    """
+    message = str(error)
+    return (isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in message
+            or "can't allocate memory" in message)
+
+
+def _random_state(loader) -> dict:
+    """Every random stream the next epoch draws from in this process: the loader's shuffle generator and the global
+    Python, NumPy and torch generators (augmentation runs on torch's when the loader has no workers)."""
+    numpy_state = np.random.get_state()
+    return {"loader": loader.generator.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            # As plain values: a checkpoint loaded with weights_only cannot hold a NumPy array.
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]]}
+
+
+def _restore_random_state(saved: dict, loader) -> None:
+    loader.generator.set_state(saved["loader"].cpu())
+    torch.set_rng_state(saved["torch"].cpu())
+    if saved["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in saved["cuda"]])
+    version, *rest = saved["python"]
+    random.setstate((version, tuple(rest[0]), rest[1]))
+    name, key, *rest = saved["numpy"]
+    np.random.set_state((name, key.cpu().numpy().astype(np.uint32), *rest))
+
+
+def _replay_loading(loader, epochs: int, max_iters: int | None) -> None:
+    """Draw ``epochs`` epochs of batches from ``loader`` as training did, without training on them.
+
+    A loader's worker processes persist across epochs and augment with their own random generators, which no
+    checkpoint can hold; drawing the finished epochs again leaves them where the interrupted run had them, so a
+    resumed run sees the same augmented batches as an uninterrupted one.
+    """
+    for epoch in range(epochs):
+        if isinstance(loader.sampler, torch.utils.data.distributed.DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        for step, _ in enumerate(_epoch_bar(loader, epoch, progress=False), start=1):
+            if max_iters is not None and step >= max_iters:
+                break
+
+
 def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_dir: Path | str,
         extra_loss: ExtraLoss | None = None, max_iters_per_epoch: int | None = None,
         progress: bool = True, log: Callable[[str], None] = print,
@@ -191,6 +266,13 @@ def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_di
 
     Returns:
         ``{"history": [...], "train_seconds": float, "metrics": last evaluation or None}``.
+
+    Raises:
+        ConfigError: a training step ran out of memory (the message names the batch size and a smaller one).
+        KeyboardInterrupt: its message says after which epoch a rerun resumes.
+
+    A run that resumes ends with the same weights as one never interrupted (bit for bit on the CPU): ``last.pt``
+    also holds the run's random streams, and a loader with workers draws the finished epochs' batches again.
     """
     seed_everything(config.seed)
     device, distributed = _init_distributed()
@@ -216,7 +298,15 @@ def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_di
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
+        if "random" in saved:  # checkpoints written before it was saved resume with a fresh data order
+            if loader.num_workers > 0:
+                _replay_loading(loader, state["epoch"], max_iters_per_epoch)
+            _restore_random_state(saved["random"], loader)
         log(f"resumed from {checkpoint} after epoch {state['epoch']}")
+    # A run killed while writing its checkpoint leaves the unfinished temporary file behind; last.pt is intact.
+    for unfinished in out_dir.glob(f".{checkpoint.name}.*.tmp") if is_main_process() else ():
+        unfinished.unlink(missing_ok=True)
+    checkpointed = state["epoch"]
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
     gradient_hooks = _average_gradients_of(extra_modules) if distributed and extra_modules is not None else []
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
@@ -228,9 +318,19 @@ def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_di
             if extra_modules is not None:
                 extra_modules.train()  # train_one_epoch switches the detector itself
             started = time.perf_counter()
-            losses = train_one_epoch(train_model, optimizer, loader, device, epoch, scheduler=scheduler,
-                                     extra_loss=extra_loss, clip_grad_norm=config.clip_grad_norm, scaler=scaler,
-                                     max_iters=max_iters_per_epoch, progress=progress)
+            try:
+                losses = train_one_epoch(train_model, optimizer, loader, device, epoch, scheduler=scheduler,
+                                         extra_loss=extra_loss, clip_grad_norm=config.clip_grad_norm,
+                                         scaler=scaler, max_iters=max_iters_per_epoch, progress=progress)
+            except (MemoryError, RuntimeError) as error:
+                if not _is_out_of_memory(error):
+                    raise
+                cause = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                raise ConfigError(f"batch size {config.batch_size} does not fit in {device.type} memory ({cause}); "
+                                  f"train with a smaller TrainConfig.batch_size, e.g. "
+                                  f"{max(1, config.batch_size // 2)}"
+                                  + (f"; epochs 1-{checkpointed} are kept in {checkpoint}" if checkpointed else "")
+                                  ) from error
             if distributed:
                 for module in trained:
                     _average_buffers(module)
@@ -249,9 +349,16 @@ def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_di
                 buffer = io.BytesIO()
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "state": state, "config": asdict(config),
-                            "extra_modules": extra_modules.state_dict() if extra_modules is not None else None},
+                            "extra_modules": extra_modules.state_dict() if extra_modules is not None else None,
+                            "random": _random_state(loader)},
                            buffer)
                 atomic_write_bytes(checkpoint, buffer.getvalue())
+            checkpointed = state["epoch"]
+    except KeyboardInterrupt:
+        # One line for the command line to print instead of a traceback (see compresskit.cli.main).
+        raise KeyboardInterrupt(f"rerun the same command to resume after epoch {checkpointed} of {config.epochs} "
+                                f"({checkpoint})" if checkpointed else
+                                "no epoch had finished, so a rerun of the same command starts again") from None
     finally:
         for hook in gradient_hooks:
             hook.remove()
