@@ -70,7 +70,6 @@ ROUTES: dict[str, tuple[Stage, ...]] = {
         Stage(FINAL_STUDENT, "int8", "static int8, ONNX Runtime QDQ"),
     ),
 }
-STEPS = 4  # stages per route, the teacher included
 
 
 def _ort_record(study: Study, detector: nn.Module, calibration_set, record_id: str, variant: str, model: str,
