@@ -156,7 +156,7 @@ def _quiet_abandoned_transfers(worker_id: int) -> None:
 
     A batch reaches the main process through a file descriptor that multiprocessing's resource-sharer thread of the
     worker hands over; on Ctrl-C the main process may hang up mid-handover, and that thread reports the
-    ConnectionResetError through ``sys.excepthook`` under the command's one-line message. Nothing is lost: the
+    ConnectionResetError (or EOFError) through ``sys.excepthook`` under the command's one-line message. Nothing is lost: the
     batch was never trained on. Every other error, and every other thread's, is still reported.
     """
     import sys
@@ -165,7 +165,10 @@ def _quiet_abandoned_transfers(worker_id: int) -> None:
     report = sys.excepthook
 
     def excepthook(kind, value, traceback) -> None:
-        if not (issubclass(kind, ConnectionError) and "_serve" in threading.current_thread().name):
+        # The hang-up shows as a reset connection or, when it comes before the request was read, as an end of file.
+        hung_up = issubclass(kind, (ConnectionError, EOFError)) or (
+            issubclass(kind, OSError) and "end of file" in str(value))
+        if not (hung_up and "_serve" in threading.current_thread().name):
             report(kind, value, traceback)
     sys.excepthook = excepthook
 
