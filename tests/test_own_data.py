@@ -30,7 +30,7 @@ def fine_tuned(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_study_writes_every_variant_and_its_figures(fine_tuned, tmp_path):
+def test_study_writes_every_variant_and_its_figures(fine_tuned, tmp_path, capsys):
     checkpoint, data = fine_tuned
     out = tmp_path / "reports"
     arguments = ["study", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
@@ -38,27 +38,72 @@ def test_study_writes_every_variant_and_its_figures(fine_tuned, tmp_path):
     assert main(arguments) == 0
     records = {record["id"]: record for record in read_results(out)["records"]}
     assert set(records) == {f"custom/student/{name}" for name in
-                            ("eager", "ort-fp32", "ort-int8", "structured/eager", "structured/ort-fp32",
-                             "structured/ort-int8")}
+                            ("eager", "ort-fp32", "ort-int8", "finetuned/eager", "finetuned/ort-fp32",
+                             "structured/eager", "structured/ort-fp32", "structured/ort-int8")}
     assert {record["profile"] for record in records.values()} == {"custom"}
     assert {record["lesson"] for record in records.values()} == {"07_your_own_dataset"}
     base, pruned = records["custom/student/eager"], records["custom/student/structured/eager"]
     combined = records["custom/student/structured/ort-int8"]
     assert pruned["macs"] < base["macs"] and pruned["params"] < base["params"]
-    assert combined["technique"] == "combined" and combined["baseline"] == "custom/student/ort-fp32"
+    # The pruned variants are compared with the unpruned detector fine-tuned for the same steps (the control).
+    control = records["custom/student/finetuned/eager"]
+    assert pruned["baseline"] == control["id"] and control["baseline"] == base["id"]
+    assert pruned["config"]["finetune_steps"] == control["config"]["finetune_steps"] == 2
+    assert control["macs"] == base["macs"] and control["train_seconds"] > 0
+    assert combined["technique"] == "combined" and combined["baseline"] == "custom/student/finetuned/ort-fp32"
     assert combined["size_bytes"] < records["custom/student/ort-int8"]["size_bytes"] < base["size_bytes"]
     assert all(0.0 <= record["map"] <= 1.0 for record in records.values())
     assert combined["config"]["dataset"] == data.name and combined["config"]["study"]["finetune_steps"] == 2
     for axis in ("latency", "size", "macs"):
         assert (out / "figures" / f"pareto_{axis}.png").stat().st_size > 10_000
-    # Another study in the same results file survives a rerun; the rerun replaces its own records.
+    assert not (out / "work").exists()  # the fine-tunes' checkpoints go once every record is written
+    # Another study in the same results file survives a rerun; other settings are refused rather than mixed in,
+    # and --restart replaces this study's records.
     other = dict(base, id="custom/other/eager", baseline=None, paired_latency=None)
     document = read_results(out)
     document["records"].append(other)
     (out / "results.json").write_text(json.dumps(document))
-    assert main(arguments[:-2] + ["--calibration-images", "2"]) == 0
-    ids = [record["id"] for record in read_results(out)["records"]]
-    assert len(ids) == 7 and "custom/other/eager" in ids
+    changed = arguments[:-2] + ["--calibration-images", "2"]
+    assert main(changed) == 2
+    assert "calibration_images 4 there, 2 now" in capsys.readouterr().err
+    assert main(changed + ["--restart"]) == 0
+    rerun = read_results(out)["records"]
+    assert len(rerun) == 9 and "custom/other/eager" in [record["id"] for record in rerun]
+    assert {record["config"]["study"]["calibration_images"] for record in rerun
+            if record["id"].startswith("custom/student/")} == {2}
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_keeps_its_records_and_resumes(fine_tuned, tmp_path, monkeypatch, capsys):
+    from compresskit.harness.variant import Study
+
+    checkpoint, data = fine_tuned
+    out = tmp_path / "reports"
+    arguments = ["study", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
+                 "--finetune-steps", "2", "--runs", "3", "--calibration-images", "4"]
+    measure = Study.measure
+
+    def interrupted_at_the_pruned_variant(self, detector, record_id, *args, **kwargs):
+        if record_id == "custom/student/structured/ort-fp32":
+            raise KeyboardInterrupt
+        return measure(self, detector, record_id, *args, **kwargs)
+
+    monkeypatch.setattr(Study, "measure", interrupted_at_the_pruned_variant)
+    assert main(arguments) == 130
+    assert "6 records of this study are kept" in capsys.readouterr().err
+    first = {record["id"]: record for record in read_results(out)["records"]}
+    assert len(first) == 6 and "custom/student/structured/eager" in first
+    assert list((out / "work").glob("*/last.pt"))  # the fine-tunes can resume
+
+    monkeypatch.setattr(Study, "measure", measure)
+    assert main(arguments) == 0
+    assert "resuming the study" in capsys.readouterr().out
+    second = {record["id"]: record for record in read_results(out)["records"]}
+    assert len(second) == 8
+    for record_id, record in first.items():  # kept as they were, not measured again
+        assert second[record_id] == record
+    assert second["custom/student/structured/ort-int8"]["baseline"] == "custom/student/finetuned/ort-fp32"
+    assert not (out / "work").exists()
 
 
 def test_study_refuses_a_dataset_with_errors_and_writes_nothing(fine_tuned, tmp_path, capsys):

@@ -189,8 +189,11 @@ def _add_study_commands(commands: Any) -> None:
                      _study, description="On a checkpoint and the kit-layout dataset it was trained on: the "
                      "detector in torch eager and ONNX Runtime fp32, static int8, structured pruning with a short "
                      "fine-tune, and pruning + int8; every variant timed against the fp32 detector of its runtime. "
-                     "Writes OUT/results.json (merged), OUT/figures/pareto_*.png and the ONNX files in "
-                     "OUT/artifacts/.")
+                     "The unpruned detector gets the same fine-tune (the control), and the pruned variants are "
+                     "compared with it, so more training is never credited to pruning. "
+                     "Writes OUT/results.json (merged, one record at a time), OUT/figures/pareto_*.png and the ONNX "
+                     "files in OUT/artifacts/. Interrupted, the same command resumes: finished records are kept "
+                     "and the fine-tunes go on from their last epoch (OUT/work/, removed when the study ends).")
     study.add_argument("--checkpoint", type=Path, required=True, help="the fine-tuned detector (a kit .pt file)")
     study.add_argument("--data", type=Path, required=True,
                        help="its dataset in the kit's layout (what `compresskit data split` writes)")
@@ -201,6 +204,9 @@ def _add_study_commands(commands: Any) -> None:
     study.add_argument("--calibration-images", type=positive_int, default=32, help="int8 calibration images")
     study.add_argument("--val-images", type=positive_int, help="evaluate on the first N val images (default: all)")
     study.add_argument("--runs", type=positive_int, default=30, help="timed latency pairs per record")
+    study.add_argument("--restart", action="store_true",
+                       help="measure every variant again instead of resuming; needed to replace a study in OUT "
+                            "that was made with other settings")
 
     reproduce = _command(commands, "reproduce", "rerun every study; write results.json and figures",
                          _reproduce, description="Rerun the lessons' studies whole and write results.json, "
@@ -211,7 +217,9 @@ def _add_study_commands(commands: Any) -> None:
                                                  "record (mAP within 0.005, MACs/params exact, size within 1 %; "
                                                  "latency shown, never failing) and exits 1 naming each failing "
                                                  "record and field; --skip-run --check checks an existing OUT "
-                                                 "without rerunning.")
+                                                 "without rerunning. Each study's records are written when it "
+                                                 "ends: interrupted, the same command resumes with the next "
+                                                 "study.")
     reproduce.add_argument("--out", type=Path, default=REPRODUCE_OUT,
                            help="folder for results.json, figures/ and summary.md; the committed reports/ needs "
                                 "--update-reference")
@@ -229,6 +237,8 @@ def _add_study_commands(commands: Any) -> None:
     reproduce.add_argument("--check", action="store_true",
                            help="compare OUT/results.json with the reference afterwards; exit 1 on a mismatch "
                                 "(default: no check)")
+    reproduce.add_argument("--restart", action="store_true",
+                           help="run every study again instead of resuming an interrupted run in OUT")
     reproduce.add_argument("--reference", type=Path,
                            help="folder of the reference results.json for --check (default: the repository's "
                                 "reports/)")

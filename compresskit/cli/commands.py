@@ -164,7 +164,7 @@ def _study(args: argparse.Namespace) -> int:
     config = DatasetStudyConfig(prune_ratio=args.ratio, finetune_steps=args.finetune_steps,
                                 calibration_images=args.calibration_images, val_images=args.val_images,
                                 runs=args.runs)
-    dataset_study(args.checkpoint, args.data, args.out, config, progress=True)
+    dataset_study(args.checkpoint, args.data, args.out, config, progress=True, restart=args.restart)
     print(f"results written to {args.out / 'results.json'}; figures in {args.out / 'figures'}")
     return 0
 
@@ -202,7 +202,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             raise CompressKitError(f"{args.out} holds the committed reference results; write your run elsewhere "
                                    f"(the default is {REPRODUCE_OUT}) or add --update-reference to replace them")
         results = reproduce(args.out, studies=args.only, profile=args.profile, runs=args.runs,
-                            update_reference=args.update_reference)
+                            update_reference=args.update_reference, restart=args.restart)
         print(f"results written to {results} (figures and summary.md beside it)")
     if not args.check:
         return 0

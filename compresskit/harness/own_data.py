@@ -10,9 +10,12 @@ Introduced in ``07_your_own_dataset.ipynb``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
+import json
+import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -66,21 +69,30 @@ class DatasetStudyConfig:
 
 def dataset_study(checkpoint: Path | str, data_dir: Path | str, out: Path | str,
                   config: DatasetStudyConfig | None = None, progress: bool = False,
-                  log: Callable[[str], None] | None = print) -> Study:
+                  log: Callable[[str], None] | None = print, restart: bool = False) -> Study:
     """Measure a checkpoint and its compressed variants on its own dataset; write records and Pareto figures.
+
+    Each record is written to ``out/results.json`` as soon as it is measured, and the pruned detector's fine-tune
+    keeps a checkpoint per epoch in ``out/work/``: an interrupted study, run again with the same checkpoint,
+    dataset and settings, keeps the records it finished and goes on from there.
 
     Args:
         checkpoint: a kit checkpoint (``compresskit train ... --data DIR`` writes one), unchanged by the study.
         data_dir: the kit-layout dataset (``annotations/instances_{train,val}.json``) it was trained on; its
             labels are read through the checkpoint's label map, so mAP is reported per the dataset's category ids.
-        out: folder for ``results.json`` (merged: a rerun replaces this study's records only), ``figures/`` and the
-            ONNX files in ``artifacts/``.
+        out: folder for ``results.json`` (merged: other records in it are kept), ``figures/``, the ONNX files in
+            ``artifacts/`` and, while the study runs, the fine-tune's checkpoints in ``work/``.
         config: see :class:`DatasetStudyConfig`.
         progress: progress bars for evaluation and the fine-tune.
         log: called with one line per measured record and a table at the end (None: silent).
+        restart: measure every variant again, replacing this study's records in ``out`` whatever settings made
+            them (without it, records of other settings are refused rather than mixed with new ones).
 
     Returns:
         The :class:`Study`; its ``records`` are what was written.
+
+    Raises:
+        ConfigError: ``out`` holds records of this detector's study made with other settings (and not ``restart``).
     """
     config = config or DatasetStudyConfig()
     checkpoint, data_dir, out = Path(checkpoint), Path(data_dir), Path(out)
@@ -92,38 +104,132 @@ def dataset_study(checkpoint: Path | str, data_dir: Path | str, out: Path | str,
         from torch.utils.data import Subset
 
         val_set = Subset(val_set, range(min(config.val_images, len(val_set))))
+    shared = {"checkpoint": checkpoint.name, "dataset": data_dir.name, "study": asdict(config),
+              "inputs": _inputs_identity(checkpoint, data_dir)}
+    prefix = f"custom/{name}/"
+    earlier = {} if restart else _earlier_records(out, prefix, shared)
     study = Study(lesson=LESSON, model=name, profile="custom", runs=config.runs, progress=progress,
                   val_loader=make_loader(val_set, batch_size=8, train=False), label_map=label_map,
-                  artifacts=out / "artifacts", log=log)
-    shared = {"checkpoint": checkpoint.name, "dataset": data_dir.name, "study": asdict(config)}
-    base = study.measure(detector, f"custom/{name}/eager", technique="baseline", config=shared,
-                         variant=f"{name} as fine-tuned on {data_dir.name}, fp32")
-    calibration_set = load_split("train", data_dir, train_transforms=False, label_map=label_map)
-    quant_config = OrtQuantConfig(calibration_images=min(config.calibration_images, len(calibration_set)),
-                                  fixed_shape=False, seed=config.seed)  # own images come in many shapes
-    ort_fp32 = study.measure(detector, f"custom/{name}/ort-fp32", technique="baseline", runtime="onnxruntime",
-                             variant="ONNX Runtime fp32 core", config=shared)
-    _measure_int8(study, detector, calibration_set, quant_config, f"custom/{name}/ort-int8", ort_fp32["id"],
-                  "static int8 (ONNX Runtime QDQ)", shared, out)
-    pruned, train_seconds = prune_and_recover(detector, data_dir, label_map, config, progress=progress)
-    pruned_text = f"{config.prune_ratio:.0%} channels pruned, {config.finetune_steps} fine-tuning steps"
-    study.measure(pruned, f"custom/{name}/structured/eager", technique="structured_pruning", baseline=base["id"],
-                  variant=pruned_text, config=shared, train_seconds=train_seconds)
-    study.measure(pruned, f"custom/{name}/structured/ort-fp32", technique="structured_pruning",
-                  runtime="onnxruntime", baseline=ort_fp32["id"], variant=f"{pruned_text}, ONNX Runtime fp32",
-                  config=shared, train_seconds=train_seconds)
-    _measure_int8(study, pruned, calibration_set, quant_config, f"custom/{name}/structured/ort-int8",
-                  ort_fp32["id"], f"{pruned_text}, then static int8 (ONNX Runtime QDQ)", shared, out,
-                  technique="combined", train_seconds=train_seconds)
-    write_study(study.records, out)
+                  artifacts=out / "artifacts", log=log, earlier=earlier,
+                  on_record=lambda record: write_records([record], reports_dir=out))
+    if earlier and log is not None:
+        log(f"resuming the study in {out}: {len(earlier)} records were finished by an earlier run with the same "
+            "settings and are kept (pass --restart to measure them again)")
+    try:
+        _measure_variants(study, detector, name, data_dir, label_map, config, shared, out, progress)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"{len(study.records)} records of this study are kept in {out / 'results.json'}; rerun the "
+                                "same command to resume") from None
+    shutil.rmtree(out / "work", ignore_errors=True)  # every record is written: the fine-tunes' checkpoints are spent
+    write_study([], out)
     if log is not None:
         log(format_records_table(study.records))
     return study
 
 
+def _measure_variants(study: Study, detector, name: str, data_dir: Path, label_map, config: DatasetStudyConfig,
+                      shared: dict, out: Path, progress: bool) -> None:
+    prefix = f"custom/{name}/"
+    base = study.measure(detector, f"{prefix}eager", technique="baseline", config=shared,
+                         variant=f"{name} as fine-tuned on {data_dir.name}, fp32")
+    calibration_set = load_split("train", data_dir, train_transforms=False, label_map=label_map)
+    quant_config = OrtQuantConfig(calibration_images=min(config.calibration_images, len(calibration_set)),
+                                  fixed_shape=False, seed=config.seed)  # own images come in many shapes
+    ort_fp32 = study.measure(detector, f"{prefix}ort-fp32", technique="baseline", runtime="onnxruntime",
+                             variant="ONNX Runtime fp32 core", config=shared)
+    _measure_int8(study, detector, calibration_set, quant_config, f"{prefix}ort-int8", ort_fp32["id"],
+                  "static int8 (ONNX Runtime QDQ)", shared, out)
+    # Pruning's fine-tune is extra training: an unpruned copy gets the same steps (the control), and the pruned
+    # variants are compared with it, so a table never credits pruning with what more training did.
+    base_eager, base_ort = base["id"], ort_fp32["id"]
+    pruned_ids = [f"{prefix}structured/{suffix}" for suffix in ("eager", "ort-fp32", "ort-int8")]
+    steps = config.finetune_steps
+    budget = {"finetune_steps": steps, "finetune_batch_size": config.batch_size if steps else None}
+    if steps:
+        control_ids = [f"{prefix}finetuned/{suffix}" for suffix in ("eager", "ort-fp32")]
+        # Needed again while a pruned variant is still to be timed against it (a kept run resumes in no time).
+        control, control_seconds = _unless_kept(
+            study, control_ids + pruned_ids, detector,
+            lambda: finetune(copy.deepcopy(detector), data_dir, label_map, config, progress=progress,
+                             work_dir=out / "work" / f"control-{_settings_key(shared)}"))
+        control_text = f"unpruned, the same {steps} fine-tuning steps (control)"
+        base_eager = study.measure(control, control_ids[0], technique="baseline", baseline=base["id"],
+                                   variant=control_text, train_seconds=control_seconds,
+                                   config={**shared, **budget})["id"]
+        base_ort = study.measure(control, control_ids[1], technique="baseline", runtime="onnxruntime",
+                                 baseline=ort_fp32["id"], variant=f"{control_text}, ONNX Runtime fp32",
+                                 train_seconds=control_seconds, config={**shared, **budget})["id"]
+    pruned, train_seconds = _unless_kept(
+        study, pruned_ids, detector,
+        lambda: prune_and_recover(detector, data_dir, label_map, config, progress=progress,
+                                  work_dir=out / "work" / f"pruned-{_settings_key(shared)}"))
+    pruned_text = f"{config.prune_ratio:.0%} channels pruned, {steps} fine-tuning steps"
+    study.measure(pruned, pruned_ids[0], technique="structured_pruning", baseline=base_eager,
+                  variant=pruned_text, config={**shared, **budget}, train_seconds=train_seconds)
+    study.measure(pruned, pruned_ids[1], technique="structured_pruning",
+                  runtime="onnxruntime", baseline=base_ort, variant=f"{pruned_text}, ONNX Runtime fp32",
+                  config={**shared, **budget}, train_seconds=train_seconds)
+    _measure_int8(study, pruned, calibration_set, quant_config, pruned_ids[2],
+                  base_ort, f"{pruned_text}, then static int8 (ONNX Runtime QDQ)", {**shared, **budget}, out,
+                  technique="combined", train_seconds=train_seconds)
+
+
+def _unless_kept(study: Study, record_ids: list[str], stand_in, make):
+    """``make()`` (a fine-tune: ``(detector, seconds)``) unless every record it feeds was kept from an earlier
+    run; then ``(stand_in, None)``, which nothing measures (kept records are not measured again)."""
+    if all(study.is_kept(record_id) for record_id in record_ids):
+        return stand_in, None
+    return make()
+
+
+def _inputs_identity(checkpoint: Path, data_dir: Path) -> dict:
+    """Content hashes of the checkpoint and the dataset's annotation files: a study resumes only on the same ones
+    (a retrained checkpoint of the same name, or a re-split dataset, starts the study again)."""
+    def digest(path: Path) -> str:
+        hasher = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+        return hasher.hexdigest()[:16]
+
+    return {"checkpoint_sha256": digest(checkpoint),
+            **{f"{split}_annotations_sha256": digest(data_dir / "annotations" / f"instances_{split}.json")
+               for split in ("train", "val")}}
+
+
+def _settings_key(shared: dict) -> str:
+    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _earlier_records(out: Path, prefix: str, shared: dict) -> dict[str, dict]:
+    """This study's records already in ``out/results.json``, by id, when an earlier run made them with the same
+    settings; a :class:`ConfigError` when some were made with other settings (resuming would mix the two)."""
+    expected = json.loads(json.dumps(shared))  # as the records hold it, after a JSON round trip
+    found = [record for record in read_results(out)["records"] if record["id"].startswith(prefix)]
+    other = [record for record in found
+             if {key: (record.get("config") or {}).get(key) for key in expected} != expected]
+    if other:
+        settings = (other[0].get("config") or {})
+        differing = sorted(key for key in expected if settings.get(key) != expected[key])
+        details = ", ".join(_describe_difference(key, settings.get(key), expected[key]) for key in differing)
+        raise ConfigError(f"{out} already holds this study of {prefix.split('/')[1]} made with other settings "
+                          f"({details}); rerun with those settings to resume it, add --restart to measure it again "
+                          "with these (its records are replaced), or choose another --out")
+    return {record["id"]: record for record in found}
+
+
+def _describe_difference(key: str, theirs, ours) -> str:
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        keys = sorted(name for name in set(theirs) | set(ours) if theirs.get(name) != ours.get(name))
+        return "; ".join(f"{name} {theirs.get(name)!r} there, {ours.get(name)!r} now" for name in keys)
+    return f"{key} {theirs!r} there, {ours!r} now"
+
+
 def _measure_int8(study: Study, detector, calibration_set, quant_config: OrtQuantConfig, record_id: str,
                   baseline: str, variant: str, shared: dict, out: Path, technique: str = "static_ptq",
                   train_seconds: float | None = None) -> dict:
+    if study.is_kept(record_id):
+        return study.keep(record_id)  # no variant is timed against an int8 one: nothing to rebuild
     file_name = record_id.replace("/", "-") + ".onnx"
     quantized = quantize_core_onnx(detector, calibration_set, quant_config, out / "artifacts" / file_name)
     return study.measure(detector, record_id, technique=technique, runtime="onnxruntime", baseline=baseline,
@@ -133,33 +239,51 @@ def _measure_int8(study: Study, detector, calibration_set, quant_config: OrtQuan
                          config={**shared, "quantization": quantized.as_dict()})
 
 
-def prune_and_recover(detector, data_dir: Path, label_map, config: DatasetStudyConfig, progress: bool = False):
+def prune_and_recover(detector, data_dir: Path, label_map, config: DatasetStudyConfig, progress: bool = False,
+                      work_dir: Path | None = None):
     """A pruned copy of ``detector`` fine-tuned ``config.finetune_steps`` steps on the dataset's train split.
+
+    Args:
+        work_dir: the fine-tune's run folder (a checkpoint per epoch; a rerun resumes from it), which must belong
+            to this detector and these settings; None: a temporary folder, removed afterwards.
 
     Returns:
         ``(pruned detector in eval mode, fine-tune seconds)``; ``detector`` is untouched.
     """
     pruned = prune_structured_(copy.deepcopy(detector), StructuredConfig(ratio=config.prune_ratio))
-    started = time.perf_counter()
+    return finetune(pruned, data_dir, label_map, config, progress=progress, work_dir=work_dir)
+
+
+def finetune(detector, data_dir: Path, label_map, config: DatasetStudyConfig, progress: bool = False,
+             work_dir: Path | None = None):
+    """Fine-tune ``detector`` in place for ``config.finetune_steps`` steps on the dataset's train split: the
+    pruned detector's recovery, and the same budget for the unpruned control it is compared with.
+
+    Returns:
+        ``(detector in eval mode, training seconds)``.
+    """
+    seconds = 0.0
     if config.finetune_steps:
         train_set = load_split("train", data_dir, label_map=label_map)
         steps_per_epoch = max(1, -(-len(train_set) // config.batch_size))
         epochs = -(-config.finetune_steps // steps_per_epoch)
         recipe = TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                              warmup_iters=min(50, config.finetune_steps // 5), workers=0)
-        # A fresh folder: the engine resumes from checkpoints it finds, and a stale run may have another shape.
-        # Nothing is shipped: the study measures the pruned copy itself, so the run needs no val split either.
-        with tempfile.TemporaryDirectory(prefix="compresskit-study-") as work_dir:
-            train_detector(pruned, Splits(train_set), recipe, work_dir, progress=progress, log=lambda message: None,
-                           max_iters_per_epoch=-(-config.finetune_steps // epochs))
-    return pruned.eval(), round(time.perf_counter() - started, 1)
+        # Nothing is shipped: the study measures the fine-tuned detector itself, so the run needs no val split.
+        # The engine resumes from the checkpoint it finds in the folder, so the folder is keyed by the settings.
+        with contextlib.ExitStack() as stack:
+            folder = work_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="compresskit-study-"))
+            result = train_detector(detector, Splits(train_set), recipe, folder, progress=progress,
+                                    log=lambda message: None, max_iters_per_epoch=-(-config.finetune_steps // epochs))
+        seconds = result["train_seconds"]  # summed over resumed runs
+    return detector.eval(), round(seconds, 1)
 
 
 def write_study(records, out: Path | str) -> Path:
-    """Merge ``records`` into ``out/results.json`` and redraw ``out/figures/pareto_{latency,size,macs}.png``
+    """Merge ``records`` (none: they are written already) into ``out/results.json`` and redraw ``out/figures/pareto_{latency,size,macs}.png``
     from everything that file now holds. Returns the results file."""
     out = Path(out)
-    results = write_records(records, reports_dir=out)
+    results = write_records(records, reports_dir=out) if records else out / "results.json"
     everything = read_results(results)["records"]
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,12 @@ measured in its own study. The committed reference (``reports/`` of the reposito
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from compresskit.data.files import atomic_write_json
 from compresskit.errors import CompressKitError
 from compresskit.harness.backbones import backbone_study
 from compresskit.harness.baselines import baseline_study
@@ -36,6 +38,7 @@ STUDIES: dict[str, Callable[..., Study]] = {"baselines": baseline_study, "prunin
                                             "distillation": distillation_study, "backbones": backbone_study,
                                             "combined": combined_study}
 DEFAULT_OUT = Path("runs") / "reproduce"
+PROGRESS_NAME = "reproduce-progress.json"  # studies an unfinished run has done (see reproduce)
 
 
 def _repository_reports() -> Path | None:
@@ -53,17 +56,27 @@ def is_reference(out: Path | str) -> bool:
 
 def reproduce(out: Path | str = DEFAULT_OUT, *, studies: list[str] | tuple[str, ...] | None = None,
               profile: str | None = None, runs: int = 30, val_images: int | None = None, progress: bool = True,
-              update_reference: bool = False, log: Callable[[str], None] = print) -> Path:
+              update_reference: bool = False, restart: bool = False, log: Callable[[str], None] = print) -> Path:
     """Run ``studies`` (default: all of ``STUDIES``) into ``out/results.json``, then :func:`write_derived`.
+
+    Each study's records are written as soon as it ends, and ``out/reproduce-progress.json`` lists the studies
+    done (it goes when the run ends): an interrupted run, started again with the same settings, keeps the
+    finished studies and goes on with the next.
 
     Args:
         out: results folder; the committed reference folder only with ``update_reference=True``.
         profile: data profile (default ``COMPRESSKIT_PROFILE``).
         runs: timed runs per record; val_images: evaluate on the first N val images (None: all).
+        restart: run every study again even where an interrupted run with the same settings finished it; needed
+            to start over after an interrupted run with other settings.
     Returns:
         The path of the results file.
+
+    Raises:
+        CompressKitError: an unknown study, the reference folder without ``update_reference``, or an interrupted
+            run with other settings in ``out`` (and not ``restart``).
     """
-    from compresskit.report import format_records_table, write_records
+    from compresskit.report import format_records_table, read_results, write_records
 
     out = Path(out)
     if is_reference(out) and not update_reference:
@@ -73,21 +86,59 @@ def reproduce(out: Path | str = DEFAULT_OUT, *, studies: list[str] | tuple[str, 
     unknown = [name for name in names if name not in STUDIES]
     if unknown:
         raise CompressKitError(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
+    from compresskit.settings import profile as current_profile
+
+    settings = {"studies": names, "profile": profile or current_profile(), "runs": runs, "val_images": val_images}
+    progress_file = out / PROGRESS_NAME
+    done = {} if restart else _finished_studies(progress_file, settings)
+    kept = {record["id"]: record for record in read_results(out)["records"]} if done else {}
     records: list[dict] = []
     reuse = ReuseCache()  # the fp32 teacher is in every study: its val pass runs once, not once per study
     for index, name in enumerate(names, start=1):
+        if name in done and all(record_id in kept for record_id in done[name]):
+            records += [kept[record_id] for record_id in done[name]]
+            log(f"[{index}/{len(names)}] {name}: {len(done[name])} records kept from the interrupted run")
+            continue
         started = time.perf_counter()
         log(f"[{index}/{len(names)}] {name} study ...")
         sizes = {} if val_images is None else {"val_images": val_images}  # else each study's own default
-        study = STUDIES[name](profile=profile, runs=runs, progress=progress, log=log if progress else None,
-                              reuse=reuse, **sizes)
+        try:
+            study = STUDIES[name](profile=profile, runs=runs, progress=progress, log=log if progress else None,
+                                  reuse=reuse, **sizes)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"{len(done)} finished studies are kept in {out}; rerun the same command to "
+                                    f"resume with the {name} study") from None
         records += study.records
+        write_records(study.records, reports_dir=out)
+        done[name] = [record["id"] for record in study.records]
+        atomic_write_json(progress_file, {"settings": settings, "done": done}, indent=1)
         log(f"[{index}/{len(names)}] {name}: {len(study.records)} records in "
             f"{time.perf_counter() - started:.0f} s")
-    results = write_records(records, reports_dir=out)
+    results = out / "results.json"
+    progress_file.unlink(missing_ok=True)
     log(format_records_table(records))
     write_derived(out, log=log)  # an --only run merges into the file: draw and summarise all it now holds
     return results
+
+
+def _finished_studies(progress_file: Path, settings: dict) -> dict[str, list[str]]:
+    """Studies an interrupted run with the same settings finished (name -> its record ids); a CompressKitError
+    when the interrupted run had other settings."""
+    try:
+        progress = json.loads(progress_file.read_text(encoding="utf-8"))
+        earlier, done = progress["settings"], dict(progress["done"])
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CompressKitError(f"{progress_file} is not a progress file of compresskit reproduce; delete it, or "
+                               "add --restart") from None
+    if earlier != json.loads(json.dumps(settings)):
+        differing = ", ".join(f"{key} {earlier.get(key)!r} there, {value!r} now" for key, value in settings.items()
+                              if earlier.get(key) != value)
+        raise CompressKitError(f"{progress_file.parent} holds an interrupted reproduce run with other settings "
+                               f"({differing}); rerun with those to resume it, add --restart to run every study "
+                               "again, or choose another --out")
+    return done
 
 
 def write_derived(out: Path | str, log: Callable[[str], None] = print) -> Path:

@@ -88,6 +88,10 @@ class Study:
         reuse: evaluations and quantizations shared with the other studies of a run (``compresskit reproduce``
             hands one :class:`~compresskit.harness.reuse.ReuseCache` to each); None: this study computes all its
             own.
+        earlier: records an interrupted run of the same study (same settings) finished, by id: :meth:`measure`
+            keeps such a record as it is instead of measuring it again (see :meth:`is_kept`).
+        on_record: called with each record as soon as it is measured (e.g. to write it to ``results.json``, so an
+            interruption loses only the record being measured); not called for kept records.
     """
 
     lesson: str
@@ -105,6 +109,8 @@ class Study:
     artifacts: Path | None = None
     calibrations: set[str] = field(default_factory=set, repr=False)
     reuse: ReuseCache | None = field(default=None, repr=False)
+    earlier: dict[str, dict] = field(default_factory=dict, repr=False)
+    on_record: Callable[[dict], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.runs is None:
@@ -162,6 +168,10 @@ class Study:
         if baseline is not None and baseline not in self.runners:
             raise ValueError(f"baseline {baseline!r} is not a record of this study; measure it first, in this run")
         detector.eval()
+        if self.is_kept(record_id):
+            # Rebuilt only when a later variant is timed against it: an export, no evaluation, no timing.
+            return self.keep(record_id, runner=lambda: runner_for(detector, record_id, runtime, core=core,
+                                                                  threads=self.threads, artifacts=self.artifacts)[0])
         runner, default_artifact = runner_for(detector, record_id, runtime, core=core, threads=self.threads,
                                                   artifacts=self.artifacts)
         if recorded_metrics is not None:
@@ -177,7 +187,7 @@ class Study:
         if baseline is None:
             latency = measure_latency(runner, [image], runs=runs or self.runs, threads=self.threads, warmup=warmup)
         else:
-            comparison = compare_latency(self.runners[baseline], runner, [image], pairs=runs or self.runs,
+            comparison = compare_latency(self._runner(baseline), runner, [image], pairs=runs or self.runs,
                                          threads=self.threads, warmup=warmup)
             latency, paired = comparison.candidate, comparison.as_record(baseline)
         record = make_record(
@@ -191,9 +201,37 @@ class Study:
         self.baseline = self.baseline or record_id
         self.runners[record_id] = runner
         self.records = [r for r in self.records if r["id"] != record_id] + [record]
+        if self.on_record is not None:
+            self.on_record(record)
         if self.log is not None:
             self.log(describe(record))
         return record
+
+    def is_kept(self, record_id: str) -> bool:
+        """Whether ``record_id`` was finished by an interrupted earlier run of this study (see ``earlier``): a
+        caller skips the work that only that record needs (a calibration, a fine-tune) and calls :meth:`keep`."""
+        return record_id in self.earlier
+
+    def keep(self, record_id: str, runner: Callable[[], Callable] | None = None) -> dict:
+        """Take the earlier run's record ``record_id`` into this study as it is, and return it.
+
+        Args:
+            runner: builds the variant's end-to-end runner if a later variant is timed against this one; None when
+                no variant uses it as a baseline (asking for it then is an error that says so).
+        """
+        record = self.earlier[record_id]
+        self.baseline = self.baseline or record_id
+        self.runners[record_id] = _Deferred(record_id, runner)
+        self.records = [r for r in self.records if r["id"] != record_id] + [record]
+        if self.log is not None:
+            self.log(f"{describe(record)}  (kept from the interrupted run)")
+        return record
+
+    def _runner(self, record_id: str) -> Callable:
+        runner = self.runners[record_id]
+        if isinstance(runner, _Deferred):
+            runner = self.runners[record_id] = runner.build()
+        return runner
 
     def _evaluate(self, runner: EndToEndDetector, detector: nn.Module, runtime: str, record_id: str,
                   label_map: Any) -> dict:
@@ -210,6 +248,20 @@ class Study:
         metrics = evaluate(runner, self.val_loader, label_map, progress=self.progress, desc=f"evaluate {record_id}")
         self.reuse.remember(key, record_id, dict(metrics))
         return metrics
+
+
+@dataclass
+class _Deferred:
+    """The runner of a kept record, built only when a later variant is timed against it."""
+
+    record_id: str
+    factory: Callable[[], Callable] | None
+
+    def build(self) -> Callable:
+        if self.factory is None:
+            raise ValueError(f"{self.record_id} was kept from an earlier run without a way to rebuild its runner; "
+                             "pass runner= to Study.keep to time other variants against it")
+        return self.factory()
 
 
 def describe(record: dict) -> str:
