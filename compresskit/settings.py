@@ -29,6 +29,10 @@ LATENCY_RUNS_ENV = "COMPRESSKIT_LATENCY_RUNS"
 THREADS_ENV = "COMPRESSKIT_THREADS"
 COCO_IMAGE_SIZE_ENV = "COMPRESSKIT_COCO_IMAGE_SIZE"
 SIZE_CACHE_ENV = "COMPRESSKIT_SIZE_CACHE"
+# The fewest optimiser steps `compresskit train --data` runs when no --epochs is given: a recipe's epochs are sized
+# for the embedded dataset's 2,000 images, and on a small export of your own they would be a few dozen steps.
+# The same budget as `compresskit study`'s default fine-tune, so the two are trained alike.
+MIN_OWN_DATA_STEPS = 200
 
 
 def profile() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -208,23 +209,44 @@ def _nest_images(annotation_file: Path, images_dir: Path, data: dict, folder: st
     return nested
 
 
+def _wrong_images_folder(annotation_file: Path, wrong: Path, images: int, hint: str, capsys) -> list[str]:
+    """Check against the ``wrong`` images folder: every image missing, one ``hint``; returns main_check's stderr."""
+    report = check_dataset(annotation_file, wrong, progress=False)
+    assert [p.kind for p in report.problems] == ["missing_image"] * images
+    assert report.hints == [hint]
+    capsys.readouterr()
+    assert main_check(annotation_file, wrong, progress=False) == 1
+    err = capsys.readouterr().err.splitlines()
+    # One example of the missing images, the count of the rest, the hint, the closing count.
+    assert err[1:] == [f"... and {images - 1} more 'missing_image' problems like it (the hint below says why)",
+                       f"hint: {hint}", err[-1]] and err[-1].startswith(f"{images} error(s)")
+    with pytest.raises(DatasetError, match=re.escape(hint)):
+        report.raise_for_errors()
+    return err
+
+
 def test_folder_named_twice_gets_one_hint(dataset, capsys):
     annotation_file, images_dir, data = dataset
     nested = _nest_images(annotation_file, images_dir, data, folder="val")  # file_name "val/img0.jpg"
     assert check_dataset(annotation_file, images_dir, progress=False).ok  # relative to the right folder: clean
     # --images .../images/val makes every path .../images/val/val/img0.jpg
-    report = check_dataset(annotation_file, nested, progress=False)
-    assert [p.kind for p in report.problems] == ["missing_image"] * 3
-    assert report.hints == [f"3 of the 3 missing images exist under {images_dir}: the file_name entries already "
-                            f"start with 'val/' (e.g. val/img0.jpg), so pass --images {images_dir} instead of "
-                            f"--images {nested}"]
-    capsys.readouterr()
-    assert main_check(annotation_file, nested, progress=False) == 1
-    err = capsys.readouterr().err.splitlines()
-    assert [line for line in err if line.startswith("hint: ")] == [f"hint: {report.hints[0]}"]
-    assert err[-1].startswith("3 error(s)")  # the hint sits with the problems, before the closing count
-    with pytest.raises(DatasetError, match=f"pass --images {images_dir} instead"):
-        report.raise_for_errors()
+    _wrong_images_folder(annotation_file, nested, 3, f"3 of the 3 missing images exist under {images_dir}: the "
+                         f"file_name entries already start with 'val/' (e.g. val/img0.jpg), so pass --images "
+                         f"{images_dir} instead of --images {nested}", capsys)
+
+
+def test_the_folder_above_the_images_gets_one_summary_line_not_one_per_image(tmp_path, capsys):
+    annotation_file, images_dir, _ = make_dataset(tmp_path, n_images=60)  # an export: images/ beside the json
+    # --images of the export, not of its images/ folder
+    _wrong_images_folder(annotation_file, tmp_path, 60, f"60 of the 60 missing images exist under {images_dir}: "
+                         f"the file_name entries (e.g. img0.jpg) are relative to that folder, so pass --images "
+                         f"{images_dir} instead of --images {tmp_path}", capsys)
+
+
+def test_a_problem_of_the_whole_file_names_no_record(tmp_path):
+    annotation_file, _, _ = make_dataset(tmp_path)
+    report = check_dataset(annotation_file, tmp_path / "nowhere", progress=False)
+    assert str(report.problems[0]).startswith(f"{annotation_file}: images folder ")  # no stray "-:" record
 
 
 def test_no_hint_when_the_folder_above_does_not_explain_the_missing_files(dataset):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from compresskit import cli
+from compresskit import cli, settings
 from compresskit.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +194,24 @@ def test_train_passes_the_overrides(monkeypatch, tmp_path, capsys):
     (args, kwargs), = train_preset.calls
     assert args == ("teacher", tmp_path)
     assert kwargs["config"] == Recipe(epochs=3) and kwargs["max_iters_per_epoch"] == 2 and kwargs["data_dir"] is None
+    assert kwargs["min_steps"] is None  # the embedded dataset: the recipe as it is
     assert str(tmp_path / "teacher.pt") in capsys.readouterr().out
+    # Own data and no --epochs: a minimum number of steps; --epochs given: exactly those.
+    assert main(["train", "--preset", "teacher", "--data", str(tmp_path), "--out", str(tmp_path)]) == 0
+    assert train_preset.calls[-1][1]["min_steps"] == settings.MIN_OWN_DATA_STEPS
+    assert main(["train", "--preset", "teacher", "--data", str(tmp_path), "--epochs", "2", "--out", str(tmp_path)]) == 0
+    assert train_preset.calls[-1][1]["min_steps"] is None
+
+
+def test_a_small_dataset_gets_enough_epochs_for_the_minimum_steps():
+    from compresskit.engine import TrainConfig
+    from compresskit.engine.recipes import schedule_for
+
+    recipe = TrainConfig(epochs=8, batch_size=16)
+    # 46 images at batch 16 are 3 steps an epoch: the recipe's 8 epochs would be 24 steps.
+    assert schedule_for(recipe, 46, min_steps=200).epochs == 67
+    assert schedule_for(recipe, 46, min_steps=200, max_iters_per_epoch=2).epochs == 100
+    assert schedule_for(recipe, 2000, min_steps=200).epochs == 8  # never fewer epochs than the recipe's
 
 
 def test_train_backbone_passes_the_backbone_and_its_recipe(monkeypatch, tmp_path, capsys):
@@ -317,14 +334,14 @@ def test_reproduce_writes_under_runs_by_default(reference):
     folder, run = reference
     assert main(["reproduce"]) == 0
     assert run.calls == [((Path("runs/reproduce"),), {"studies": None, "profile": None, "runs": 30,
-                                                    "update_reference": False})]
+                                                    "update_reference": False, "restart": False})]
 
 
 def test_reproduce_passes_only_and_runs(reference):
     folder, run = reference
     assert main(["reproduce", "--out", "mine", "--only", "pruning", "baselines", "--runs", "7"]) == 0
     assert run.calls == [((Path("mine"),), {"studies": ["pruning", "baselines"], "profile": None, "runs": 7,
-                                                    "update_reference": False})]
+                                                    "update_reference": False, "restart": False})]
 
 
 def test_reproduce_rejects_an_unknown_study(reference, capsys):
@@ -346,7 +363,7 @@ def test_reproduce_into_the_reference_needs_update_reference(reference, where, t
     assert "--update-reference" in _one_error_line(capsys.readouterr().err)
     assert run.calls == []
     assert main(["reproduce", "--out", str(out), "--update-reference"]) == 0
-    assert run.calls == [((out,), {"studies": None, "profile": None, "runs": 30, "update_reference": True})]
+    assert run.calls == [((out,), {"studies": None, "profile": None, "runs": 30, "update_reference": True, "restart": False})]
 
 
 def test_is_reference_folder_compares_records(tmp_path):

@@ -181,7 +181,8 @@ def test_finetune_job_writes_a_batchnorm_checkpoint(tmp_path, tiny_embedded, cap
     assert meta["head_norm"] == "batch" and meta["preset"] == "student" and meta["calibration_images"] == 24
     assert meta["train_config"]["epochs"] == 1 and meta["trained_on"]
     assert 0 <= meta["map_before_finetune"]["map"] <= 1 and 0 <= meta["val_metrics"]["map"] <= 1
-    assert len(meta["history"]) == 1 and (tmp_path / "student_bnhead-run" / "last.pt").is_file()
+    assert len(meta["history"]) == 1 and meta["resumed_after_epochs"] == []
+    assert not (tmp_path / "student_bnhead-run").exists()  # shipped: the resume checkpoint is spent
     assert json.loads(path.with_suffix(".json").read_text())["head_norm"] == "batch"
     # The fine-tune trained the weights but kept the head statistics measured on the (24) train images.
     student, label_map, _ = load_preset("student")

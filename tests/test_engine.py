@@ -186,7 +186,7 @@ def test_train_preset_ships_a_loadable_checkpoint(tiny_embedded, tmp_path):
         p.numel() for p in build_detector(EMBEDDED_PRESETS["student"]).parameters())
 
 
-def test_train_and_ship_runs_the_extra_training_and_records_the_run(tiny_embedded, tmp_path):
+def test_train_and_ship_runs_the_extra_training_and_records_the_run(tiny_embedded, tmp_path, monkeypatch):
     config = TrainConfig(epochs=1, batch_size=4, warmup_iters=1, workers=0)
     splits = load_splits(tiny_embedded)
     model, adapter, events = build_detector(TINY_SPEC), tiny_adapter(), []
@@ -201,16 +201,28 @@ def test_train_and_ship_runs_the_extra_training_and_records_the_run(tiny_embedde
         return ExtraTraining(loss=adapter_loss(adapter), modules=adapter, attach=attach,
                              record=lambda: {"extra_steps": 2})
 
+    from compresskit.engine import shipping
+
+    run_at_shipping = {}
+    ship = shipping.ship_checkpoint
+
+    def ship_and_look(*args, **kwargs):  # what the run folder holds when the checkpoint ships
+        run_at_shipping.update(torch.load(tmp_path / "tiny-run" / "last.pt", weights_only=True))
+        return ship(*args, **kwargs)
+
+    monkeypatch.setattr(shipping, "ship_checkpoint", ship_and_look)
     path = train_and_ship(model, TINY_SPEC, splits, config, tmp_path / "tiny.pt", meta={"preset": "tiny"},
                           extra_training=extra, measure_start=True, trained_meta=lambda trained: {"on": str(
                               next(trained.parameters()).device)}, max_iters_per_epoch=2, progress=False)
     assert path == tmp_path / "tiny.pt" and events == [("attached", True), ("detached", None)]
-    saved = torch.load(tmp_path / "tiny-run" / "last.pt", weights_only=True)  # the default run folder
-    assert saved["extra_modules"].keys() == adapter.state_dict().keys()
+    assert run_at_shipping["extra_modules"].keys() == adapter.state_dict().keys()  # the default run folder
+    assert not (tmp_path / "tiny-run").exists()  # shipped: nothing left to resume
     _, label_map, meta = load_checkpoint(path)
     assert json.loads(path.with_suffix(".json").read_text()) == meta and label_map == splits.label_map
-    assert list(meta)[1:10] == ["preset", "map_before_finetune", "train_config", "train_seconds",
-                                "wall_seconds_incl_eval", "history", "seed", "extra_steps", "on"]
+    assert list(meta)[1:11] == ["preset", "map_before_finetune", "train_config", "train_seconds",
+                                "wall_seconds_incl_eval", "history", "resumed_after_epochs", "seed", "extra_steps",
+                                "on"]
+    assert meta["resumed_after_epochs"] == []
     assert meta["on"] == "cpu" and meta["train_config"] == asdict(config) and meta["seed"] == config.seed
     assert "adapter" in meta["history"][0]["losses"] and set(meta["val_metrics"]) == set(meta["map_before_finetune"])
 

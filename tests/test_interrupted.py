@@ -183,6 +183,8 @@ def test_compresskit_train_interrupted_says_how_to_resume_and_resumes_to_the_sam
     assert "resumed from" in resumed.stdout
     meta = json.loads((out / "student.json").read_text())
     assert [entry["epoch"] for entry in meta["history"]] == list(range(1, TRAIN_EPOCHS + 1))
+    assert len(meta["resumed_after_epochs"]) == 1 and 1 <= meta["resumed_after_epochs"][0] < TRAIN_EPOCHS
+    assert not (out / "student-run" / "last.pt").exists()  # shipped: the resume checkpoint is spent
     # The shipped weights (fp16, the same rounding in both runs) match those of the uninterrupted run.
     shipped, expected = (torch.load(folder / "student.pt", weights_only=True) for folder in (out, reference))
     weights = next(key for key in expected if isinstance(expected[key], dict) and expected[key]

@@ -208,6 +208,29 @@ def test_unreadable_and_foreign_files_raise_checkpoint_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+class _Payload:
+    """An object whose unpickling would call print: the kind of file that must never be loaded unsafely."""
+
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_a_refused_file_is_named_without_passing_on_unsafe_advice(tmp_path, capsys):
+    (tmp_path / "manifest.json").write_text('{"splits": {}}')
+    with pytest.raises(CheckpointError, match="not a PyTorch file at all") as json_file:
+        load_checkpoint(tmp_path / "manifest.json")
+    torch.save({"spec": _Payload(), "label_map": None, "state_dict": {}}, tmp_path / "objects.pt")
+    with pytest.raises(CheckpointError, match="holds Python objects besides tensors") as objects:
+        load_checkpoint(tmp_path / "objects.pt")
+    torch.save({"weights": torch.zeros(1000)}, tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="damaged or truncated") as truncated:
+        load_checkpoint(tmp_path / "cut.pt")
+    for refused in (json_file, objects, truncated):
+        assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value)
+    assert "unpickled" not in capsys.readouterr().out  # the payload never ran
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoints_in_both_earlier_formats_load(name):
     payload = _shipped_payload(name)

@@ -123,3 +123,84 @@ def test_study_refuses_a_dataset_with_errors_and_writes_nothing(fine_tuned, tmp_
     assert not out.exists()
     code = main(["train", "--preset", "student", "--data", str(broken), "--out", str(tmp_path / "ft")])
     assert code == 2 and "42" in capsys.readouterr().err and not (tmp_path / "ft").exists()
+
+
+@pytest.fixture(scope="module")
+def large_photos(tmp_path_factory) -> tuple[Path, Path]:
+    """Like a phone export: large landscape photos (1024x686), category id 0, an unused category; a student
+    fine-tuned on them for two steps. ``(checkpoint, dataset folder)``."""
+    root = tmp_path_factory.mktemp("photos")
+    annotations = write_example_export(root / "export", images=12, sizes=((1024, 686),))
+    split_dataset(annotations, root / "export" / "images", root / "split", SplitConfig(val_fraction=0.25, seed=0))
+    config = TrainConfig(epochs=1, batch_size=4, warmup_iters=1, workers=0)
+    checkpoint = train_preset("student", root / "ft", data_dir=root / "split", config=config,
+                              max_iters_per_epoch=2, progress=False, init="shipped")
+    return checkpoint, root / "split"
+
+
+def test_macs_are_counted_at_what_the_core_sees_not_at_the_photo_size(large_photos, tmp_path, capsys):
+    from compresskit.data import load_split
+    from compresskit.engine import make_loader
+    from compresskit.harness import Study
+    from compresskit.measure import count_macs
+    from compresskit.models import load_checkpoint
+    from compresskit.models.core import ExportableCore, core_input_size, example_batch
+
+    checkpoint, data = large_photos
+    detector, label_map, _ = load_checkpoint(checkpoint)
+    val_set = load_split("val", data, label_map=label_map)
+    image = val_set[0][0]
+    assert tuple(image.shape[-2:]) == (686, 1024)
+    # The detector's transform scales the long side to 320 and pads to a multiple of 32.
+    assert core_input_size(detector, image) == (224, 320)
+    at_core = count_macs(ExportableCore(detector), example_batch((224, 320)))
+    at_photo = count_macs(ExportableCore(detector), example_batch((686, 1024)))
+    assert at_photo > 8 * at_core
+
+    # evaluate and a study's record give the same number, and say at which size it was counted.
+    assert main(["evaluate", "--preset", "student", "--checkpoint", str(checkpoint), "--data", str(data),
+                 "--json", str(tmp_path / "metrics.json")]) == 0
+    printed = capsys.readouterr().out
+    assert f"{at_core:,}" in printed and "224 x 320" in printed
+    assert json.loads((tmp_path / "metrics.json").read_text())["macs"] == at_core
+    study = Study(lesson="test", model="student", profile="custom", runs=2, label_map=label_map,
+                  val_loader=make_loader(val_set, batch_size=2, train=False))
+    record = study.measure(detector, "photos/student/eager", technique="baseline", evaluate_map=False)
+    assert record["macs"] == at_core and record["macs_input"] == [224, 320]
+    assert record["latency_ms"]["input"] == [686, 1024]  # latency is end to end, from the photo itself
+
+
+def test_messages_on_your_own_data_name_the_cause_and_the_next_command(large_photos, tiny_embedded, tmp_path,
+                                                                      capsys):
+    checkpoint, data = large_photos
+    export = data.parent / "export"
+    # The raw export where a split folder belongs.
+    assert main(["train", "--preset", "student", "--data", str(export), "--out", str(tmp_path / "ft")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a split folder" in err and "annotations.json" in err and "compresskit data split" in err
+    assert not (tmp_path / "ft").exists()
+    # A checkpoint of one preset passed as another: refused, naming the right one.
+    assert main(["evaluate", "--preset", "teacher", "--checkpoint", str(checkpoint), "--data", str(data)]) == 2
+    assert "holds a student detector, not a teacher: pass --preset student" in capsys.readouterr().err
+    # A file that is no checkpoint: no advice to load it unsafely.
+    assert main(["study", "--checkpoint", str(data / "manifest.json"), "--data", str(data), "--out",
+                 str(tmp_path / "study")]) == 2
+    err = capsys.readouterr().err
+    assert "not a PyTorch file" in err and "weights_only" not in err and not (tmp_path / "study").exists()
+    # A detector trained on other categories: both sets named, the dataset not blamed.
+    assert main(["evaluate", "--preset", "student", "--checkpoint", str(checkpoint), "--data",
+                 str(tiny_embedded)]) == 2
+    err = capsys.readouterr().err
+    assert "disagree on categories" in err and "0 disc" in err and "add it to" not in err
+
+
+def test_a_tiny_val_split_is_warned_with_the_difference_it_can_resolve(tmp_path, capsys):
+    annotations = write_example_export(tmp_path / "export", images=48)
+    assert main(["data", "split", str(annotations), "--images", str(tmp_path / "export" / "images"), "--out",
+                 str(tmp_path / "split"), "--val-fraction", "0.05"]) == 0
+    out = capsys.readouterr().out
+    manifest = json.loads((tmp_path / "split" / "manifest.json").read_text())
+    val = manifest["splits"]["val"]
+    assert val["images"] < 25
+    assert f"val has only {val['images']} images ({val['boxes']} boxes)" in out
+    assert f"about {100 / val['boxes']:.1f} mAP points" in out

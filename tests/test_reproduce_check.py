@@ -216,7 +216,7 @@ def test_profile_and_check_pass_through_after_a_run(monkeypatch, tmp_path, capsy
     monkeypatch.setitem(sys.modules, "compresskit.harness.reproduce", stub)
     assert main(["reproduce", "--profile", "coco", "--check", "--out", str(out), "--reference",
                  str(reference_dir)]) == 1
-    assert calls == [{"studies": None, "profile": "coco", "runs": 30, "update_reference": False}]
+    assert calls == [{"studies": None, "profile": "coco", "runs": 30, "update_reference": False, "restart": False}]
     assert "FAIL s/base: macs" in capsys.readouterr().out
 
 

@@ -101,7 +101,14 @@ def _add_model_commands(commands: Any) -> None:
                                          "on a dataset's own categories instead of starting from scratch; --init "
                                          "coco-pretrained fine-tunes the coco profile's COCO-pretrained torchvision "
                                          "detector for the preset (RetinaNet for the teacher, SSDlite for the "
-                                         "student) on --data.")
+                                         "student) on --data. It prints epochs x steps before it starts. "
+                                         "Interrupted (Ctrl-C, a sleeping laptop, a killed job), the same command "
+                                         "resumes from the last finished epoch: OUT/NAME-run/last.pt is written "
+                                         "after every epoch and removed once the checkpoint is shipped; the "
+                                         "checkpoint's metadata lists the epochs it resumed after. The shipped "
+                                         "detectors learned the embedded dataset's synthetic shapes: on "
+                                         "photographs --init shipped overfits early, so fine-tune from "
+                                         "--init coco-pretrained there.")
     target = train.add_mutually_exclusive_group(required=True)
     target.add_argument("--preset", choices=PRESETS,
                         help="which preset detector to train (no default: give --preset or --backbone)")
@@ -118,7 +125,10 @@ def _add_model_commands(commands: Any) -> None:
                             "categories); coco-pretrained: fine-tune torchvision's COCO-pretrained detector of the "
                             "coco profile on --data (needs --data and its cached or downloadable weights, see "
                             "COMPRESSKIT_WEIGHTS; class-sized layers re-initialised)")
-    train.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (default: the recipe's)")
+    train.add_argument("--epochs", type=positive_int,
+                       help="override the recipe's epochs (default: the recipe's; with --data, enough epochs for at "
+                            f"least {settings.MIN_OWN_DATA_STEPS} optimiser steps on that dataset, printed before "
+                            "training)")
     train.add_argument("--max-iters", type=positive_int,
                        help="cap iterations per epoch for a smoke run (default: no cap)")
 
@@ -206,7 +216,7 @@ def _add_study_commands(commands: Any) -> None:
     study.add_argument("--runs", type=positive_int, default=30, help="timed latency pairs per record")
     study.add_argument("--restart", action="store_true",
                        help="measure every variant again instead of resuming; needed to replace a study in OUT "
-                            "that was made with other settings")
+                            "that was made with other settings (default: resume, keeping finished records)")
 
     reproduce = _command(commands, "reproduce", "rerun every study; write results.json and figures",
                          _reproduce, description="Rerun the lessons' studies whole and write results.json, "
@@ -238,7 +248,8 @@ def _add_study_commands(commands: Any) -> None:
                            help="compare OUT/results.json with the reference afterwards; exit 1 on a mismatch "
                                 "(default: no check)")
     reproduce.add_argument("--restart", action="store_true",
-                           help="run every study again instead of resuming an interrupted run in OUT")
+                           help="run every study again instead of resuming an interrupted run in OUT (default: "
+                                "resume, keeping the studies it finished)")
     reproduce.add_argument("--reference", type=Path,
                            help="folder of the reference results.json for --check (default: the repository's "
                                 "reports/)")

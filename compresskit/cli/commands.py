@@ -49,6 +49,11 @@ def _data_split(args: argparse.Namespace) -> int:
 
         names = one_line(", ".join(manifest["not_in_val"]), limit=400)  # category names are the dataset's text
         print(f"only one image group has boxes of {names}: kept in train, so val cannot measure them")
+    from compresskit.data.split import small_val_warning
+
+    warning = small_val_warning(manifest)
+    if warning:
+        print(warning)
     print(f"written to {args.out} (manifest.json records the split); train with --data {args.out}")
     return 0
 
@@ -71,10 +76,14 @@ def _train(args: argparse.Namespace) -> int:
 
         if args.width_mult is not None:
             raise CompressKitError("--width-mult applies to --backbone only; a preset's widths are fixed")
+        from compresskit.settings import MIN_OWN_DATA_STEPS
+
         config = TRAIN_RECIPES[args.preset]
         config = replace(config, epochs=args.epochs or config.epochs)
+        # Your own data and no --epochs: at least MIN_OWN_DATA_STEPS steps, however few images it has.
+        min_steps = MIN_OWN_DATA_STEPS if args.data is not None and args.epochs is None else None
         checkpoint = train_preset(args.preset, args.out, data_dir=args.data, config=config,
-                                  max_iters_per_epoch=args.max_iters, init=args.init)
+                                  max_iters_per_epoch=args.max_iters, init=args.init, min_steps=min_steps)
     print(f"checkpoint written to {checkpoint}")
     return 0
 
@@ -122,7 +131,8 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 _METRIC_LABELS = {"map": "mAP (0-1)", "map50": "mAP@0.5 (0-1)", "map75": "mAP@0.75 (0-1)", "map_small":
-                  "mAP small (0-1)", "map_medium": "mAP medium (0-1)", "map_large": "mAP large (0-1)", "macs": "MACs"}
+                  "mAP small (0-1)", "map_medium": "mAP medium (0-1)", "map_large": "mAP large (0-1)", "macs": "MACs",
+                  "macs_input": "MACs counted at (h x w)"}
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -133,6 +143,10 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def _shown(value: Any) -> str:
+    if value is None:  # COCOeval's -1: the split has no object of that size
+        return "not measured (no such objects in the val split)"
+    if isinstance(value, list):
+        return " x ".join(str(side) for side in value)
     if isinstance(value, float):
         return f"{value:.4f}"
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)

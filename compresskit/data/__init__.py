@@ -6,6 +6,7 @@ from pathlib import Path
 
 from compresskit.data.dataset import CocoDetection, LabelMap, collate_fn, detection_transforms, load_coco
 from compresskit.data.embedded import CATEGORIES, EmbeddedConfig, embedded_dataset_dir, generate_embedded
+from compresskit.errors import DatasetError
 
 __all__ = ["CATEGORIES", "CocoDetection", "EmbeddedConfig", "LabelMap", "collate_fn", "detection_transforms",
            "embedded_dataset_dir", "generate_embedded", "load_coco", "load_split", "profile_split",
@@ -33,6 +34,13 @@ def require_clean_layout(root: Path | str, progress: bool = False) -> None:
     from compresskit.data.check import check_dataset
 
     root = Path(root)
+    missing = [split for split in ("train", "val") if not (root / "annotations" / f"instances_{split}.json").exists()]
+    if missing and root.is_dir():
+        exports = sorted(path.name for path in root.glob("*.json"))
+        found = f" (it holds {', '.join(exports[:3])}: a labelling tool's export?)" if exports else ""
+        raise DatasetError(f"{root} is not a split folder: it has no annotations/instances_{missing[0]}.json"
+                           f"{found}. Run `compresskit data split FILE.json --images IMAGES --out SPLIT` "
+                           "first and pass --data SPLIT")
     for split in ("train", "val"):
         check_dataset(root / "annotations" / f"instances_{split}.json", root, progress=progress).raise_for_errors()
 

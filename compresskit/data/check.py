@@ -46,6 +46,7 @@ class _Checker:
         self.file = str(annotation_file)
         self.problems: list[Problem] = []
         self.hints: list[str] = []
+        self.explained: set[str] = set()
         # Ids of records dropped for missing keys: references to them are not reported again as unknown.
         self.incomplete_ids: dict[str, set] = {key: set() for key in REQUIRED_KEYS}
 
@@ -251,19 +252,28 @@ class _Checker:
         self.hint_doubled_folder(missing)
 
     def hint_doubled_folder(self, missing: list[dict]) -> None:
-        """One hint when file_names already start with the images folder's own name (``val/0001.jpg`` checked
-        against ``--images emb/val`` looks for ``emb/val/val/0001.jpg``): the folder above is the right one."""
+        """One hint when the missing files are under another folder than ``--images``: the folder above, when
+        file_names already start with the images folder's own name (``val/0001.jpg`` checked against
+        ``--images emb/val`` looks for ``emb/val/val/0001.jpg``), or a folder inside it (``--images export``
+        for files in ``export/images/``). The missing-image lines then shrink to one example and a count."""
         folder = self.images_dir
-        if not missing or not folder.name:
+        if not missing:
             return
-        found = [image for image in missing if Path(image["file_name"]).parts[0] == folder.name
-                 and (folder.parent / image["file_name"]).is_file()]
-        if len(found) * 2 < len(missing):  # only when it explains most of the missing files
+        inside = sorted(child for child in _subfolders(folder))
+        for candidate in ([folder.parent] if folder.name else []) + inside:
+            found = [image for image in missing if (candidate / normalized_file_name(image["file_name"])).is_file()]
+            if len(found) * 2 < len(missing):  # only when it explains most of the missing files
+                continue
+            example = one_line(found[0]["file_name"])
+            if candidate == folder.parent:
+                why = (f"the file_name entries already start with '{folder.name}/' (e.g. {example}), so pass "
+                       f"--images {folder.parent} instead of --images {folder}")
+            else:
+                why = (f"the file_name entries (e.g. {example}) are relative to that folder, so pass "
+                       f"--images {candidate} instead of --images {folder}")
+            self.hints.append(f"{len(found)} of the {len(missing)} missing images exist under {candidate}: {why}")
+            self.explained.add("missing_image")
             return
-        example = one_line(found[0]["file_name"])
-        self.hints.append(f"{len(found)} of the {len(missing)} missing images exist under {folder.parent}: the "
-                          f"file_name entries already start with '{folder.name}/' (e.g. {example}), so "
-                          f"pass --images {folder.parent} instead of --images {folder}")
 
     def check_pixels(self, path: Path, image: dict, where: str) -> None:
         try:
@@ -304,7 +314,8 @@ def check_dataset(annotation_file: Path, images_dir: Path, *, check_pixels: bool
     """
     annotation_file, images_dir = Path(annotation_file), Path(images_dir)
     checker = _Checker(annotation_file, images_dir)
-    report = CheckReport(annotation_file, images_dir, checker.problems, hints=checker.hints)
+    report = CheckReport(annotation_file, images_dir, checker.problems, hints=checker.hints,
+                         explained=checker.explained)
     data = checker.load_json()
     if data is _UNREADABLE:
         return report
@@ -328,6 +339,20 @@ def check_dataset(annotation_file: Path, images_dir: Path, *, check_pixels: bool
     report.summary = {"images": len(images or []), "annotations": len(annotations or []),
                       "categories": len(categories or []), "category_names": category_names, **summary}
     return report
+
+
+def _subfolders(folder: Path, limit: int = 50) -> list[Path]:
+    """Up to ``limit`` folders directly inside ``folder`` (not through links: never wander into a shared store)."""
+    found = []
+    try:
+        for child in folder.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                found.append(child)
+                if len(found) == limit:
+                    break
+    except OSError:
+        return []
+    return found
 
 
 def main_check(annotation_file: Path | str, images_dir: Path | str, *, check_pixels: bool = True,

@@ -26,7 +26,8 @@ class Problem:
     def __str__(self) -> str:
         marker = "" if self.severity == "error" else f"{self.severity}: "
         # one_line: a path or value with a newline or a lone surrogate must not break the one-line-per-problem rule
-        return one_line(f"{self.file}: {self.record}: {marker}{self.what} — fix: {self.fix}", limit=1000)
+        where = f"{self.file}: " + (f"{self.record}: " if self.record not in ("", "-") else "")  # "-": the whole file
+        return one_line(f"{where}{marker}{self.what} — fix: {self.fix}", limit=1000)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     hints: list[str] = field(default_factory=list)  # likely causes behind many problems at once, one line each
+    explained: set[str] = field(default_factory=set)  # kinds of problem a hint explains: printed once, then counted
 
     @property
     def errors(self) -> list[Problem]:
@@ -57,7 +59,8 @@ class CheckReport:
         if len(self.errors) == 1 and not self.hints:  # one fault, one line: the problem names the file itself
             raise DatasetError(str(self.errors[0]))
         if not self.ok:
-            errors_only = CheckReport(self.annotation_file, self.images_dir, self.errors, hints=self.hints)
+            errors_only = CheckReport(self.annotation_file, self.images_dir, self.errors, hints=self.hints,
+                                      explained=self.explained)
             shown = errors_only.format_problems(limit)
             raise DatasetError(f"{len(self.errors)} problem(s) in {self.annotation_file}:\n{shown}")
 
@@ -98,8 +101,10 @@ class CheckReport:
             by_kind.setdefault((problem.severity != "error", problem.kind), []).append(problem)
         lines = []
         for (_, kind), problems in sorted(by_kind.items(), key=lambda kv: kv[0][0]):
-            lines.extend(str(p) for p in problems[:limit])
-            if len(problems) > limit:
-                lines.append(f"... and {len(problems) - limit} more '{kind}' problems like these")
+            shown = 1 if kind in self.explained else limit  # one cause (the hint below): one example is enough
+            lines.extend(str(p) for p in problems[:shown])
+            if len(problems) > shown:
+                lines.append(f"... and {len(problems) - shown} more '{kind}' problems like "
+                             + ("it (the hint below says why)" if kind in self.explained else "these"))
         lines.extend(f"hint: {hint}" for hint in self.hints)
         return "\n".join(lines)

@@ -116,6 +116,12 @@ def _require_indexable(annotation_file: Path, document: object) -> None:
                                        f"COCO does {_CHECK_HINT}")
 
 
+def _named(ids, names: dict) -> str:
+    shown_ids = sorted(ids)
+    text = ", ".join(f"{category_id} {one_line(str(names.get(category_id, '?')), 40)}" for category_id in shown_ids[:8])
+    return text + (f" and {len(shown_ids) - 8} more" if len(shown_ids) > 8 else "")
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """Images and targets from a COCO-format annotation file.
 
@@ -136,6 +142,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.annotation_file = Path(annotation_file)
         self.coco = load_coco(self.annotation_file)
         self.label_map = label_map or LabelMap.contiguous(self.coco.dataset["categories"])
+        self._label_map_given = label_map is not None  # a detector's: its categories may not be this file's
         self.transforms = transforms
         self.ids = sorted(self.coco.imgs)
         if not self.ids:
@@ -145,6 +152,20 @@ class CocoDetection(torch.utils.data.Dataset):
                                "boxes belong to")
         self._validate()
 
+    def _refuse_other_categories(self, known: set) -> None:
+        """A detector trained on other categories than this file's boxes: one message naming both sets (the
+        per-annotation check below would blame the dataset for a category the detector never learned)."""
+        file_names = {c["id"]: c.get("name") for c in self.coco.dataset["categories"] if isinstance(c, dict)}
+        used = {ann["category_id"] for ann in self.coco.dataset["annotations"] if is_int(ann.get("category_id"))}
+        unknown = (used - known) & set(file_names)  # one the file itself does not define is the file's fault
+        if not unknown:
+            return
+        detector_names = dict(zip(self.label_map.category_ids, self.label_map.names))
+        raise DatasetError(f"the detector and {self.annotation_file} disagree on categories: the detector was trained "
+                           f"on {_named(known, detector_names)}, but the file's boxes also use "
+                           f"{_named(unknown, file_names)}. Use the dataset the detector was trained on, or fine-tune "
+                           "it on this one first (compresskit train --preset NAME --data SPLIT --init shipped)")
+
     def _validate(self) -> None:
         """Refuse, before any file is opened, what would crash a DataLoader worker or leave the images folder."""
         for image in self.coco.dataset["images"]:
@@ -153,6 +174,8 @@ class CocoDetection(torch.utils.data.Dataset):
                 raise DatasetError(f"{self.annotation_file}: image id={image['id']}: file_name {unsafe[0]}; "
                                    f"{unsafe[1]} {_CHECK_HINT}")
         known = set(self.label_map.category_ids)
+        if self._label_map_given:
+            self._refuse_other_categories(known)
         for ann in self.coco.dataset["annotations"]:
             where = f"{self.annotation_file}: annotation id={ann['id']}"
             if ann["category_id"] not in known:

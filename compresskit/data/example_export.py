@@ -11,6 +11,7 @@ Introduced in ``07_your_own_dataset.ipynb``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -27,7 +28,8 @@ FRAMES_PER_BURST = 3
 BURST_PATTERN = r"^(burst\d+)_"  # the --group-by pattern that keeps a burst together
 
 
-def write_example_export(folder: Path | str, images: int = 12, seed: int = 0) -> Path:
+def write_example_export(folder: Path | str, images: int = 12, seed: int = 0,
+                         sizes: Sequence[tuple[int, int]] = EXAMPLE_SIZES) -> Path:
     """Write ``folder/annotations.json`` and ``folder/images/burstNN_frameK.jpg`` (``images`` of them).
 
     Images come in bursts of ``FRAMES_PER_BURST`` near-duplicate frames (the same objects, moved a few pixels),
@@ -39,6 +41,8 @@ def write_example_export(folder: Path | str, images: int = 12, seed: int = 0) ->
         folder: a new or empty folder.
         images: how many images (at least 2).
         seed: one seed gives the same files.
+        sizes: the (width, height) of the images, one per burst in turn (e.g. one large landscape size, as a
+            phone or DSLR export has).
 
     Returns:
         The annotation file's path.
@@ -53,7 +57,7 @@ def write_example_export(folder: Path | str, images: int = 12, seed: int = 0) ->
     document = {"images": [], "annotations": [], "categories": [dict(c) for c in EXAMPLE_CATEGORIES]}
     for index in range(images):
         burst, frame = divmod(index, FRAMES_PER_BURST)
-        width, height = EXAMPLE_SIZES[burst % len(EXAMPLE_SIZES)]
+        width, height = sizes[burst % len(sizes)]
         if frame == 0:  # a new burst: new background and objects
             background = rng.integers(70, 160, size=(height, width, 3), dtype=np.uint8)
             objects = []

@@ -65,6 +65,27 @@ class SplitConfig:
                 raise ConfigError(f"group_by {self.group_by!r} is not a regular expression: {error}") from None
 
 
+# Below this many val images, `data split` says how coarse the val split's mAP is.
+SMALL_VAL_IMAGES = 25
+
+
+def small_val_warning(manifest: dict) -> str | None:
+    """A warning when the val split is too small to tell detectors apart, with the size of the smallest mAP
+    difference it can show; None when it is large enough.
+
+    One box found or missed moves a category's AP by about one over that category's val boxes, so with ``B`` val
+    boxes in all, mAP differences under about ``100 / B`` points (on the 0-100 scale) are one box's luck.
+    """
+    val = manifest["splits"]["val"]
+    if val["images"] >= SMALL_VAL_IMAGES:
+        return None
+    boxes = val["boxes"]
+    resolution = f"about {100 / boxes:.1f} mAP points" if boxes else "nothing (it has no boxes)"
+    return (f"warning: val has only {val['images']} images ({boxes} boxes): one box more or less found moves mAP by "
+            f"{resolution}, so smaller differences between detectors are noise; a larger --val-fraction (or more "
+            f"images) gives at least {SMALL_VAL_IMAGES} val images")
+
+
 def group_key(file_name: str, pattern: re.Pattern | None, image_id: int) -> str:
     """The group an image belongs to: its ``pattern`` match (first group if any), else the image itself."""
     match = pattern.search(file_name) if pattern is not None else None

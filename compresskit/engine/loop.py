@@ -268,7 +268,8 @@ def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_di
             in train mode while training, saved in ``last.pt`` and restored on resume.
 
     Returns:
-        ``{"history": [...], "train_seconds": float, "metrics": last evaluation or None}``.
+        ``{"history": [...], "train_seconds": float, "metrics": last evaluation or None, "resumed_after": the
+        epochs after which an interrupted run was resumed (empty for a run never interrupted)}``.
 
     Raises:
         ConfigError: a training step ran out of memory (the message names the batch size and a smaller one).
@@ -306,10 +307,15 @@ def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_di
                 _replay_loading(loader, state["epoch"], max_iters_per_epoch)
             _restore_random_state(saved["random"], loader)
         log(f"resumed from {checkpoint} after epoch {state['epoch']}")
+        state["resumed_after"] = [*state.get("resumed_after", []), state["epoch"]]  # the record says it resumed
     # A run killed while writing its checkpoint leaves the unfinished temporary file behind; last.pt is intact.
     for unfinished in out_dir.glob(f".{checkpoint.name}.*.tmp") if is_main_process() else ():
         unfinished.unlink(missing_ok=True)
     checkpointed = state["epoch"]
+    if state["epoch"] < config.epochs:
+        log(f"training {config.epochs} epochs x {iters_per_epoch} steps = {total_iters} steps at batch "
+            f"{config.batch_size} ({len(train_dataset)} train images)"
+            + (f", from epoch {state['epoch'] + 1}" if state["epoch"] else ""))
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
     gradient_hooks = _average_gradients_of(extra_modules) if distributed and extra_modules is not None else []
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
@@ -367,4 +373,5 @@ def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_di
             hook.remove()
     if extra_modules is not None:
         extra_modules.train(model.training)  # leave them in the detector's mode, as they were trained with it
-    return {"history": state["history"], "train_seconds": state["train_seconds"], "metrics": metrics}
+    return {"history": state["history"], "train_seconds": state["train_seconds"], "metrics": metrics,
+            "resumed_after": state.get("resumed_after", [])}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from torch import nn
 
@@ -19,7 +20,7 @@ from compresskit.errors import ConfigError
 from compresskit.measure import count_macs, count_params
 from compresskit.models import (COCO_PRESETS, EMBEDDED_PRESETS, DetectorSpec, build_detector, load_coco_pretrained,
                                 load_preset, transfer_weights_)
-from compresskit.models.core import ExportableCore, example_batch
+from compresskit.models.core import ExportableCore, core_input_size, example_batch
 from compresskit.settings import seed_everything
 
 # Recipes that produced the shipped checkpoints; `compresskit train --preset NAME` reruns them exactly.
@@ -70,9 +71,21 @@ def _coco_pretrained_detector(name: str, label_map: LabelMap) -> tuple[nn.Module
                                "reinitialised": transferred["reinitialised"]}
 
 
+def schedule_for(config: TrainConfig, train_images: int, min_steps: int,
+                 max_iters_per_epoch: int | None = None) -> TrainConfig:
+    """``config`` with enough epochs for at least ``min_steps`` optimiser steps on ``train_images`` images (never
+    fewer epochs than it has): a recipe's epochs are sized for the embedded dataset, far more images than a small
+    export of your own."""
+    steps_per_epoch = max(1, -(-train_images // config.batch_size))
+    if max_iters_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, max_iters_per_epoch)
+    return replace(config, epochs=max(config.epochs, -(-min_steps // steps_per_epoch)))
+
+
 def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = None,
                  config: TrainConfig | None = None, max_iters_per_epoch: int | None = None,
-                 progress: bool = True, init: str = "scratch") -> Path:
+                 progress: bool = True, init: str = "scratch", min_steps: int | None = None,
+                 log: Callable[[str], None] = print) -> Path:
     """Train preset ``name`` on the embedded dataset (or ``data_dir``) and ship it.
 
     Writes ``out_dir/NAME.pt`` (fp16 weights, spec or torchvision model name, label map, metadata) and
@@ -94,6 +107,10 @@ def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = N
             ``data_dir`` and the cached (or downloadable) weights, and writes a torchvision checkpoint (see
             :func:`~compresskit.models.save_torchvision_checkpoint`). The checkpoint's label map is always the
             dataset's.
+        min_steps: train at least this many optimiser steps on the dataset (:func:`schedule_for`; the command
+            line passes ``settings.MIN_OWN_DATA_STEPS`` with ``--data`` and no ``--epochs``); None: ``config``'s
+            epochs as they are.
+        log: receives the schedule chosen and the notes on the chosen init.
 
     Returns:
         Path of the checkpoint.
@@ -108,6 +125,17 @@ def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = N
         require_clean_layout(data_dir)
     seed_everything(config.seed)  # before building: the initial weights follow the recipe's seed
     splits = load_splits(data_dir)
+    if min_steps is not None:
+        chosen = schedule_for(config, len(splits.train), min_steps, max_iters_per_epoch)
+        if chosen.epochs != config.epochs:
+            log(f"{len(splits.train)} train images at batch {config.batch_size}: the recipe's {config.epochs} epochs "
+                f"would be too few steps; training {chosen.epochs} epochs for at least {min_steps} steps "
+                "(--epochs sets them yourself)")
+        config = chosen
+    if init == "shipped" and data_dir is not None:
+        log("note: the shipped detectors learned the embedded dataset's synthetic shapes. On photographs they "
+            "overfit early (training loss keeps falling while val mAP stalls); for real photos, fine-tune from "
+            "--init coco-pretrained (torchvision's COCO weights, one download)")
     model, design, init_meta = _initial_detector(name, init, splits.label_map)
     return train_and_ship(model, design, splits, config, Path(out_dir) / f"{name}.pt",
                           meta={"preset": name, **init_meta}, max_iters_per_epoch=max_iters_per_epoch,
@@ -131,6 +159,7 @@ def evaluate_preset(name: str, data_dir: Path | str | None = None, checkpoint: P
     val_set = load_split("val", data_dir, label_map=label_map)
     metrics = evaluate(model, make_loader(val_set, batch_size=EVAL_BATCH_SIZE, train=False), label_map,
                        progress=progress)
+    core_size = core_input_size(model, val_set[0][0])  # what the core sees of a val image, as in a study
     return {"preset": name, **metrics, "params": count_params(model),
-            "macs": count_macs(ExportableCore(model), example_batch(model.transform.min_size[0])),
+            "macs": count_macs(ExportableCore(model), example_batch(core_size)), "macs_input": list(core_size),
             "images": len(val_set)}

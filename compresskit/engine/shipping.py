@@ -129,7 +129,8 @@ def train_and_ship(detector: nn.Module, spec: DetectorSpec | str, data: Splits, 
         out: the ``.pt`` file to write.
         meta: the recipe's own metadata; the training record follows it: ``map_before_finetune`` (with
             ``measure_start``), ``train_config``, ``train_seconds``, ``wall_seconds_incl_eval`` (from the start of
-            the run until shipping), ``history``, ``seed``, then what the extra training and ``trained_meta``
+            the run until shipping), ``history``, ``resumed_after_epochs`` (empty unless an interrupted run was
+            resumed), ``seed``, then what the extra training and ``trained_meta``
             record; :func:`ship_checkpoint` adds the rest.
         extra_training: see :func:`train_detector`.
         deployed_head: see :func:`train_detector`.
@@ -137,7 +138,8 @@ def train_and_ship(detector: nn.Module, spec: DetectorSpec | str, data: Splits, 
             fine-tune starts from.
         trained_meta: ``trained_meta(detector) -> dict``, metadata measured on the trained detector (on the
             CPU), e.g. its MACs.
-        run_dir: the resumable run (default: ``NAME-run`` beside ``out``).
+        run_dir: the resumable run (default: ``NAME-run`` beside ``out``): ``last.pt`` after every epoch, removed
+            once the checkpoint is shipped.
         max_iters_per_epoch: cap on steps per epoch (quick checks only).
         progress: show progress bars.
 
@@ -158,8 +160,15 @@ def train_and_ship(detector: nn.Module, spec: DetectorSpec | str, data: Splits, 
         return out
     meta = {**meta, **before, "train_config": asdict(config), "train_seconds": round(result["train_seconds"], 1),
             "wall_seconds_incl_eval": round(time.perf_counter() - started, 1), "history": result["history"],
-            "seed": config.seed, **result["extra_meta"], **(trained_meta(detector) if trained_meta else {})}
-    return ship_checkpoint(out, detector, spec, data.label_map, meta, data.val, progress=progress)
+            "resumed_after_epochs": result.get("resumed_after", []), "seed": config.seed, **result["extra_meta"],
+            **(trained_meta(detector) if trained_meta else {})}
+    shipped = ship_checkpoint(out, detector, spec, data.label_map, meta, data.val, progress=progress)
+    # The run is finished and shipped: its resume checkpoint (weights and optimiser state, several times the
+    # shipped file) has nothing left to resume. A rerun of the recipe trains again.
+    (run_dir / "last.pt").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only when nothing else was put there
+    return shipped
 
 
 def console_command() -> str | None:

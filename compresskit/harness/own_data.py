@@ -114,7 +114,7 @@ def dataset_study(checkpoint: Path | str, data_dir: Path | str, out: Path | str,
                   on_record=lambda record: write_records([record], reports_dir=out))
     if earlier and log is not None:
         log(f"resuming the study in {out}: {len(earlier)} records were finished by an earlier run with the same "
-            "settings and are kept (pass --restart to measure them again)")
+            "settings and are kept (--restart, or restart=True, measures them again)")
     try:
         _measure_variants(study, detector, name, data_dir, label_map, config, shared, out, progress)
     except KeyboardInterrupt:
@@ -213,8 +213,8 @@ def _earlier_records(out: Path, prefix: str, shared: dict) -> dict[str, dict]:
         differing = sorted(key for key in expected if settings.get(key) != expected[key])
         details = ", ".join(_describe_difference(key, settings.get(key), expected[key]) for key in differing)
         raise ConfigError(f"{out} already holds this study of {prefix.split('/')[1]} made with other settings "
-                          f"({details}); rerun with those settings to resume it, add --restart to measure it again "
-                          "with these (its records are replaced), or choose another --out")
+                          f"({details}); rerun with those settings to resume it, add --restart (restart=True) to "
+                          "measure it again with these (its records are replaced), or choose another --out")
     return {record["id"]: record for record in found}
 
 

@@ -1,7 +1,8 @@
 """Measure one detector variant end to end and turn it into a results record (docs/method.md: records, measurement).
 
 Every lesson and command measures the same way: COCO mAP through the kit's evaluator; params and non-zero params
-of the detector; MACs of its exportable core on one image; the size of the artifact a user would ship (the
+of the detector; MACs of its exportable core at the size it receives one val image (after the
+detector's own resize); the size of the artifact a user would ship (the
 state_dict for torch eager, the ``.onnx`` file for ONNX Runtime, or whatever ``artifact`` names: an int8 ONNX file,
 a compiled module); and end-to-end latency (transform + core + post-processing) at batch 1 on a real val image.
 A variant measured against a baseline of the same :class:`Study` is timed *interleaved* with it
@@ -21,7 +22,7 @@ from compresskit.engine import METRIC_NAMES, evaluate
 from compresskit.harness.reuse import ReuseCache, dataset_identity, fingerprint
 from compresskit.measure import (compare_latency, count_macs, count_nonzero_params, count_params, measure_latency,
                                  serialized_size)
-from compresskit.models.core import EndToEndDetector, ExportableCore, example_batch
+from compresskit.models.core import EndToEndDetector, ExportableCore, core_input_size, example_batch
 from compresskit.report import make_record
 from compresskit.runtimes import Core, get_runtime
 from compresskit.settings import latency_runs, reports_dir, threads as resolve_threads
@@ -183,6 +184,7 @@ class Study:
             metrics = None
         image = self.example_image()
         hw = tuple(image.shape[-2:])
+        core_size = core_input_size(detector, image)  # MACs at what the core sees, after the detector's resize
         paired = None
         if baseline is None:
             latency = measure_latency(runner, [image], runs=runs or self.runs, threads=self.threads, warmup=warmup)
@@ -194,7 +196,7 @@ class Study:
             id=record_id, lesson=self.lesson, technique=technique, model=model or self.model, runtime=runtime,
             profile=self.profile, metrics=metrics, variant=variant, baseline=baseline,
             params=count_params(detector), nonzero_params=count_nonzero_params(detector),
-            macs=count_macs(ExportableCore(detector), example_batch(hw)),
+            macs=count_macs(ExportableCore(detector), example_batch(core_size)), macs_input=core_size,
             size=serialized_size(artifact if artifact is not None else default_artifact,
                                  gzip_too=not (stand_in_weights or recorded_metrics is not None)),
             latency=latency.as_record(hw), paired_latency=paired, train_seconds=train_seconds, config=config)

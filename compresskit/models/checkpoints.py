@@ -171,13 +171,32 @@ def _reshape_(module: nn.Module, shape: dict) -> None:
 CHECKPOINT_KINDS = ("spec", "torchvision")
 
 
+def _unreadable_reason(path: Path | str, exc: Exception) -> str:
+    """Why ``torch.load`` refused a file, in the kit's words. Never torch's own advice to load with
+    ``weights_only=False``: for a file from elsewhere that would run whatever code its pickle holds."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError as error:
+        return f"it cannot be read ({error.strerror or error})"
+    if not start.startswith((b"PK", b"\x80")):  # a torch file is a zip archive (or, before torch 1.6, a pickle)
+        return (f"it is not a PyTorch file at all (it starts with {start!r}); pass the .pt file that "
+                "compresskit train, prune or distill wrote")
+    text = str(exc)
+    if "weights_only" in text or "Unpickl" in type(exc).__name__:
+        return ("it holds Python objects besides tensors and plain data, which the kit never loads (unpickling "
+                "them can run code); pass a checkpoint that compresskit train, prune or distill wrote")
+    first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    return f"it is damaged or truncated ({type(exc).__name__}: {first}); copy it again or retrain"
+
+
 def _read(path: Path | str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} not found") from None
     except Exception as exc:  # corrupt, truncated, or holding objects weights_only refuses
-        raise CheckpointError(f"{path} is not a compresskit checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path} is not a compresskit checkpoint: {_unreadable_reason(path, exc)}") from None
     found = payload if isinstance(payload, dict) else {}
     kind = next((key for key in CHECKPOINT_KINDS if key in found), "spec")  # neither: name the usual one
     missing = [key for key in (kind, "label_map", "state_dict") if key not in found]
@@ -278,7 +297,13 @@ def load_preset(name: str, checkpoint: Path | str | None = None) -> tuple[FCOS, 
     fine-tuned with ``--init coco-pretrained``), in eval mode, with its label map and training metadata."""
     if name not in EMBEDDED_PRESETS:
         raise CompressKitError(f"unknown preset {name!r}; choose one of {sorted(EMBEDDED_PRESETS)}")
-    return load_checkpoint(checkpoint or shipped_checkpoint(name))
+    model, label_map, meta = load_checkpoint(checkpoint or shipped_checkpoint(name))
+    written_as = meta.get("preset")
+    if checkpoint is not None and isinstance(written_as, str) and written_as != name:
+        # Refused rather than followed: every record and printout would name the wrong preset.
+        raise CompressKitError(f"{checkpoint} holds a {written_as} detector, not a {name}: pass --preset "
+                               f"{written_as} with it (or the {name}'s own checkpoint)")
+    return model, label_map, meta
 
 
 def load_detector(name: str, profile: str | None = None) -> tuple[nn.Module, LabelMap, dict]:

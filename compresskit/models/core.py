@@ -93,6 +93,23 @@ class EndToEndDetector(nn.Module):
         return detector.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
 
+def core_input_size(detector: nn.Module, image: torch.Tensor) -> tuple[int, int]:
+    """The (height, width) the detector's core receives for ``image``: after its own transform resized it (to
+    ``min_size`` on the short side for RetinaNet/FCOS, to a fixed size for SSD) and padded it to the size
+    divisor. MACs, exports and every other size-dependent figure are taken at this size, not the image's.
+    The transform is deterministic in eval mode; the detector's own mode is restored."""
+    transform = detector.transform
+    was_training = transform.training
+    transform.eval()
+    try:
+        with torch.inference_mode():
+            image_list, _ = transform([image])
+    finally:
+        transform.train(was_training)
+    height, width = image_list.tensors.shape[-2:]
+    return int(height), int(width)
+
+
 def example_batch(image_size: int | Sequence[int] = 320, batch: int = 1, seed: int = 0) -> torch.Tensor:
     """A fixed random input for the core (export, latency): the same tensor on both sides of a comparison."""
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size

@@ -27,11 +27,11 @@ SCHEMA = 1
 RESULTS_NAME = "results.json"
 RECORD_FIELDS = (
     "id", "lesson", "profile", "technique", "variant", "model", "baseline", "runtime", *METRIC_NAMES,
-    "params", "nonzero_params", "macs", "size_bytes", "size_gzip_bytes", "latency_ms", "paired_latency",
-    "train_seconds", "config",
+    "params", "nonzero_params", "macs", "macs_input", "size_bytes", "size_gzip_bytes", "latency_ms",
+    "paired_latency", "train_seconds", "config",
 )
 # Fields added after schema 1 was first written: a record read from an older file gets None for them.
-ADDED_FIELDS = ("paired_latency",)
+ADDED_FIELDS = ("paired_latency", "macs_input")
 LATENCY_KEYS = ("median", "p90", "runs", "batch", "threads", "input")
 PAIRED_KEYS = ("baseline", "speedup", "interval", "pairs")
 TECHNIQUES = (
@@ -94,6 +94,7 @@ def _paired_entry(paired: Mapping[str, Any], *, record_id: str, baseline: str | 
 def make_record(*, id: str, lesson: str, profile: str, technique: str, model: str, runtime: str,
                 metrics: Mapping[str, Any] | None, variant: str = "", baseline: str | None = None,
                 params: int | None = None, nonzero_params: int | None = None, macs: int | None = None,
+                macs_input: Sequence[int] | None = None,
                 size: measure.SizeInfo | Sequence[int] | None = None, latency: Mapping[str, Any] | None = None,
                 paired_latency: Mapping[str, Any] | None = None, train_seconds: float | None = None,
                 config: Any = None) -> dict[str, Any]:
@@ -111,6 +112,8 @@ def make_record(*, id: str, lesson: str, profile: str, technique: str, model: st
         variant: free text saying what exactly was done.
         baseline: id of the record this one is compared against (measured in the same run), or None.
         params, nonzero_params, macs: from :mod:`compresskit.measure`.
+        macs_input: the (height, width) the core received when its MACs were counted (after the detector's own
+            resize of a val image: ``models.core.core_input_size``).
         size: ``SizeInfo`` or ``(bytes, gzip_bytes)``; ``gzip_bytes`` may be None (not measured).
         latency: ``Latency.as_record(input_hw)``.
         paired_latency: ``PairedLatency.as_record(baseline)`` from ``measure.compare_latency`` against the
@@ -155,7 +158,8 @@ def make_record(*, id: str, lesson: str, profile: str, technique: str, model: st
     record.update({key: _optional_float(metrics.get(key)) for key in METRIC_NAMES})
     record.update({
         "params": _optional_int(params), "nonzero_params": _optional_int(nonzero_params),
-        "macs": _optional_int(macs), "size_bytes": size_bytes, "size_gzip_bytes": size_gzip,
+        "macs": _optional_int(macs), "macs_input": None if macs_input is None else [int(side) for side in macs_input],
+        "size_bytes": size_bytes, "size_gzip_bytes": size_gzip,
         "latency_ms": latency, "paired_latency": paired_latency, "train_seconds": _optional_float(train_seconds),
         "config": _config_dict(config),
     })
