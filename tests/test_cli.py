@@ -466,3 +466,27 @@ def test_submodules_load_on_first_access():
                      "ck.no_such_module")
     assert result.stdout.split() == ["CompressKitError", "True", "True"]
     assert "AttributeError" in result.stderr and "no_such_module" in result.stderr
+
+
+INTERRUPTED_IN_A_PROGRESS_BAR = """
+import sys
+from tqdm.auto import tqdm
+from compresskit import cli
+
+def interrupted(args):
+    bar = tqdm.__new__(tqdm)
+    bar.disable = False  # what a Ctrl-C inside tqdm's constructor leaves: a bar without its position
+    raise KeyboardInterrupt("rerun the same command to resume after epoch 1 of 3")
+
+cli._train = interrupted
+sys.exit(cli.main(["train", "--preset", "student"]))
+"""
+
+
+def test_an_interrupt_inside_a_progress_bar_still_ends_with_the_one_line():
+    finished = subprocess.run([sys.executable, "-c", INTERRUPTED_IN_A_PROGRESS_BAR], capture_output=True, text=True,
+                              timeout=120)
+    assert finished.returncode == 130
+    assert "AttributeError" not in finished.stderr and "Exception ignored" not in finished.stderr, finished.stderr
+    assert finished.stderr.strip().splitlines()[-1] == ("compresskit: interrupted; rerun the same command to resume "
+                                                        "after epoch 1 of 3")

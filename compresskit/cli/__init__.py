@@ -298,6 +298,22 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _collect_half_built_progress_bars() -> None:
+    """A Ctrl-C that lands inside tqdm's constructor leaves a bar without its position; when that bar is collected,
+    its ``__del__`` reports an AttributeError ("Exception ignored in ..."), possibly under the command's last line.
+    That report is silenced (the bar never drew anything; every other one still prints) and the bar collected now."""
+    import gc
+
+    report = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        where = getattr(unraisable.object, "__qualname__", "")
+        if not (isinstance(unraisable.exc_value, AttributeError) and where.endswith("tqdm.__del__")):
+            report(unraisable)
+    sys.unraisablehook = hook
+    gc.collect()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``compresskit`` command line.
 
@@ -322,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}; check the path given on the "
                      "command line")
     except KeyboardInterrupt as exc:  # a training run says how to resume it
+        _collect_half_built_progress_bars()
         print(f"compresskit: interrupted; {exc or 'completed files are kept, partial ones were not written'}",
               file=sys.stderr)
         return 130
