@@ -329,6 +329,36 @@ def test_table_shows_paired_interval_and_marks_noise() -> None:
     assert "speedup" in report.DEFAULT_COLUMNS and "1.93x [1.85-2.01]" in report.format_records_table(records)
 
 
+def test_table_says_which_maps_come_from_a_slice_or_a_training_record() -> None:
+    records = [record("full"), record("slice"), record("trained")]
+    records[0]["config"]["map_source"] = "whole val split (500 images)"
+    records[1]["config"]["map_source"] = "val slice (first 100 of 500 images)"
+    records[2]["config"]["map_source"] = "training record (checkpoint not shipped)"
+    lines = report.format_records_table(records, columns=("id", "map")).splitlines()
+    assert [line.split() for line in lines[2:5]] == [["full", "50.0"], ["slice", "50.0", "s"],
+                                                     ["trained", "50.0", "t"]]
+    assert lines[5].startswith("s mAP on a slice of the val split") and lines[6].startswith("t mAP from the training")
+    assert len(lines) == 7  # no noise legend: no timing is shown
+    markdown = report.format_markdown_table(records[:2], columns=("id", "map"))
+    assert "| slice | 50.0 s |" in markdown and "training run" not in markdown
+
+
+def test_pareto_draws_a_noisy_timing_hollow_and_keeps_it_off_the_frontier() -> None:
+    records = [record("base", median=10.0, map_value=0.5),
+               record("fast", technique="static_ptq", baseline="base", median=5.0, map_value=0.6,
+                      paired=paired_entry("base", 2.0, 0.9, 3.5))]  # the interval holds 1.0: noisy
+    axes = report.plot_pareto(records, x="latency").axes[0]
+    fast = next(collection for collection in axes.collections
+                if tuple(collection.get_offsets()[0]) == (5.0, 60.0))
+    assert tuple(fast.get_facecolor()[0][:3]) == (1.0, 1.0, 1.0)  # hollow
+    frontier = [line for line in axes.lines if line.get_drawstyle() == "steps-post"]
+    assert list(frontier[0].get_xdata()) == [10.0]  # only the trustworthy point
+    assert any("noisy timing" in text.get_text() for legend in axes.figure.legends for text in legend.get_texts())
+    # On the size axis the timing does not matter: both points count.
+    size_axes = report.plot_pareto(records, x="size").axes[0]
+    assert all(collection.get_facecolor()[0][:3].tolist() != [1.0, 1.0, 1.0] for collection in size_axes.collections)
+
+
 def test_metric_bars_group_by_size_bucket() -> None:
     base = dict(record("base"), map=0.6, map_small=0.3, map_medium=0.62, map_large=0.8)
     student = dict(record("student"), map=0.5, map_small=None, map_medium=0.5, map_large=0.7)

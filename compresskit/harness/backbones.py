@@ -147,7 +147,8 @@ def tradeoff_rows(records: Sequence[dict], reference_metrics: dict[str, dict] | 
         name = parts[1]
         eager, int8 = by_id.get(f"backbones/{name}/eager"), by_id.get(f"backbones/{name}/ort-int8")
         paired, int8_paired = record.get("paired_latency") or {}, (int8 or {}).get("paired_latency") or {}
-        from_record = reference_metrics is not None or "map_source" in (record.get("config") or {})
+        from_record = reference_metrics is not None or str((record.get("config") or {}).get(
+            "map_source", "")).startswith("training record")
         metrics = record if reference_metrics is None else reference_metrics[name]
         row = {"name": name, **{key: metrics[key] for key in ("map", "map_small", "map_medium", "map_large")},
                "map_source": "training record" if from_record else "measured",

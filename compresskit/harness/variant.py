@@ -12,7 +12,7 @@ Introduced in ``01_baseline_detectors.ipynb``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -177,9 +177,10 @@ class Study:
                                                   artifacts=self.artifacts)
         if recorded_metrics is not None:
             metrics = {key: recorded_metrics[key] for key in METRIC_NAMES}
-            config = {**(config or {}), "map_source": "training record (checkpoint not shipped)"}
+            config = {**_as_dict(config), "map_source": "training record (checkpoint not shipped)"}
         elif evaluate_map:
             metrics = self._evaluate(runner, detector, runtime, record_id, label_map or self.label_map)
+            config = {**_as_dict(config), "map_source": self.map_source()}
         else:
             metrics = None
         image = self.example_image()
@@ -208,6 +209,15 @@ class Study:
         if self.log is not None:
             self.log(describe(record))
         return record
+
+    def map_source(self) -> str:
+        """What this study's mAPs are measured on, as a record's ``config.map_source`` says it: the whole val split
+        or a slice of it (tables mark a slice's mAP, which compares only with mAPs on the same slice)."""
+        dataset = self.val_loader.dataset
+        whole = getattr(dataset, "dataset", None)  # a torch Subset: the first N images of the split
+        if whole is not None and len(dataset) < len(whole):
+            return f"val slice (first {len(dataset)} of {len(whole)} images)"
+        return f"whole val split ({len(dataset)} images)"
 
     def is_kept(self, record_id: str) -> bool:
         """Whether ``record_id`` was finished by an interrupted earlier run of this study (see ``earlier``): a
@@ -250,6 +260,13 @@ class Study:
         metrics = evaluate(runner, self.val_loader, label_map, progress=self.progress, desc=f"evaluate {record_id}")
         self.reuse.remember(key, record_id, dict(metrics))
         return metrics
+
+
+def _as_dict(config: Any) -> dict:
+    """A record's config as a dict to add to (configs come as mappings or dataclasses)."""
+    if config is None:
+        return {}
+    return asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
 
 
 @dataclass

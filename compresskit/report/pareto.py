@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from compresskit.engine.evaluation import METRIC_NAMES
 from compresskit.errors import CompressKitError
-from compresskit.report.comparisons import latency_median
+from compresskit.report.comparisons import latency_median, latency_noisy
 from compresskit.report.figures import MAP_LABEL, MissingRecordsError, add_caption, technique_colour
 from compresskit.report.labels import place_labels
 from compresskit.report.records import TECHNIQUES, records_of
@@ -38,7 +38,7 @@ PARETO_X: dict[str, tuple[str, Callable[[Mapping[str, Any]], float | None]]] = {
     "size": ("serialized size (MB)", _scaled("size_bytes", 1e-6)),
     "macs": ("MACs per image (G)", _scaled("macs", 1e-9)),
 }
-RUNTIME_MARKERS = {"torch-eager": "o", "torch-compile": "^", "onnxruntime": "s"}
+RUNTIME_MARKERS = {"torch-eager": "o", "torch-compile": "^", "onnxruntime": "s", "openvino": "P"}
 OTHER_RUNTIME_MARKER = "D"
 LABEL_EVERY_POINT_UP_TO = 15  # beyond this many points only the frontier is labelled, so labels stay readable
 LOG_SCALE_SPAN = 10.0  # a cost range wider than this ratio is drawn on a log axis
@@ -101,7 +101,14 @@ def _label_texts(points: Sequence[tuple[float, float, Mapping[str, Any]]], indic
     return texts
 
 
-def _legends(ax: "Axes", techniques: Sequence[str], runtimes: Sequence[str], frontier: bool, outside: bool) -> None:
+def timing_is_noisy(record: Mapping[str, Any]) -> bool:
+    """Whether a record's latency should not be read as a position: its own timing is noisy, or its paired
+    speed-up's interval is (the rules are ``measure``'s; docs/method.md, "Measurement")."""
+    return bool(latency_noisy(record)) or bool((record.get("paired_latency") or {}).get("noisy"))
+
+
+def _legends(ax: "Axes", techniques: Sequence[str], runtimes: Sequence[str], frontier: bool, outside: bool,
+             noisy: bool = False) -> None:
     """Colour = technique, marker = runtime (hollow, so no colour is implied): two legends right of the figure
     (``outside``, for a figure of its own), else one in the axes (a caller's axes may share its figure)."""
     from matplotlib.lines import Line2D
@@ -112,6 +119,9 @@ def _legends(ax: "Axes", techniques: Sequence[str], runtimes: Sequence[str], fro
                      markerfacecolor="white", markeredgecolor="0.2", label=runtime) for runtime in runtimes]
     if frontier:
         shapes.append(Line2D([], [], color="0.15", linewidth=1.2, label="Pareto frontier"))
+    if noisy:
+        shapes.append(Line2D([], [], linestyle="", marker="o", markerfacecolor="white", markeredgecolor="0.5",
+                             markeredgewidth=1.2, label="noisy timing (hollow,\nnot on the frontier)"))
     if not outside:
         ax.legend(handles=colours + shapes, fontsize=6, ncols=2)
         return
@@ -120,14 +130,22 @@ def _legends(ax: "Axes", techniques: Sequence[str], runtimes: Sequence[str], fro
     ax.figure.legend(handles=shapes, title="runtime", fontsize=7, title_fontsize=7, loc="outside right lower")
 
 
-def _draw_points(ax: "Axes", points: Sequence[tuple[float, float, Mapping[str, Any]]], on_frontier: set[int]) -> None:
-    """One scatter per (technique, runtime): the technique's colour, the runtime's marker; frontier points edged."""
-    groups: dict[tuple[str, str], list[int]] = {}
+def _draw_points(ax: "Axes", points: Sequence[tuple[float, float, Mapping[str, Any]]], on_frontier: set[int],
+                 hollow: set[int] = frozenset()) -> None:
+    """One scatter per (technique, runtime): the technique's colour, the runtime's marker; frontier points edged;
+    ``hollow`` points (a noisy timing) drawn as an outline in the technique's colour."""
+    groups: dict[tuple[str, str, bool], list[int]] = {}
     for index, (_, _, record) in enumerate(points):
-        groups.setdefault((record["technique"], record["runtime"]), []).append(index)
-    for (technique, runtime), indices in groups.items():
+        groups.setdefault((record["technique"], record["runtime"], index in hollow), []).append(index)
+    for (technique, runtime, is_hollow), indices in groups.items():
+        colour = technique_colour(technique)
+        marker = RUNTIME_MARKERS.get(runtime, OTHER_RUNTIME_MARKER)
+        if is_hollow:
+            ax.scatter([points[i][0] for i in indices], [points[i][1] for i in indices], zorder=3, s=36,
+                       facecolors="white", edgecolors=colour, marker=marker, linewidths=1.2)
+            continue
         ax.scatter([points[i][0] for i in indices], [points[i][1] for i in indices], zorder=3, s=36,
-                   color=technique_colour(technique), marker=RUNTIME_MARKERS.get(runtime, OTHER_RUNTIME_MARKER),
+                   color=colour, marker=marker,
                    edgecolors=["black" if i in on_frontier else "none" for i in indices], linewidths=0.9)
 
 
@@ -162,9 +180,11 @@ def plot_pareto(records: Mapping[str, Any] | Sequence[Mapping[str, Any]], x: str
     """Accuracy against cost for every record, with the Pareto frontier as a step line.
 
     Colour says the technique, the marker the runtime (circle torch eager, triangle torch.compile, square ONNX
-    Runtime); points on the frontier have a black edge. Labels are ids without their study prefix (e.g.
-    ``teacher/ort-int8``): on the frontier always, elsewhere only when at most ``LABEL_EVERY_POINT_UP_TO`` points
-    are drawn. The x axis is logarithmic when the costs span more than ``LOG_SCALE_SPAN`` times.
+    Runtime, plus OpenVINO); points on the frontier have a black edge. On the latency axis a record whose timing is
+    noisy (its own p90/median, or its paired interval) is drawn hollow and kept off the frontier. Labels are ids
+    without their study prefix (e.g. ``teacher/ort-int8``): on the frontier always, elsewhere only when at most
+    ``LABEL_EVERY_POINT_UP_TO`` points are drawn. The x axis is logarithmic when the costs span more than
+    ``LOG_SCALE_SPAN`` times.
 
     Args:
         records: a results document (its environment becomes a caption under the axes) or a list of records;
@@ -196,11 +216,14 @@ def plot_pareto(records: Mapping[str, Any] | Sequence[Mapping[str, Any]], x: str
             if record.get("baseline") in by_id:
                 base_x, base_y = by_id[record["baseline"]]
                 ax.plot([base_x, x_value], [base_y, y_value], linestyle="--", color="0.8", linewidth=0.7, zorder=1)
-    frontier = pareto_frontier([(x_value, y_value) for x_value, y_value, _ in points])
+    # A noisy timing is drawn hollow and kept off the frontier: its position on the latency axis is not a fact.
+    hollow = {index for index, (_, _, record) in enumerate(points) if x == "latency" and timing_is_noisy(record)}
+    frontier = pareto_frontier([None if index in hollow else (x_value, y_value)
+                                for index, (x_value, y_value, _) in enumerate(points)])
     if frontier:
         ax.step([points[i][0] for i in frontier], [points[i][1] for i in frontier], where="post", color="0.15",
                 linewidth=1.2, zorder=2)
-    _draw_points(ax, points, set(frontier))
+    _draw_points(ax, points, set(frontier), hollow)
     costs = [x_value for x_value, _, _ in points]
     if costs and min(costs) > 0 and max(costs) / min(costs) > LOG_SCALE_SPAN:
         _log_x(ax)
@@ -214,7 +237,7 @@ def plot_pareto(records: Mapping[str, Any] | Sequence[Mapping[str, Any]], x: str
     runtimes = sorted({record["runtime"] for _, _, record in points},
                       key=lambda r: registered.index(r) if r in registered else len(registered))
     if points:
-        _legends(ax, techniques, runtimes, bool(frontier), outside=own_figure)
+        _legends(ax, techniques, runtimes, bool(frontier), outside=own_figure, noisy=bool(hollow))
     ax.grid(alpha=0.3, which="both")
     ax.margins(x=0.05, y=0.12)  # room inside the axes for the labels of the points at the edges
     if y_floor is not None and any(y_value < y_floor for _, y_value, _ in points):

@@ -1,7 +1,8 @@
 """Tables of results records: fixed-width text for a terminal or a notebook's output, Markdown for a summary.md.
 
 Every header says its unit (mAP x100 as COCO papers print it, params in millions, MACs in G, sizes in MB,
-latency in ms). A timing that should not be trusted is marked ``~`` and explained in a legend under the table.
+latency in ms). A timing that should not be trusted is marked ``~``, an mAP not measured on the whole val split
+``s`` (a slice) or ``t`` (a training record), each explained in a legend under the table.
 Introduced in ``01_baseline_detectors.ipynb``.
 """
 
@@ -17,15 +18,37 @@ from compresskit.report.records import records_of
 NOISE_MARK = "~"
 NOISE_LEGEND = (f"{NOISE_MARK} noisy: p90/median > {measure.NOISY_P90_OVER_MEDIAN:g} or a wide paired interval; "
                 f"rerun on an idle machine")
+# Where an mAP comes from, when not from the whole val split: marked in the mAP columns, explained under the table.
+SLICE_MARK, TRAINING_MARK = "s", "t"
+MARK_LEGENDS = {
+    NOISE_MARK: NOISE_LEGEND,
+    SLICE_MARK: f"{SLICE_MARK} mAP on a slice of the val split (the record's config.map_source says which images); "
+                "compare it only with mAPs on the same slice",
+    TRAINING_MARK: f"{TRAINING_MARK} mAP from the training run's record (whole val split; the checkpoint is not "
+                   "shipped, so it was not evaluated again)",
+}
+
+
+def map_source_mark(record: Mapping[str, Any]) -> str | None:
+    """The table mark of where a record's mAP comes from: a val slice, a training record, or None (the whole val
+    split, or a record that does not say)."""
+    source = str(_nested(record, "config", "map_source") or "")
+    if source.startswith("val slice"):
+        return SLICE_MARK
+    if source.startswith("training record"):
+        return TRAINING_MARK
+    return None
 
 
 class Column(NamedTuple):
-    """One table column: its header (with the unit), alignment, cell text and, optionally, a noise flag."""
+    """One table column: its header (with the unit), alignment, cell text and, optionally, a noise flag and a
+    mark (one of ``MARK_LEGENDS``) that a cell carries after its text."""
 
     header: str
     right: bool
     cell: Callable[[Mapping[str, Any]], str]
     noisy: Callable[[Mapping[str, Any]], bool | None] | None = None
+    mark: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 def _nested(record: Mapping[str, Any], *keys: str) -> Any:
@@ -78,9 +101,9 @@ TABLE_COLUMNS: dict[str, Column] = {
     "technique": Column("technique", False, _text("technique")),
     "runtime": Column("runtime", False, _text("runtime")),
     "variant": Column("variant", False, _text("variant")),
-    "map": Column("mAP x100", True, _scaled("map", 100, 1)),
-    "map50": Column("mAP50 x100", True, _scaled("map50", 100, 1)),
-    "map75": Column("mAP75 x100", True, _scaled("map75", 100, 1)),
+    "map": Column("mAP x100", True, _scaled("map", 100, 1), mark=map_source_mark),
+    "map50": Column("mAP50 x100", True, _scaled("map50", 100, 1), mark=map_source_mark),
+    "map75": Column("mAP75 x100", True, _scaled("map75", 100, 1), mark=map_source_mark),
     "params": Column("params M", True, _scaled("params", 1e-6, 2)),
     "nonzero_params": Column("nonzero M", True, _scaled("nonzero_params", 1e-6, 2)),
     "macs": Column("MACs G", True, _scaled("macs", 1e-9, 2)),
@@ -94,13 +117,19 @@ DEFAULT_COLUMNS = ("id", "technique", "runtime", "map", "params", "nonzero_param
                    "size_gzip_bytes", "latency", "speedup")
 
 
+def _cell_mark(column: Column, record: Mapping[str, Any]) -> str | None:
+    if column.noisy is not None and column.noisy(record):
+        return NOISE_MARK
+    return column.mark(record) if column.mark is not None and column.cell(record) != "-" else None
+
+
 def _column_cells(column: Column, records: Sequence[Mapping[str, Any]]) -> list[str]:
     texts = [column.cell(record) for record in records]
-    flags = [bool(column.noisy(record)) if column.noisy else False for record in records]
-    if not any(flags):
+    marks = [_cell_mark(column, record) for record in records]
+    if not any(marks):
         return texts
     # Unmarked cells get the same width of padding, so right-aligned numbers stay aligned on their digits.
-    return [f"{text} {NOISE_MARK}" if flag else f"{text}  " for text, flag in zip(texts, flags)]
+    return [f"{text} {mark}" if mark else f"{text}  " for text, mark in zip(texts, marks)]
 
 
 def _specs(columns: Sequence[str]) -> list[Column]:
@@ -110,9 +139,11 @@ def _specs(columns: Sequence[str]) -> list[Column]:
     return [TABLE_COLUMNS[name] for name in columns]
 
 
-def _any_noisy(specs: Sequence[Column], by_column: Sequence[Sequence[str]]) -> bool:
-    return any(text.endswith(f" {NOISE_MARK}") for spec, cells in zip(specs, by_column) if spec.noisy
-               for text in cells)
+def _legends(specs: Sequence[Column], by_column: Sequence[Sequence[str]]) -> list[str]:
+    """One legend line per mark the table shows, in ``MARK_LEGENDS`` order."""
+    used = {text.rsplit(" ", 1)[-1] for spec, cells in zip(specs, by_column) if spec.noisy or spec.mark
+            for text in cells if " " in text}
+    return [legend for mark, legend in MARK_LEGENDS.items() if mark in used]
 
 
 def format_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
@@ -124,7 +155,8 @@ def format_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] = 
             MB, latency as the median in ms, speedup as the paired ``1.93x [low-high]`` against the baseline.
 
     Returns:
-        The table as one string, header and rule first; a legend line last when a timing is marked noisy.
+        The table as one string, header and rule first; a legend line last for each mark shown (a noisy timing,
+        an mAP on a val slice or from a training record).
     """
     specs = _specs(columns)
     by_column = [_column_cells(spec, records) for spec in specs]
@@ -137,9 +169,7 @@ def format_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] = 
 
     header = line([spec.header for spec in specs])
     lines = [header, "-" * len(header)] + [line(row) for row in rows]
-    if _any_noisy(specs, by_column):
-        lines.append(NOISE_LEGEND)
-    return "\n".join(lines)
+    return "\n".join(lines + _legends(specs, by_column))
 
 
 def format_markdown_table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
@@ -150,7 +180,7 @@ def format_markdown_table(records: Sequence[Mapping[str, Any]], columns: Sequenc
         columns: names from ``TABLE_COLUMNS``.
 
     Returns:
-        The Markdown table; a legend line after a blank line when a timing is marked noisy.
+        The Markdown table; after a blank line, a legend line for each mark shown.
     """
     specs = _specs(columns)
     by_column = [_column_cells(spec, records) for spec in specs]
@@ -159,9 +189,8 @@ def format_markdown_table(records: Sequence[Mapping[str, Any]], columns: Sequenc
     lines = ["| " + " | ".join(spec.header for spec in specs) + " |",
              "|" + "|".join("---:" if spec.right else "---" for spec in specs) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    if _any_noisy(specs, by_column):
-        lines += ["", NOISE_LEGEND]
-    return "\n".join(lines)
+    legends = _legends(specs, by_column)
+    return "\n".join(lines + ([""] + legends if legends else []))
 
 
 def format_records_table(records: Mapping[str, Any] | Sequence[Mapping[str, Any]],
