@@ -156,8 +156,8 @@ def _quiet_abandoned_transfers(worker_id: int) -> None:
 
     A batch reaches the main process through a file descriptor that multiprocessing's resource-sharer thread of the
     worker hands over; on Ctrl-C the main process may hang up mid-handover, and that thread reports the
-    ConnectionResetError (or EOFError) through ``sys.excepthook`` under the command's one-line message. Nothing is lost: the
-    batch was never trained on. Every other error, and every other thread's, is still reported.
+    ConnectionResetError (or EOFError) through ``sys.excepthook`` under the command's one-line message. Nothing is
+    lost: the batch was never trained on. Every other error, and every other thread's, is still reported.
     """
     import sys
     import threading

@@ -118,8 +118,8 @@ def dataset_study(checkpoint: Path | str, data_dir: Path | str, out: Path | str,
     try:
         _measure_variants(study, detector, name, data_dir, label_map, config, shared, out, progress)
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"{len(study.records)} records of this study are kept in {out / 'results.json'}; rerun the "
-                                "same command to resume") from None
+        raise KeyboardInterrupt(f"{len(study.records)} records of this study are kept in {out / 'results.json'}; "
+                                "rerun the same command to resume") from None
     shutil.rmtree(out / "work", ignore_errors=True)  # every record is written: the fine-tunes' checkpoints are spent
     write_study([], out)
     if log is not None:
@@ -280,8 +280,8 @@ def finetune(detector, data_dir: Path, label_map, config: DatasetStudyConfig, pr
 
 
 def write_study(records, out: Path | str) -> Path:
-    """Merge ``records`` (none: they are written already) into ``out/results.json`` and redraw ``out/figures/pareto_{latency,size,macs}.png``
-    from everything that file now holds. Returns the results file."""
+    """Merge ``records`` (none: they are written already) into ``out/results.json`` and redraw
+    ``out/figures/pareto_{latency,size,macs}.png`` from everything that file now holds. Returns the results file."""
     out = Path(out)
     results = write_records(records, reports_dir=out) if records else out / "results.json"
     everything = read_results(results)["records"]
