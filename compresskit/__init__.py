@@ -62,7 +62,7 @@ def bootstrap(seed: int = 0, threads: int | None = None, verbose: bool = True) -
     stamp = measure.environment_stamp()
     if verbose:
         versions = ", ".join(f"{k} {stamp[k]}" for k in ("torch", "torchvision", "torchao", "onnxruntime",
-                                                          "torch_pruning"))
+                                                          "openvino", "nncf", "torch_pruning"))
         print(f"compresskit {__version__} | profile {settings.profile()} | seed {seed} | threads {threads}")
         print(versions)
         print(f"CPU: {stamp['cpu']} | ISA: {' '.join(stamp['isa'])}")

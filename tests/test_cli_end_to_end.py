@@ -101,6 +101,35 @@ def test_quantize_writes_the_int8_artifact_and_a_measured_summary(tiny_profile, 
     assert "x" in capsys.readouterr().out
 
 
+def test_quantize_for_openvino_writes_the_int8_ir_and_a_measured_summary(tiny_profile, tmp_path, capsys):
+    code = main(["quantize", "--preset", "student", "--runtime", "openvino", "--calibration-images", "4", "--runs",
+                 "3", "--out", str(tmp_path)])
+    assert code == 0
+    summary = json.loads((tmp_path / "student-int8.json").read_text())
+    assert summary["runtime"] == "openvino" and summary["artifact"].endswith("student-int8.xml")
+    assert summary["paired_latency"]["baseline"] == "quantize/student/ov-fp32" and summary["size_ratio"] > 2.0
+    ir = tmp_path / "student-int8.xml"
+    assert ir.stat().st_size + ir.with_suffix(".bin").stat().st_size == summary["size_bytes"]["int8"]
+    records = {r["id"]: r for r in read_results(tmp_path)["records"]}
+    assert set(records) == {"quantize/student/ov-fp32", "quantize/student/ov-int8"}
+    assert {record["runtime"] for record in records.values()} == {"openvino"}
+    assert "faster than the fp32 core" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("arguments", "named"), [
+    (["--accuracy-control"], "--runtime openvino"),  # onnxruntime has no accuracy control
+    (["--runtime", "openvino", "--accuracy-control", "--max-drop", "0"], "above 0"),
+    (["--runtime", "openvino", "--max-drop", "0.3"], "add --accuracy-control"),
+    (["--runtime", "openvino", "--method", "entropy"], "drop --method"),
+])
+def test_quantize_refuses_bad_combinations_with_one_message(arguments, named, tiny_profile, tmp_path, capsys):
+    code = main(["quantize", "--preset", "student", "--calibration-images", "2", "--out", str(tmp_path / "q"),
+                 *arguments])
+    err = capsys.readouterr().err
+    assert code == 2 and named in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()  # nothing written
+
+
 def test_quantize_torchao_with_qat_writes_both_int8_programs_and_a_training_record(tiny_profile, tmp_path, capsys):
     import torch
 

@@ -22,6 +22,13 @@ def test_quantization_study_pairs_int8_with_fp32_of_the_same_runtime(tiny_profil
         assert int8["paired_latency"]["baseline"] == paired_with
         assert fp32["size_bytes"] / int8["size_bytes"] > 3.0, name
         assert int8["config"]["calibration_images"] == 4
+        # The same detector in OpenVINO: its fp32 IR against ONNX Runtime's fp32 core (the common yardstick), NNCF's
+        # int8 against that fp32 IR, calibrated on the same number of train images.
+        ov_fp32, ov_int8 = records[f"quantization/{name}/ov-fp32"], records[f"quantization/{name}/ov-int8"]
+        assert ov_fp32["runtime"] == ov_int8["runtime"] == "openvino"
+        assert ov_fp32["baseline"] == paired_with and ov_int8["baseline"] == ov_fp32["id"]
+        assert ov_int8["config"]["calibration_images"] == 4 and ov_fp32["size_bytes"] / ov_int8["size_bytes"] > 2.0
+        assert ov_fp32["map"] == pytest.approx(fp32["map"], abs=0.002)  # f32 in both runtimes: the same detections
     article = records["quantization/teacher/dynamic-article"]
     assert article["config"]["changed"] == [] and article["size_bytes"] == records["quantization/teacher/eager"][
         "size_bytes"]

@@ -19,7 +19,7 @@ from compresskit.report import ResultsFileError, read_results, write_records
 from compresskit.runtimes import (OnnxCore, Runtime, UnknownRuntimeError, get_runtime, register_runtime,
                                   runtime_names, unregister_runtime)
 
-BUILT_IN = ("torch-eager", "torch-compile", "onnxruntime")
+BUILT_IN = ("torch-eager", "torch-compile", "onnxruntime", "openvino")
 
 
 class NoGradEager(Runtime):
@@ -68,7 +68,7 @@ def _study(parts, **settings) -> harness.Study:
 
 
 def test_the_built_in_runtimes_are_registered_in_order():
-    assert runtime_names()[:3] == BUILT_IN
+    assert runtime_names()[:4] == BUILT_IN
     assert all(get_runtime(name).name == name for name in BUILT_IN)
 
 
@@ -100,9 +100,9 @@ def test_after_unregistering_the_runtime_is_gone_everywhere(toy_runtime):
 def test_an_unknown_runtime_gets_one_error_listing_the_registered_ones(tiny_study_parts):
     detector = tiny_study_parts[0]
     with pytest.raises(UnknownRuntimeError, match="unknown runtime 'tensorrt'; the registered runtimes are "
-                                                  "torch-eager, torch-compile, onnxruntime"):
+                                                  "torch-eager, torch-compile, onnxruntime, openvino"):
         _study(tiny_study_parts).measure(detector, "toy/tensorrt", technique="baseline", runtime="tensorrt")
-    with pytest.raises(UnknownRuntimeError, match="torch-eager, torch-compile, onnxruntime"):
+    with pytest.raises(UnknownRuntimeError, match="torch-eager, torch-compile, onnxruntime, openvino"):
         harness.runner_for(detector, "toy/tensorrt", "tensorrt")
     with pytest.raises(ResultsFileError, match="unknown runtime 'tensorrt'.*torch-eager, torch-compile, onnxruntime"):
         from compresskit.report import make_record

@@ -1,14 +1,16 @@
 """``compresskit quantize``: its arguments, what it runs, and what it prints.
 
 Static int8 of one detector's core, written as the artifact a user ships and measured against the fp32 core of
-the same runtime in the same run: ONNX Runtime QDQ (``--runtime onnxruntime``) or torchao PT2E lowered by
-``torch.compile`` (``--runtime torch-compile``, also spelled ``torchao`` after its quantizer). Only the standard
+the same runtime in the same run: ONNX Runtime QDQ (``--runtime onnxruntime``), NNCF for OpenVINO
+(``--runtime openvino``) or torchao PT2E lowered by ``torch.compile`` (``--runtime torch-compile``, also spelled
+``torchao`` after its quantizer). Only the standard
 library loads at the top, so ``compresskit --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -18,8 +20,79 @@ if TYPE_CHECKING:
     from compresskit.harness.loading import Loaded
 
 QUANTIZE_PRESETS = ("teacher", "student", "teacher_pruned", "teacher_bnhead")
+
+
+@dataclass(frozen=True)
+class Int8Files:
+    """What a file-based int8 path wrote: the float and int8 artifacts of one core (each runs as a core of the
+    path's runtime: ``get_runtime(runtime).core_from_artifact(path)``), how to describe the int8 record, and the
+    quantizer's details for its config and the summary."""
+
+    fp32: Path
+    int8: Path
+    variant: str
+    details: dict
+    label: str  # the records' short runtime name: quantize/<preset>/<label>-int8
+
+
+@dataclass(frozen=True)
+class Int8Request:
+    """What ``compresskit quantize`` asks of a file-based int8 path."""
+
+    preset: str
+    calibration_images: int
+    method: str
+    fixed_shape: bool
+    max_drop_points: float | None = None  # accuracy control's budget (openvino); None: plain post-training
+    validation: Any = None  # (val split, label map, images) for accuracy control
+
+
+def _onnxruntime_int8(detector, calibration_set, out: Path, request: Int8Request) -> Int8Files:
+    from compresskit.errors import ConfigError
+    from compresskit.quantize.ort import OrtQuantConfig, quantize_core_onnx
+
+    if request.max_drop_points is not None:
+        raise ConfigError("accuracy control is NNCF's: add --runtime openvino, or drop --accuracy-control")
+    config = OrtQuantConfig(calibration_images=request.calibration_images, method=request.method,
+                            fixed_shape=request.fixed_shape)
+    quantized = quantize_core_onnx(detector, calibration_set, config, out / f"{request.preset}-int8.onnx")
+    return Int8Files(quantized.fp32_path, quantized.int8_path,
+                     f"QDQ int8, {quantized.activations} activations, {request.method}, "
+                     f"{quantized.calibration_images} calibration images", quantized.as_dict(), label="ort")
+
+
+def _openvino_int8(detector, calibration_set, out: Path, request: Int8Request) -> Int8Files:
+    from compresskit.errors import ConfigError
+    from compresskit.quantize.openvino import (OpenVinoQuantConfig, quantize_core_openvino,
+                                               quantize_core_openvino_with_accuracy_control)
+
+    if request.method != "minmax":
+        raise ConfigError("--method chooses ONNX Runtime's calibrator; NNCF calibrates with its own statistics "
+                          "(min-max activations, then bias correction): drop --method with --runtime openvino")
+    config = OpenVinoQuantConfig(calibration_images=request.calibration_images)
+    path = out / f"{request.preset}-int8.xml"
+    if request.max_drop_points is None:
+        quantized = quantize_core_openvino(detector, calibration_set, config, path)
+        how = "NNCF int8"
+    else:
+        val_set, label_map, images = request.validation
+        quantized = quantize_core_openvino_with_accuracy_control(
+            detector, calibration_set, val_set, label_map, config, path, max_drop_points=request.max_drop_points,
+            validation_images=images)
+        parts = ", ".join(f"{count} in {part}" for part, count in quantized.as_dict()["reverted_parts"].items())
+        how = (f"NNCF int8 with accuracy control (at most {request.max_drop_points:g} mAP points lost on "
+               f"{images} val images; {len(quantized.reverted_ops)} operations back to float"
+               + (f": {parts})" if parts else ")"))
+    return Int8Files(quantized.fp32_path, quantized.int8_path,
+                     f"{how}, {config.preset} preset, {quantized.calibration_images} calibration images",
+                     quantized.as_dict(), label="ov")
+
+
+# Runtimes whose int8 is a file written by a post-training quantizer: runtime -> what writes it. The PT2E path
+# (torch-compile, also called torchao after its quantizer) compiles in the process instead: torchao_command.
+FILE_INT8: dict[str, Callable[..., Int8Files]] = {"onnxruntime": _onnxruntime_int8, "openvino": _openvino_int8}
 # --runtime value -> the int8 path that serves it; "torchao" is the PT2E path's own name (the summary's runtime).
-INT8_PATHS = {"onnxruntime": "onnxruntime", "torch-compile": "torchao", "torchao": "torchao"}
+INT8_PATHS = {**{runtime: runtime for runtime in FILE_INT8}, "torch-compile": "torchao", "torchao": "torchao"}
 
 
 def runtime_choices() -> tuple[str, ...]:
@@ -33,31 +106,49 @@ def runtime_choices() -> tuple[str, ...]:
 def add_quantize_command(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     """The ``quantize`` sub-command and its options; ``command`` makes a sub-parser as the others are made."""
     quantize = command(commands, "quantize", "static int8 of a detector's core; artifact + measured summary",
-                       _quantize, description="Calibrate on N train images, write the int8 ONNX core (and the fp32 "
-                                              "one beside it) and a JSON summary: size, mAP (0-1) and latency of "
-                                              "int8 against fp32 in the same runtime, measured in the same run.")
+                       _quantize, description="Calibrate on N train images, write the int8 core (an ONNX file for "
+                                              "onnxruntime, an OpenVINO IR for openvino, a torch.export program "
+                                              "for torchao; the fp32 one beside it) and a JSON summary: size, mAP "
+                                              "(0-1) and latency of int8 against fp32 in the same runtime, "
+                                              "measured in the same run.")
     quantize.add_argument("--preset", choices=QUANTIZE_PRESETS, default="teacher",
                           help="which detector (teacher_bnhead: the BatchNorm deployment head)")
     quantize.add_argument("--checkpoint", type=Path, help="a checkpoint of that preset (default: the shipped one)")
     quantize.add_argument("--runtime", choices=LazyChoices("compresskit.cli.quantize", "runtime_choices"),
                           default="onnxruntime", metavar="RUNTIME",
-                          help="a registered runtime, one of %(choices)s; int8 is written for onnxruntime (QDQ) "
-                               "and torch-compile (torchao PT2E lowered by torch.compile, also spelled torchao)")
+                          help="a registered runtime, one of %(choices)s; int8 is written for onnxruntime (QDQ), "
+                               "openvino (NNCF post-training quantization) and torch-compile (torchao PT2E lowered "
+                               "by torch.compile, also spelled torchao)")
     quantize.add_argument("--qat-steps", type=positive_int, default=None,
                           help="torchao only: also fine-tune quantization-aware for this many steps of batch 16 "
                                "(default: post-training quantization only)")
     quantize.add_argument("--calibration-images", type=positive_int, default=64,
                           help="train images used for calibration (never more than the train split holds)")
     quantize.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
-                          help="calibration method")
+                          help="calibration method (onnxruntime only)")
+    quantize.add_argument("--accuracy-control", action="store_true",
+                          help="openvino only: NNCF's accuracy control, which returns operations to float until "
+                               "int8 loses at most --max-drop mAP points on --accuracy-images val images (default: "
+                               "plain post-training quantization)")
+    quantize.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
+                          help="with --accuracy-control: the budget in mAP points (0-100 scale), above 0 "
+                               "(default: 0.3)")
+    quantize.add_argument("--accuracy-images", type=positive_int, default=50,
+                          help="with --accuracy-control: the val images it measures on (the first N)")
     quantize.add_argument("--runs", type=positive_int, default=30, help="timed latency pairs")
     quantize.add_argument("--out", type=Path, default=Path("runs/quantize"), help="folder for the artifacts")
 
 
 def _quantize(args: argparse.Namespace) -> int:
+    from compresskit.errors import ConfigError
+
+    if args.max_drop is not None and not args.accuracy_control:
+        raise ConfigError("--max-drop is accuracy control's budget: add --accuracy-control (with --runtime openvino)")
+    max_drop = (0.3 if args.max_drop is None else args.max_drop) if args.accuracy_control else None
     summary = quantize_command(args.preset, args.out, checkpoint=args.checkpoint, runtime=args.runtime,
                                calibration_images=args.calibration_images, method=args.method, runs=args.runs,
-                               qat_steps=args.qat_steps or 0)
+                               qat_steps=args.qat_steps or 0, max_drop_points=max_drop,
+                               accuracy_images=args.accuracy_images)
     if summary["runtime"] == "torchao":
         for key in ("ptq", "qat"):
             if key in summary["artifacts"]:
@@ -81,20 +172,22 @@ def _int8_path(runtime: str) -> str:
 
     if runtime not in INT8_PATHS:
         get_runtime(runtime)  # an unknown name: the error lists the registered runtimes
-        raise ConfigError(f"compresskit quantize has no int8 path for runtime {runtime!r}; use onnxruntime (QDQ) "
-                          "or torch-compile (torchao PT2E)")
+        raise ConfigError(f"compresskit quantize has no int8 path for runtime {runtime!r}; use onnxruntime (QDQ), "
+                          "openvino (NNCF) or torch-compile (torchao PT2E)")
     return INT8_PATHS[runtime]
 
 
 def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxruntime",
                      calibration_images: int = 64, method: str = "minmax", runs: int = 30,
-                     val_images: int | None = None, qat_steps: int = 0,
-                     log: Callable[[str], None] = print) -> dict:
+                     val_images: int | None = None, qat_steps: int = 0, max_drop_points: float | None = None,
+                     accuracy_images: int = 50, log: Callable[[str], None] = print) -> dict:
     """``compresskit quantize``: write the int8 artifact of a detector and a JSON summary measured against the
     fp32 core of the same runtime, in the same run (size, mAP, paired latency), plus their results records.
 
     ``runtime="torch-compile"`` (or ``"torchao"``) quantizes with PT2E and lowers with ``torch.compile`` (see
     :func:`torchao_command`); ``qat_steps`` adds a quantization-aware fine-tune of that many steps there.
+    ``runtime="openvino"`` with ``max_drop_points`` runs NNCF's accuracy control: operations go back to float until
+    int8 loses at most that many mAP points on the first ``accuracy_images`` val images.
 
     Returns:
         The summary written to ``out/<preset>-int8.json``.
@@ -102,13 +195,16 @@ def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxr
     from compresskit.data.files import atomic_write_json
     from compresskit.errors import ConfigError
     from compresskit.harness import Study, load_for_study, train_split, val_loader
-    from compresskit.quantize.ort import OrtQuantConfig, quantize_core_onnx
     from compresskit.report import compare, write_records
-    from compresskit.runtimes import OnnxCore
+    from compresskit.runtimes import get_runtime
 
     path = _int8_path(runtime)
     if qat_steps and path != "torchao":
         raise ConfigError("quantization-aware training runs with torchao PT2E: add --runtime torchao")
+    if max_drop_points is not None and path != "openvino":
+        raise ConfigError("accuracy control is NNCF's: add --runtime openvino, or drop --accuracy-control")
+    if max_drop_points is not None and not max_drop_points > 0:
+        raise ConfigError(f"--max-drop is the mAP points int8 may lose, above 0 (e.g. 0.3), got {max_drop_points:g}")
     if preset not in QUANTIZE_PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(QUANTIZE_PRESETS)}")
     out = Path(out)
@@ -117,29 +213,31 @@ def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxr
         return torchao_command(loaded, out, checkpoint=checkpoint, calibration_images=calibration_images, runs=runs,
                                val_images=val_images, qat_steps=qat_steps, log=log)
     detector = loaded.model
-    config = OrtQuantConfig(calibration_images=calibration_images, method=method,
-                            fixed_shape=loaded.profile == "embedded")
     study = Study(lesson="quantize_command", model=preset, profile=loaded.profile,
                   val_loader=val_loader(loaded, val_images), label_map=loaded.label_map, runs=runs, log=log)
     calibration_set = train_split(loaded, augment=False)
-    log(f"calibrating on {calibration_images} train images ({method}) and quantizing {preset} ...")
-    quantized = quantize_core_onnx(detector, calibration_set, config, out / f"{preset}-int8.onnx")
-    fp32 = study.measure(detector, f"quantize/{preset}/ort-fp32", technique="baseline", runtime="onnxruntime",
-                         core=OnnxCore(quantized.fp32_path, threads=study.threads), variant="fp32 core")
-    int8 = study.measure(detector, f"quantize/{preset}/ort-int8", technique="static_ptq", runtime="onnxruntime",
-                         core=OnnxCore(quantized.int8_path, threads=study.threads), baseline=fp32["id"],
-                         variant=f"QDQ int8, {quantized.activations} activations, {method}, "
-                                 f"{quantized.calibration_images} calibration images", config=quantized.as_dict())
+    log(f"calibrating on {calibration_images} train images and quantizing {preset} for {path} ...")
+    request = Int8Request(preset=preset, calibration_images=calibration_images, method=method,
+                          fixed_shape=loaded.profile == "embedded", max_drop_points=max_drop_points,
+                          validation=(study.val_loader.dataset, loaded.label_map, accuracy_images))
+    files = FILE_INT8[path](detector, calibration_set, out, request)
+    runtime_of_files = get_runtime(path)
+    fp32 = study.measure(detector, f"quantize/{preset}/{files.label}-fp32", technique="baseline", runtime=path,
+                         core=runtime_of_files.core_from_artifact(files.fp32, threads=study.threads),
+                         variant="fp32 core")
+    int8 = study.measure(detector, f"quantize/{preset}/{files.label}-int8", technique="static_ptq", runtime=path,
+                         core=runtime_of_files.core_from_artifact(files.int8, threads=study.threads),
+                         baseline=fp32["id"], variant=files.variant, config=files.details)
     ratios = compare(int8, fp32)
     summary = {"preset": preset, "checkpoint": None if checkpoint is None else str(checkpoint), "runtime": path,
-               "profile": loaded.profile, "artifact": str(quantized.int8_path),
-               "fp32_artifact": str(quantized.fp32_path),
+               "profile": loaded.profile, "artifact": str(files.int8), "fp32_artifact": str(files.fp32),
                "size_bytes": {"fp32": fp32["size_bytes"], "int8": int8["size_bytes"]},
                "size_ratio": round(ratios["size_ratio"], 4), "map": {"fp32": fp32["map"], "int8": int8["map"]},
                "map_drop_points": round(ratios["map_drop_points"], 3), "latency_ms": {
                    "fp32": fp32["latency_ms"], "int8": int8["latency_ms"]}, "paired_latency": int8["paired_latency"],
-               "activations": quantized.activations, "activation_reason": quantized.activation_reason,
-               "calibration_images": quantized.calibration_images, "method": method}
+               "calibration_images": calibration_images, "method": method,
+               **{key: files.details[key] for key in ("activations", "activation_reason") if key in files.details},
+               "quantization": files.details}
     write_records(study.records, reports_dir=out)
     atomic_write_json(out / f"{preset}-int8.json", summary, indent=1)
     return summary

@@ -1,6 +1,8 @@
 """The quantization study (lesson 03): the article's dynamic call, fp16, static int8 in ONNX Runtime (plain, with
-the deployment-friendly BatchNorm head, for the student and the pruned teacher), calibration sweep, per-part
-sensitivity. Every int8 record is paired with the fp32 core of the same runtime, measured in the same run.
+the deployment-friendly BatchNorm head, for the student and the pruned teacher), the same detectors in OpenVINO
+with NNCF's int8, torchao PT2E, calibration sweep, per-part sensitivity. Every int8 record is paired with the fp32
+core of the same runtime, measured in the same run; each OpenVINO fp32 core with the ONNX Runtime fp32 core of
+the same detector, the common yardstick.
 Introduced in ``03_quantization.ipynb``.
 """
 
@@ -139,6 +141,28 @@ def measure_ort_pair(study: Study, detector: nn.Module, calibration_set, name: s
     return [fp32, int8]
 
 
+def measure_openvino_pair(study: Study, detector: nn.Module, calibration_set, name: str, calibration_images: int,
+                          ort_fp32: str, variant: str = "", model: str | None = None) -> list[dict]:
+    """The same detector in OpenVINO: its fp32 IR against ``ort_fp32`` (the ONNX Runtime fp32 core of the same
+    detector, the yardstick every int8 path is read against) and NNCF's int8 IR against that fp32 IR, calibrated
+    on the same train images as ONNX Runtime's int8. Returns ``[fp32, int8]``."""
+    from compresskit.quantize.openvino import OpenVinoQuantConfig, quantize_core_openvino
+    from compresskit.runtimes import OpenVinoCore
+
+    config = OpenVinoQuantConfig(calibration_images=calibration_images)
+    quantized = quantize_core_openvino(detector, calibration_set, config,
+                                       (study.artifacts or artifact_dir()) / f"{study.lesson}-{name}-ov-int8.xml")
+    common = {"runtime": "openvino", "model": model}
+    fp32 = study.measure(detector, f"quantization/{name}/ov-fp32", technique="baseline", baseline=ort_fp32,
+                         core=OpenVinoCore(quantized.fp32_path, threads=study.threads),
+                         variant=f"{variant}fp32 IR (f32 inference precision)", **common)
+    int8 = study.measure(detector, f"quantization/{name}/ov-int8", technique="static_ptq", baseline=fp32["id"],
+                         core=OpenVinoCore(quantized.int8_path, threads=study.threads),
+                         variant=f"{variant}NNCF int8 ({config.preset} preset), {quantized.calibration_images} "
+                                 "calibration images", config=quantized.as_dict(), **common)
+    return [fp32, int8]
+
+
 def measure_int8_only(study: Study, detector: nn.Module, calibration_set, name: str, config: OrtQuantConfig,
                       baseline: str, variant: str) -> dict:
     """An int8 core against an fp32 ORT record already in the study (calibration and method variants)."""
@@ -264,19 +288,30 @@ def quantization_study(profile: str | None = None, val_images: int | None = None
     signed = OrtQuantConfig(calibration_images=calibration_images, activations="int8", fixed_shape=fixed)
     measure_int8_only(study, teacher.model, calibration_set, "teacher/int8-activations", signed, fp32["id"],
                       "QDQ int8 with signed int8 activations (the pitfall)")
+    measure_openvino_pair(study, teacher.model, calibration_set, "teacher", calibration_images, fp32["id"],
+                          variant="teacher, ")
     if teacher.profile == "embedded":
         bnhead = load_for_study("teacher_bnhead", teacher.profile).model
         measure_ort_pair(study, bnhead, calibration_set, "teacher_bnhead", config, fp32_baseline=fp32["id"],
                          int8_baseline=fp32["id"], variant="BatchNorm head (fine-tuned, folded), ",
                          model="teacher_bnhead")
+        # Against the GroupNorm teacher's ORT fp32, as its ORT int8 is: the model it replaces.
+        measure_openvino_pair(study, bnhead, calibration_set, "teacher_bnhead", calibration_images, fp32["id"],
+                              variant="BatchNorm head (fine-tuned, folded), ", model="teacher_bnhead")
         pruned = load_for_study("teacher_pruned", teacher.profile).model
-        measure_ort_pair(study, pruned, calibration_set, "teacher_pruned", config, fp32_baseline=fp32["id"],
-                         variant="pruned teacher, ", model="teacher_pruned")
+        pruned_fp32, _ = measure_ort_pair(study, pruned, calibration_set, "teacher_pruned", config,
+                                          fp32_baseline=fp32["id"], variant="pruned teacher, ",
+                                          model="teacher_pruned")
+        measure_openvino_pair(study, pruned, calibration_set, "teacher_pruned", calibration_images,
+                              pruned_fp32["id"], variant="pruned teacher, ", model="teacher_pruned")
         measure_pt2e(study, teacher.model, calibration_set, calibration_images=calibration_images,
                      recorded_qat=True)
     student = load_for_study("student", teacher.profile)
-    measure_ort_pair(study, student.model, train_split(student, augment=False), "student", config,
-                     fp32_baseline=fp32["id"], variant="student, ", model="student")
+    student_calibration = train_split(student, augment=False)
+    student_fp32, _ = measure_ort_pair(study, student.model, student_calibration, "student", config,
+                                       fp32_baseline=fp32["id"], variant="student, ", model="student")
+    measure_openvino_pair(study, student.model, student_calibration, "student", calibration_images,
+                          student_fp32["id"], variant="student, ", model="student")
     if sweep:
         calibration_sweep(study, teacher.model, calibration_set, fp32["id"])
     return study

@@ -27,6 +27,8 @@ _DISTRIBUTIONS = {
     "torchao": ("torchao",),
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
     "torch_pruning": ("torch-pruning", "torch_pruning"),
+    "openvino": ("openvino",),
+    "nncf": ("nncf",),
 }
 
 
@@ -67,7 +69,7 @@ def environment_stamp() -> dict[str, Any]:
     """Versions and CPU facts stored with every results file: int8 speed-ups depend on VNNI/AMX.
 
     Returns:
-        A dict with keys ``python, torch, torchvision, torchao, onnxruntime, torch_pruning, cpu, isa,
+        A dict with keys ``python, torch, torchvision, torchao, onnxruntime, torch_pruning, openvino, nncf, cpu, isa,
         threads, torch_cpu_capability`` (a version is ``None`` when the package is not installed).
     """
     model, flags = _cpuinfo()

@@ -39,7 +39,9 @@ def serialized_size(obj: nn.Module | Mapping[str, Any] | str | os.PathLike | byt
 
     Args:
         obj: an ``nn.Module`` (its ``state_dict`` is saved with ``torch.save``), a state_dict, a path to a
-            file (e.g. an ``.onnx`` export), raw bytes, or an ``onnx.ModelProto`` (measured as serialized).
+            file (e.g. an ``.onnx`` export), a list or tuple of paths (files shipped together, e.g. an OpenVINO IR's
+            ``.xml`` and ``.bin``: their bytes in that order), raw bytes, or an ``onnx.ModelProto`` (measured as
+            serialized).
         gzip_too: False leaves ``gzip_bytes`` None: for stand-in weights, whose raw size is the real model's
             (same tensors, same shapes) but whose compressed size depends on values they do not have.
 
@@ -48,6 +50,9 @@ def serialized_size(obj: nn.Module | Mapping[str, Any] | str | os.PathLike | byt
     """
     if isinstance(obj, (str, os.PathLike)):
         payload = Path(obj).read_bytes()
+    elif isinstance(obj, (list, tuple)) and obj and all(isinstance(part, (str, os.PathLike)) for part in obj):
+        # An artifact of several files (an OpenVINO IR: graph and weights), shipped together.
+        payload = b"".join(Path(part).read_bytes() for part in obj)
     elif isinstance(obj, (bytes, bytearray)):
         payload = bytes(obj)
     elif hasattr(obj, "SerializeToString") and not isinstance(obj, (nn.Module, Mapping)):

@@ -47,3 +47,22 @@ def calibration_batches(detector: nn.Module, dataset, images: int, seed: int = 0
         image, _ = dataset[index]
         batches.append(detector.transform([image])[0].tensors)
     return batches
+
+
+def check_calibration_settings(config) -> None:
+    """The settings every static-int8 config shares, checked in place: ``calibration_images`` (an integer >= 1),
+    ``seed`` (an integer) and ``exclude`` (a tuple of non-empty names; a list read back from JSON becomes one).
+
+    Raises:
+        ConfigError: naming the setting and the value.
+    """
+    for name, lowest in (("calibration_images", 1), ("seed", None)):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or (lowest is not None and value < lowest):
+            raise ConfigError(f"{name} must be an integer{f' >= {lowest}' if lowest else ''}, got {value!r}")
+    if isinstance(config.exclude, str):  # a lone string would be split into characters
+        raise ConfigError(f"exclude must be a tuple of names, e.g. ({config.exclude!r},), not a string")
+    config.exclude = tuple(config.exclude)
+    if not all(isinstance(item, str) and item for item in config.exclude):
+        raise ConfigError(f"exclude entries must be non-empty strings, got {config.exclude!r}")
+

@@ -26,7 +26,7 @@ from torch import nn
 from compresskit.errors import ConfigError
 from compresskit.measure.environment import has_vnni
 from compresskit.models.core import ExportableCore, export_core_onnx
-from compresskit.quantize.calibration import calibration_batches
+from compresskit.quantize.calibration import calibration_batches, check_calibration_settings
 from compresskit.quantize.profile import excluded_node_names, require_onnxruntime
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -62,10 +62,7 @@ class OrtQuantConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, lowest in (("calibration_images", 1), ("seed", None)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or (lowest is not None and value < lowest):
-                raise ConfigError(f"{name} must be an integer{f' >= {lowest}' if lowest else ''}, got {value!r}")
+        check_calibration_settings(self)
         for name, allowed in (("method", CALIBRATION_METHODS), ("activations", ACTIVATION_TYPES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; use one of {allowed}")
@@ -74,11 +71,6 @@ class OrtQuantConfig:
             if not isinstance(value, bool) and not (name == "reduce_range" and value is None):
                 allowed = "True, False or None (decide from the CPU)" if name == "reduce_range" else "True or False"
                 raise ConfigError(f"{name} must be {allowed}, got {value!r}")
-        if isinstance(self.exclude, str):  # a lone string would be split into characters
-            raise ConfigError(f"exclude must be a tuple of names, e.g. ({self.exclude!r},), not a string")
-        self.exclude = tuple(self.exclude)  # JSON gives back a list
-        if not all(isinstance(item, str) and item for item in self.exclude):
-            raise ConfigError(f"exclude entries must be non-empty strings, got {self.exclude!r}")
 
 
 @dataclass(frozen=True)
