@@ -230,9 +230,9 @@ def test_targets_on_the_reference_match_the_readme(reference):
     assert verdicts["pruning-accuracy"] == "missed by 0.15 points"
     assert verdicts["pruning-speed"] == "met"
     assert verdicts["int8-size"] == "met" and verdicts["int8-accuracy"] == "met"
-    assert verdicts["int8-speed-teacher"] == "missed by 0.96x"
-    assert verdicts["int8-speed-student"] == "missed by 0.48x"
-    assert verdicts["int8-speed-pruned"] == "missed by 0.33x"
+    assert verdicts["int8-speed-teacher"] == "missed by 0.88x"
+    assert verdicts["int8-speed-student"] == "missed by 0.66x"
+    assert verdicts["int8-speed-pruned"] == "missed by 0.34x"
     assert verdicts["kd-gain"] == "met"
     assert verdicts["pruned-kd-accuracy"] == "missed by 1.27 points"
     assert verdicts["backbone-speed"] == "missed by 1.99x"  # EfficientNet-B0: within 5 points, 1.01x
