@@ -131,8 +131,8 @@ def test_quantize_refuses_bad_combinations_with_one_message(arguments, named, ti
     assert not (tmp_path / "q").exists()  # nothing written
 
 
-# The command in a process of its own, as a user runs it, on the tiny dataset. In a process where NNCF/OpenVINO
-# had quantized and run a core before, torch.compile's QAT step crashed (a segfault, in two runs of three here).
+# The command in a process of its own, as a user runs it, on the tiny dataset. Run inside the test process after
+# NNCF/OpenVINO had quantized and run cores there, its torch.compile QAT step crashed the process (a segfault).
 QUANTIZE_IN_ITS_OWN_PROCESS = """
 import os, runpy, sys
 runpy.run_path(os.environ["COMPRESSKIT_TEST_WARNING_POLICY"])  # the suite's deprecation policy (conftest.py)
@@ -152,6 +152,8 @@ def test_quantize_torchao_with_qat_writes_both_int8_programs_and_a_training_reco
     import sys
 
     import torch
+
+    import compresskit.quantize.pt2e  # noqa: F401 (registers the quantized_decomposed ops torch.export.load reads)
 
     finished = subprocess.run(
         [sys.executable, "-c", QUANTIZE_IN_ITS_OWN_PROCESS, str(tiny_embedded), "quantize", "--preset", "student",

@@ -16,6 +16,7 @@ from compresskit.models.core import EndToEndDetector, ExportableCore, example_ba
 from compresskit.quantize.openvino import (OpenVinoQuantConfig, ignored_op_names, quantize_core_openvino,
                                            quantize_core_openvino_with_accuracy_control, reverted_parts)
 from compresskit.runtimes import OpenVinoCore, get_runtime
+from compresskit.runtimes.openvino import openvino_core
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,7 @@ def test_ptq_keeps_the_named_parts_in_float_and_shrinks_the_weights(student, spl
         quantized.size_ratio, abs=1e-4)
     # With the head in float, the rest's int8 weights still make the IR much smaller.
     assert quantized.size_ratio > 1.8
-    import openvino as ov
-
-    model = ov.Core().read_model(str(quantized.int8_path))
+    model = openvino_core().read_model(str(quantized.int8_path))
     fake_quantized = {op.get_friendly_name() for op in model.get_ordered_ops()
                       if any(value.get_node().get_type_name() == "FakeQuantize" for value in op.input_values())}
     assert not fake_quantized & set(quantized.excluded_ops)  # kept in float: no int8 input
@@ -94,9 +93,7 @@ def test_nncf_prints_nothing_and_bad_settings_are_one_message(student, splits, t
 
 
 def test_ignored_scope_names_come_from_the_kit_part_names(quantized):
-    import openvino as ov
-
-    model = ov.Core().read_model(str(quantized.fp32_path))
+    model = openvino_core().read_model(str(quantized.fp32_path))
     head = ignored_op_names(model, ("head",))
     assert head and all(name.startswith("/head/") for name in head)
     assert set(ignored_op_names(model, ("layer1",))) == set(ignored_op_names(model, ("/backbone/body/layer1/",)))

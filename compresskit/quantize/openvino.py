@@ -308,12 +308,11 @@ def openvino_op_profile(xml_path: Path | str, batch, runs: int = 20, threads: in
     import numpy as np
     import torch
 
-    from compresskit.runtimes.openvino import compile_settings
+    from compresskit.runtimes.openvino import compile_settings, openvino_core
 
-    ov = require_openvino()
     if runs < 1 or warmup < 0:
         raise ConfigError(f"need runs >= 1 and warmup >= 0; got {runs=}, {warmup=}")
-    core = ov.Core()
+    core = openvino_core()
     compiled = core.compile_model(core.read_model(str(xml_path)), "CPU", {**compile_settings(threads),
                                                                          "PERF_COUNT": True})
     request = compiled.create_infer_request()

@@ -10,6 +10,7 @@ only when a core is built.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import tempfile
@@ -35,6 +36,14 @@ def require_openvino() -> Any:
     except ImportError:
         raise CompressKitError("the openvino runtime needs OpenVINO: pip install 'openvino>=2026.4'") from None
     return openvino
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, kept for the life of the process. A compiled model and its infer
+    request must not outlive the Core that made them: with a Core per call, garbage collection later destroyed
+    them after it, which crashed the process (a segmentation fault, seen in the test suite)."""
+    return require_openvino().Core()
 
 
 def compile_settings(threads: int | None = None) -> dict[str, Any]:
@@ -80,10 +89,9 @@ class OpenVinoCore:
     """
 
     def __init__(self, xml_path: Path | str, threads: int | None = None) -> None:
-        ov = require_openvino()
         self.path = Path(xml_path)
         self.threads = settings.threads(threads)
-        core = ov.Core()
+        core = openvino_core()
         self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", compile_settings(self.threads))
         self.request = self.compiled.create_infer_request()
         self.outputs = list(self.compiled.outputs)
