@@ -153,7 +153,7 @@ def test_quantize_torchao_with_qat_writes_both_int8_programs_and_a_training_reco
 
     import torch
 
-    import compresskit.quantize.pt2e  # noqa: F401 (registers the quantized_decomposed ops torch.export.load reads)
+    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401 (registers the ops torch.export.load reads back)
 
     finished = subprocess.run(
         [sys.executable, "-c", QUANTIZE_IN_ITS_OWN_PROCESS, str(tiny_embedded), "quantize", "--preset", "student",
