@@ -89,15 +89,7 @@ def pytest_collection_modifyitems(config, items):
     # The notebooks first (a stable sort: each keeps its cells' order): they are the longest files, and the workers
     # take files in this order, so the many short test files fill the gaps at the end instead of one lesson
     # running alone while the other worker waits.
-    # The files that load OpenVINO in the worker's own process last: a worker that had run NNCF and OpenVINO
-    # crashed (a segmentation fault) in a later file's test twice here, so nothing else should follow them.
-    items.sort(key=lambda item: (item.fspath.ext != ".ipynb", item.fspath.basename in OPENVINO_TEST_FILES,
-                                 OPENVINO_TEST_FILES.index(item.fspath.basename)
-                                 if item.fspath.basename in OPENVINO_TEST_FILES else 0))
-
-
-# Test files that run OpenVINO or NNCF inside the test process (see pytest_collection_modifyitems).
-OPENVINO_TEST_FILES = ("test_harness_quantization.py", "test_openvino.py", "test_cli_end_to_end.py")
+    items.sort(key=lambda item: item.fspath.ext != ".ipynb")
 
 
 def write_warning_policy(filters: list[str], ipython_dir: Path) -> Path:

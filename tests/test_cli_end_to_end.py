@@ -131,8 +131,8 @@ def test_quantize_refuses_bad_combinations_with_one_message(arguments, named, ti
     assert not (tmp_path / "q").exists()  # nothing written
 
 
-# The command in a process of its own, as a user runs it, on the tiny dataset. Run inside the test process after
-# NNCF/OpenVINO had quantized and run cores there, its torch.compile QAT step crashed the process (a segfault).
+# The command in a process of its own, as a user runs it (a fresh process: torch.compile's caches and workers start
+# as a user's do), on the tiny dataset.
 QUANTIZE_IN_ITS_OWN_PROCESS = """
 import os, runpy, sys
 runpy.run_path(os.environ["COMPRESSKIT_TEST_WARNING_POLICY"])  # the suite's deprecation policy (conftest.py)

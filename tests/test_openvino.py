@@ -5,6 +5,10 @@ session's tiny dataset, with few calibration images, so each test takes seconds.
 
 from __future__ import annotations
 
+import ctypes
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -16,7 +20,7 @@ from compresskit.models.core import EndToEndDetector, ExportableCore, example_ba
 from compresskit.quantize.openvino import (OpenVinoQuantConfig, ignored_op_names, quantize_core_openvino,
                                            quantize_core_openvino_with_accuracy_control, reverted_parts)
 from compresskit.runtimes import OpenVinoCore, get_runtime
-from compresskit.runtimes.openvino import openvino_core
+from compresskit.runtimes.openvino import _SignalStack, openvino_core, signal_stack_kept
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +144,48 @@ def test_accuracy_control_returns_the_operation_that_int8_breaks_to_float(studen
         quantize_core_openvino_with_accuracy_control(detector, splits[0], splits[1], label_map,
                                                      OpenVinoQuantConfig(calibration_images=2), tmp_path / "x.xml",
                                                      max_drop_points=-1)
+
+
+SIGNAL_STACK_AFTER_OPENVINO = """
+import ctypes, faulthandler, sys, tempfile
+from pathlib import Path
+faulthandler.enable()  # what pytest does: Python's own alternate signal stack on this thread
+from compresskit.models import load_preset
+from compresskit.runtimes import get_runtime
+from compresskit.runtimes.openvino import _SignalStack
+
+def stack():
+    now = _SignalStack()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(now))
+    return now.ss_sp, now.ss_size, now.ss_flags
+
+before = stack()
+detector = load_preset("student")[0]
+get_runtime("openvino").core_for(detector, threads=1, artifact_dir=Path(tempfile.mkdtemp()), record_id="s")
+sys.exit(0 if stack() == before else 3)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack is read through Linux's libc")
+def test_a_process_keeps_its_signal_stack_after_openvino_starts_its_cpu_engine():
+    # In a fresh process: the CPU plugin installs its own stack the first time it starts an engine there.
+    result = subprocess.run([sys.executable, "-c", SIGNAL_STACK_AFTER_OPENVINO], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack is read through Linux's libc")
+def test_signal_stack_kept_puts_back_a_stack_replaced_inside_it():
+    sigaltstack = ctypes.CDLL(None).sigaltstack
+
+    def stack():
+        now = _SignalStack()
+        sigaltstack(None, ctypes.byref(now))
+        return now.ss_sp, now.ss_size, now.ss_flags
+
+    before = stack()
+    replacement = ctypes.create_string_buffer(64 * 1024)
+    with signal_stack_kept():
+        sigaltstack(ctypes.byref(_SignalStack(ctypes.addressof(replacement), 0, len(replacement))), None)
+        assert stack()[0] == ctypes.addressof(replacement)
+    assert stack() == before

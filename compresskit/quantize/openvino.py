@@ -140,9 +140,12 @@ def ignored_op_names(model: Any, exclude: tuple[str, ...]) -> list[str]:
 @contextlib.contextmanager
 def quiet_nncf() -> Iterator[None]:
     """NNCF without its INFO lines and progress bars (a lesson's output shows the kit's results, not a
-    library's log). The bars draw on rich's shared console, swapped here for a silent one."""
+    library's log). The bars draw on rich's shared console, swapped here for a silent one. NNCF compiles models
+    of its own: the thread's signal stack is kept (:func:`~compresskit.runtimes.openvino.signal_stack_kept`)."""
     import nncf
     import rich
+
+    from compresskit.runtimes.openvino import signal_stack_kept
 
     logger = logging.getLogger("nncf")
     level = logger.level
@@ -150,7 +153,8 @@ def quiet_nncf() -> Iterator[None]:
     nncf.set_log_level(logging.WARNING)
     rich._console = rich.console.Console(quiet=True)  # rich keeps its shared console in this module attribute
     try:
-        yield
+        with signal_stack_kept():
+            yield
     finally:
         rich._console = shared_console
         nncf.set_log_level(level or logging.INFO)
@@ -308,13 +312,11 @@ def openvino_op_profile(xml_path: Path | str, batch, runs: int = 20, threads: in
     import numpy as np
     import torch
 
-    from compresskit.runtimes.openvino import compile_settings, openvino_core
+    from compresskit.runtimes.openvino import compile_model, compile_settings
 
     if runs < 1 or warmup < 0:
         raise ConfigError(f"need runs >= 1 and warmup >= 0; got {runs=}, {warmup=}")
-    core = openvino_core()
-    compiled = core.compile_model(core.read_model(str(xml_path)), "CPU", {**compile_settings(threads),
-                                                                         "PERF_COUNT": True})
+    compiled = compile_model(Path(xml_path), {**compile_settings(threads), "PERF_COUNT": True})
     request = compiled.create_infer_request()
     data = np.ascontiguousarray(batch.numpy() if isinstance(batch, torch.Tensor) else batch, dtype=np.float32)
     totals: dict[str, float] = {}

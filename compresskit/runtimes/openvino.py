@@ -10,12 +10,15 @@ only when a core is built.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import hashlib
 import re
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any, Hashable, Iterator
 
 import numpy as np
 import torch
@@ -40,10 +43,55 @@ def require_openvino() -> Any:
 
 @functools.cache
 def openvino_core() -> Any:
-    """The process's one ``openvino.Core``, kept for the life of the process. A compiled model and its infer
-    request must not outlive the Core that made them: with a Core per call, garbage collection later destroyed
-    them after it, which crashed the process (a segmentation fault, seen in the test suite)."""
+    """The process's one ``openvino.Core``, kept for the life of the process: a compiled model and its infer
+    request must not outlive the Core that made them, and one Core starts the CPU plugin once."""
     return require_openvino().Core()
+
+
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of ``sigaltstack(2)`` on Linux."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@functools.cache
+def _sigaltstack() -> Any:
+    return ctypes.CDLL(None, use_errno=True).sigaltstack if sys.platform.startswith("linux") else None
+
+
+@contextlib.contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Run OpenVINO (or NNCF, which compiles models of its own) and give the calling thread back its alternate
+    signal stack afterwards.
+
+    Why: when OpenVINO's CPU plugin starts an engine it installs an alternate signal stack of its own on the
+    calling thread and leaves it there, and that memory does not live as long as the process. Python runs its
+    signal handlers on the alternate stack, so a signal that arrives later (a data-loader worker's SIGCHLD at the
+    end of a training epoch) found freed memory and the kernel killed the process with SIGSEGV: a test run lost
+    a worker this way after the OpenVINO tests. Only Linux is handled; elsewhere this does nothing.
+    """
+    sigaltstack = _sigaltstack()
+    if sigaltstack is None:
+        yield
+        return
+    before = _SignalStack()
+    sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        now = _SignalStack()
+        sigaltstack(None, ctypes.byref(now))
+        if (now.ss_sp, now.ss_size, now.ss_flags) != (before.ss_sp, before.ss_size, before.ss_flags):
+            sigaltstack(ctypes.byref(before), None)
+
+
+def compile_model(model: Any, config: dict[str, Any]) -> Any:
+    """``model`` (an ``openvino.Model`` or the path of an IR) compiled for the CPU with ``config``, by the
+    process's one Core, with the thread's signal stack kept (see :func:`signal_stack_kept`)."""
+    core = openvino_core()
+    with signal_stack_kept():
+        return core.compile_model(core.read_model(str(model)) if isinstance(model, (str, Path)) else model, "CPU",
+                                  config)
 
 
 def compile_settings(threads: int | None = None) -> dict[str, Any]:
@@ -91,8 +139,7 @@ class OpenVinoCore:
     def __init__(self, xml_path: Path | str, threads: int | None = None) -> None:
         self.path = Path(xml_path)
         self.threads = settings.threads(threads)
-        core = openvino_core()
-        self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", compile_settings(self.threads))
+        self.compiled = compile_model(self.path, compile_settings(self.threads))
         self.request = self.compiled.create_infer_request()
         self.outputs = list(self.compiled.outputs)
 
