@@ -102,6 +102,41 @@ def test_quantize_writes_the_int8_artifact_and_a_measured_summary(tiny_profile, 
     assert "x" in capsys.readouterr().out
 
 
+def test_quantize_auto_ships_the_fastest_int8_core_within_the_budget_and_says_why(tiny_profile, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from compresskit.harness import auto_int8
+
+    # ONNX Runtime and OpenVINO only: the PT2E path compiles for a minute and has tests of its own.
+    monkeypatch.setattr(auto_int8, "_INT8_PATHS", {runtime: auto_int8._INT8_PATHS[runtime]
+                                                   for runtime in ("onnxruntime", "openvino")})
+    code = main(["quantize", "--preset", "student", "--runtime", "auto", "--max-drop", "100", "--calibration-images",
+                 "4", "--runs", "3", "--out", str(tmp_path)])
+    assert code == 0
+    summary = json.loads((tmp_path / "student-int8.json").read_text())
+    auto = summary["auto"]
+    assert summary["runtime"] == "auto" and auto["yardstick"] == "quantize/student/ort-fp32"
+    assert [candidate["runtime"] for candidate in auto["candidates"]] == ["onnxruntime", "openvino"]
+    fastest = max(auto["candidates"], key=lambda candidate: candidate["speedup"])
+    assert summary["picked"] == auto["picked"] == fastest["runtime"]  # a 100-point budget keeps every candidate
+    assert Path(summary["artifact"]).is_file() and summary["artifact"] == summary["artifacts"][summary["picked"]]
+    records = {r["id"]: r for r in read_results(tmp_path)["records"]}
+    assert set(records) == {"quantize/student/ort-fp32", "quantize/student/auto/ort-int8",
+                            "quantize/student/auto/ov-int8"}
+    chosen = [record for record in records.values() if (record.get("config") or {}).get("chosen")]
+    assert [record["id"] for record in chosen] == [fastest["record"]]
+    assert chosen[0]["config"]["auto"]["reason"].startswith(f"{fastest['runtime']} is the fastest")
+    assert "<- picked" in capsys.readouterr().out
+
+
+def test_quantize_refuses_to_replace_model_files_it_did_not_write(tiny_profile, tmp_path, capsys):
+    theirs = tmp_path / "student-int8.xml"
+    theirs.write_text("<net>someone else's model</net>")
+    code = main(["quantize", "--preset", "student", "--runtime", "openvino", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not the kit's" in err and "student-int8.xml" in err and "Traceback" not in err
+    assert theirs.read_text() == "<net>someone else's model</net>" and sorted(tmp_path.iterdir()) == [theirs]
+
+
 def test_quantize_for_openvino_writes_the_int8_ir_and_a_measured_summary(tiny_profile, tmp_path, capsys):
     code = main(["quantize", "--preset", "student", "--runtime", "openvino", "--calibration-images", "4", "--runs",
                  "3", "--out", str(tmp_path)])
@@ -122,6 +157,10 @@ def test_quantize_for_openvino_writes_the_int8_ir_and_a_measured_summary(tiny_pr
     (["--runtime", "openvino", "--accuracy-control", "--max-drop", "0"], "above 0"),
     (["--runtime", "openvino", "--max-drop", "0.3"], "add --accuracy-control"),
     (["--runtime", "openvino", "--method", "entropy"], "drop --method"),
+    (["--runtime", "auto", "--accuracy-control"], "--runtime openvino"),
+    (["--runtime", "auto", "--max-drop", "0"], "above 0"),
+    (["--runtime", "auto", "--max-drop", "101"], "at most 100"),
+    (["--runtime", "auto", "--method", "percentile"], "drop --method"),
 ])
 def test_quantize_refuses_bad_combinations_with_one_message(arguments, named, tiny_profile, tmp_path, capsys):
     code = main(["quantize", "--preset", "student", "--calibration-images", "2", "--out", str(tmp_path / "q"),

@@ -75,3 +75,13 @@ def test_errata_rows_take_their_effect_from_the_first_evidence_present():
     assert prune["measured effect"] == "not measured in these records"  # no eager pruned record in this document
     table = errata_markdown(errata_rows({"prune": "line one\nline | two"}, doc))
     assert "line one line \\| two" in table and table.count("\n") == len(SNIPPETS) + 1
+
+
+def test_an_int8_stage_picked_by_auto_names_its_runtime_in_the_stage_table():
+    doc = stage_document()
+    final = next(r for r in doc["records"] if r["id"] == combined.FINAL_TEACHER)
+    final["runtime"] = "openvino"
+    final["config"] = {"chosen": True, "auto": {"picked": "openvino", "reason": "openvino is the fastest ..."}}
+    rows = {row["record"]: row for row in combined.stage_rows(doc)}
+    assert rows[combined.FINAL_TEACHER]["action"].endswith("(openvino)")
+    assert not rows[combined.FINAL_STUDENT]["action"].endswith(")")  # no auto config: the stage's own words

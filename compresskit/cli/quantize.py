@@ -3,13 +3,15 @@
 Static int8 of one detector's core, written as the artifact a user ships and measured against the fp32 core of
 the same runtime in the same run: ONNX Runtime QDQ (``--runtime onnxruntime``), NNCF for OpenVINO
 (``--runtime openvino``) or torchao PT2E lowered by ``torch.compile`` (``--runtime torch-compile``, also spelled
-``torchao`` after its quantizer). Only the standard
-library loads at the top, so ``compresskit --help`` stays fast.
+``torchao`` after its quantizer); ``--runtime auto`` measures them all against ONNX Runtime's fp32 core and ships
+the fastest within a mAP budget (``harness.auto_int8``). Only the standard library loads at the top, so
+``compresskit --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from compresskit.harness.loading import Loaded
 
 QUANTIZE_PRESETS = ("teacher", "student", "teacher_pruned", "teacher_bnhead")
+ACCURACY_CONTROL_MAX_DROP = 0.3  # mAP points NNCF's accuracy control may lose by default
+AUTO_MAX_DROP = 1.0  # mAP points the automatic choice allows by default, against the fp32 core
 
 
 @dataclass(frozen=True)
@@ -97,10 +101,10 @@ INT8_PATHS = {**{runtime: runtime for runtime in FILE_INT8}, "torch-compile": "t
 
 def runtime_choices() -> tuple[str, ...]:
     """What ``--runtime`` accepts: every registered runtime (one without an int8 path here is refused with a
-    message when the command runs), and ``torchao``, the PT2E path's own name."""
+    message when the command runs), ``torchao``, the PT2E path's own name, and ``auto``."""
     from compresskit.runtimes import runtime_names
 
-    return (*runtime_names(), "torchao")
+    return (*runtime_names(), "torchao", "auto")
 
 
 def add_quantize_command(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -118,7 +122,9 @@ def add_quantize_command(commands: Any, command: Callable[..., argparse.Argument
                           default="onnxruntime", metavar="RUNTIME",
                           help="a registered runtime, one of %(choices)s; int8 is written for onnxruntime (QDQ), "
                                "openvino (NNCF post-training quantization) and torch-compile (torchao PT2E lowered "
-                               "by torch.compile, also spelled torchao)")
+                               "by torch.compile, also spelled torchao); auto quantizes for each of them, times "
+                               "every int8 core against ONNX Runtime's fp32 core in the same run and ships the "
+                               "fastest within --max-drop mAP points")
     quantize.add_argument("--qat-steps", type=positive_int, default=None,
                           help="torchao only: also fine-tune quantization-aware for this many steps of batch 16 "
                                "(default: post-training quantization only)")
@@ -131,8 +137,8 @@ def add_quantize_command(commands: Any, command: Callable[..., argparse.Argument
                                "int8 loses at most --max-drop mAP points on --accuracy-images val images (default: "
                                "plain post-training quantization)")
     quantize.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
-                          help="with --accuracy-control: the budget in mAP points (0-100 scale), above 0 "
-                               "(default: 0.3)")
+                          help="the budget in mAP points (0-100 scale), above 0: of --accuracy-control (default: "
+                               "0.3), or of --runtime auto against the fp32 core (default: 1.0)")
     quantize.add_argument("--accuracy-images", type=positive_int, default=50,
                           help="with --accuracy-control: the val images it measures on (the first N)")
     quantize.add_argument("--runs", type=positive_int, default=30, help="timed latency pairs")
@@ -142,13 +148,18 @@ def add_quantize_command(commands: Any, command: Callable[..., argparse.Argument
 def _quantize(args: argparse.Namespace) -> int:
     from compresskit.errors import ConfigError
 
-    if args.max_drop is not None and not args.accuracy_control:
-        raise ConfigError("--max-drop is accuracy control's budget: add --accuracy-control (with --runtime openvino)")
-    max_drop = (0.3 if args.max_drop is None else args.max_drop) if args.accuracy_control else None
+    auto = args.runtime == "auto"
+    if args.max_drop is not None and not (args.accuracy_control or auto):
+        raise ConfigError("--max-drop is a budget of accuracy control or of the automatic choice: add "
+                          "--accuracy-control (with --runtime openvino) or --runtime auto")
+    default_drop = AUTO_MAX_DROP if auto else ACCURACY_CONTROL_MAX_DROP
+    max_drop = (default_drop if args.max_drop is None else args.max_drop) if args.accuracy_control or auto else None
     summary = quantize_command(args.preset, args.out, checkpoint=args.checkpoint, runtime=args.runtime,
                                calibration_images=args.calibration_images, method=args.method, runs=args.runs,
                                qat_steps=args.qat_steps or 0, max_drop_points=max_drop,
-                               accuracy_images=args.accuracy_images)
+                               accuracy_images=args.accuracy_images, accuracy_control=args.accuracy_control)
+    if summary["runtime"] == "auto":
+        return _print_auto(summary, Path(args.out))
     if summary["runtime"] == "torchao":
         for key in ("ptq", "qat"):
             if key in summary["artifacts"]:
@@ -166,10 +177,57 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_auto(summary: dict, out: Path) -> int:
+    auto = summary["auto"]
+    for candidate in auto["candidates"]:
+        low, high = candidate["interval"] or (float("nan"), float("nan"))
+        mark = "  <- picked" if candidate["runtime"] == auto["picked"] else ""
+        print(f"{candidate['runtime']:>14}: x{candidate['speedup']:.2f} [{low:.2f}-{high:.2f}] faster than "
+              f"{auto['yardstick']}, {candidate['map_drop_points']:+.2f} mAP points{mark}")
+    print(auto["reason"])
+    print(f"summary written to {out / (summary['preset'] + '-int8.json')}")
+    if auto["picked"] is None:
+        print(f"no int8 core within {auto['max_map_drop_points']:g} mAP points: raise --max-drop, or ship the fp32 "
+              "core", file=sys.stderr)
+        return 1
+    print(f"ship {summary['artifact']}")
+    return 0
+
+
+ARTIFACT_SUFFIXES = (".onnx", ".xml", ".bin", ".pt2")  # what an int8 path writes
+
+
+def _refuse_files_not_ours(out: Path, preset: str) -> None:
+    """One message when ``out`` holds a model file under one of this command's names but no summary of an earlier
+    ``compresskit quantize`` run (``<preset>-int8.json``): the files are someone else's, and writing would replace
+    them. A folder an earlier run wrote is the kit's: its files are replaced, as a rerun should."""
+    from compresskit.errors import ConfigError
+
+    if not out.is_dir():
+        return
+    ours = out / f"{preset}-int8.json"
+    if ours.is_file():
+        try:
+            import json
+
+            if isinstance(json.loads(ours.read_text()), dict):
+                return
+        except (OSError, UnicodeDecodeError, ValueError):
+            pass
+    found = sorted(path.name for path in out.iterdir()
+                   if path.name.startswith(f"{preset}-") and path.suffix in ARTIFACT_SUFFIXES)
+    if found:
+        raise ConfigError(f"{out} already holds {', '.join(found[:3])}{' ...' if len(found) > 3 else ''} but no "
+                          f"summary of compresskit quantize ({ours.name}): these files are not the kit's, and "
+                          "writing here would replace them; choose another --out, or move them away")
+
+
 def _int8_path(runtime: str) -> str:
     from compresskit.errors import ConfigError
     from compresskit.runtimes import get_runtime
 
+    if runtime == "auto":
+        return runtime
     if runtime not in INT8_PATHS:
         get_runtime(runtime)  # an unknown name: the error lists the registered runtimes
         raise ConfigError(f"compresskit quantize has no int8 path for runtime {runtime!r}; use onnxruntime (QDQ), "
@@ -180,14 +238,18 @@ def _int8_path(runtime: str) -> str:
 def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxruntime",
                      calibration_images: int = 64, method: str = "minmax", runs: int = 30,
                      val_images: int | None = None, qat_steps: int = 0, max_drop_points: float | None = None,
-                     accuracy_images: int = 50, log: Callable[[str], None] = print) -> dict:
+                     accuracy_images: int = 50, accuracy_control: bool | None = None,
+                     log: Callable[[str], None] = print) -> dict:
     """``compresskit quantize``: write the int8 artifact of a detector and a JSON summary measured against the
     fp32 core of the same runtime, in the same run (size, mAP, paired latency), plus their results records.
 
     ``runtime="torch-compile"`` (or ``"torchao"``) quantizes with PT2E and lowers with ``torch.compile`` (see
     :func:`torchao_command`); ``qat_steps`` adds a quantization-aware fine-tune of that many steps there.
     ``runtime="openvino"`` with ``max_drop_points`` runs NNCF's accuracy control: operations go back to float until
-    int8 loses at most that many mAP points on the first ``accuracy_images`` val images.
+    int8 loses at most that many mAP points on the first ``accuracy_images`` val images. ``runtime="auto"`` builds
+    every int8 path, times each int8 core against ONNX Runtime's fp32 core and ships the fastest whose mAP is at
+    most ``max_drop_points`` (default 1.0) below it (:func:`auto_command`). ``accuracy_control`` says the budget
+    is accuracy control's (default: for ``openvino``, whenever ``max_drop_points`` is given).
 
     Returns:
         The summary written to ``out/<preset>-int8.json``.
@@ -199,16 +261,26 @@ def quantize_command(preset: str, out, *, checkpoint=None, runtime: str = "onnxr
     from compresskit.runtimes import get_runtime
 
     path = _int8_path(runtime)
+    if accuracy_control is None:
+        accuracy_control = max_drop_points is not None and path != "auto"
     if qat_steps and path != "torchao":
         raise ConfigError("quantization-aware training runs with torchao PT2E: add --runtime torchao")
-    if max_drop_points is not None and path != "openvino":
+    if accuracy_control and path != "openvino":
         raise ConfigError("accuracy control is NNCF's: add --runtime openvino, or drop --accuracy-control")
-    if max_drop_points is not None and not max_drop_points > 0:
-        raise ConfigError(f"--max-drop is the mAP points int8 may lose, above 0 (e.g. 0.3), got {max_drop_points:g}")
+    if path == "auto" and method != "minmax":
+        raise ConfigError("--runtime auto calibrates every runtime the same way (min-max): drop --method")
+    if max_drop_points is not None and not 0 < max_drop_points <= 100:
+        raise ConfigError(f"--max-drop is the mAP points int8 may lose, above 0 and at most 100 (e.g. 0.3), got "
+                          f"{max_drop_points:g}")
     if preset not in QUANTIZE_PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(QUANTIZE_PRESETS)}")
     out = Path(out)
+    _refuse_files_not_ours(out, preset)
     loaded = load_for_study(preset, checkpoint=checkpoint)
+    if path == "auto":
+        return auto_command(loaded, out, checkpoint=checkpoint, calibration_images=calibration_images, runs=runs,
+                            val_images=val_images, max_drop_points=AUTO_MAX_DROP if max_drop_points is None
+                            else max_drop_points, log=log)
     if path == "torchao":
         return torchao_command(loaded, out, checkpoint=checkpoint, calibration_images=calibration_images, runs=runs,
                                val_images=val_images, qat_steps=qat_steps, log=log)
@@ -297,6 +369,58 @@ def torchao_command(loaded: "Loaded", out, *, checkpoint=None, calibration_image
                         "fp32_val_metrics": {key: fp32[key] for key in METRIC_NAMES},
                         "val_images": val_images, "trained_on": training_device_name(),
                         "command": console_command(), "environment": environment_stamp()})
+    write_records(study.records, reports_dir=out)
+    atomic_write_json(out / f"{preset}-int8.json", summary, indent=1)
+    return summary
+
+
+def auto_command(loaded: "Loaded", out, *, checkpoint=None, calibration_images: int = 64, runs: int = 30,
+                 val_images: int | None = None, max_drop_points: float = AUTO_MAX_DROP,
+                 log: Callable[[str], None] = print) -> dict:
+    """``compresskit quantize --runtime auto`` for ``loaded``: the fp32 core in ONNX Runtime (the yardstick), then
+    every int8 path's core (:func:`~compresskit.harness.auto_int8.measure_int8_candidates`) timed against it in
+    the same run, and :func:`~compresskit.harness.auto_int8.choose_int8`'s pick, marked in its record
+    (``config.chosen``, ``config.auto``). Every candidate's artifact stays in ``out``; the summary
+    ``out/<preset>-int8.json`` names the one to ship (``artifact``; None when no candidate kept its mAP within
+    ``max_drop_points``)."""
+    from compresskit.data.files import atomic_write_bytes, atomic_write_json
+    from compresskit.harness import Study, train_split, val_loader
+    from compresskit.harness.auto_int8 import check_budget, choose_int8, mark_choice, measure_int8_candidates
+    from compresskit.report import compare, write_records
+
+    budget = check_budget(max_drop_points)
+    preset, detector = loaded.name, loaded.model
+    study = Study(lesson="quantize_command", model=preset, profile=loaded.profile, artifacts=out,
+                  val_loader=val_loader(loaded, val_images), label_map=loaded.label_map, runs=runs, log=log)
+    log(f"automatic int8: quantizing {preset} for every int8 runtime on {calibration_images} train images and "
+        "timing each against the ONNX Runtime fp32 core ...")
+    yardstick = study.measure(detector, f"quantize/{preset}/ort-fp32", technique="baseline", runtime="onnxruntime",
+                              variant="fp32 core, ONNX Runtime (the yardstick)")
+    measured = measure_int8_candidates(study, detector, train_split(loaded, augment=False), out / preset,
+                                       yardstick["id"], f"quantize/{preset}/auto",
+                                       calibration_images=calibration_images, log=log)
+    choice = choose_int8([record for record, _ in measured], yardstick, budget)
+    shipped = {}
+    for record, build in measured:
+        if build.files:
+            shipped[build.runtime] = build.files[0]
+        else:  # bytes (a torch.export program): written here
+            shipped[build.runtime] = atomic_write_bytes(out / f"{preset}-{build.label}-int8.pt2", build.artifact)
+        if build.runtime == choice.picked:
+            mark_choice(record, choice)
+    picked = next((record for record, build in measured if build.runtime == choice.picked), None)
+    summary = {"preset": preset, "checkpoint": None if checkpoint is None else str(checkpoint), "runtime": "auto",
+               "profile": loaded.profile, "picked": choice.picked, "auto": choice.as_dict(),
+               "artifact": None if picked is None else str(shipped[choice.picked]),
+               "artifacts": {runtime: str(path) for runtime, path in shipped.items()},
+               "calibration_images": calibration_images}
+    if picked is not None:
+        ratios = compare(picked, yardstick)
+        summary.update({"size_bytes": {"fp32": yardstick["size_bytes"], "int8": picked["size_bytes"]},
+                        "size_ratio": round(ratios["size_ratio"], 4),
+                        "map": {"fp32": yardstick["map"], "int8": picked["map"]},
+                        "map_drop_points": round(ratios["map_drop_points"], 3),
+                        "paired_latency": picked["paired_latency"]})
     write_records(study.records, reports_dir=out)
     atomic_write_json(out / f"{preset}-int8.json", summary, indent=1)
     return summary

@@ -5,10 +5,14 @@ Two routes, both from shipped checkpoints (no training in the lesson):
 
 - **prune -> distil -> int8** (model ``teacher``): the teacher with the int8-friendly BatchNorm head of lesson 03,
   structurally pruned (half the channels, lesson 02), recovered by a fine-tune with distillation from the unpruned
-  detector (lesson 04; ``compresskit prune --kd --checkpoint teacher_bnhead.pt``), then static int8 in ONNX Runtime
-  (lesson 03).
+  detector (lesson 04; ``compresskit prune --kd --checkpoint teacher_bnhead.pt``), then static int8.
 - **lightweight design -> distil -> int8** (model ``student``): the small detector trained without distillation
   (the equal-budget control of lesson 04), the same design trained with logit + feature distillation, then int8.
+
+The int8 stage is ``auto`` (``harness.auto_int8``): every int8 runtime quantizes the detector, each int8 core is
+timed against the teacher's ONNX Runtime fp32 core in the same run, and the fastest whose mAP stays within
+:data:`~compresskit.harness.targets.COMBINED_INT8_BUDGET` points of the teacher's becomes the stage; the others stay
+as records (``.../auto/<runtime>-int8``), and the stage's record says what was picked and why.
 
 Every stage is a ``combined`` record whose baseline is the teacher in the same runtime, so the ratios read "what
 the pipeline has bought so far". The study also runs the article's four snippets (``compresskit.harness.errata``)
@@ -23,12 +27,14 @@ from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
+from compresskit.harness.auto_int8 import measure_auto
 from compresskit.harness.distillation import student_architecture
 from compresskit.harness.loading import load_for_study, load_trained, require_embedded, train_split
 from compresskit.harness.quantization import quantize_for_study
 from compresskit.harness.reuse import ReuseCache
-from compresskit.harness.targets import COMBINED_MAP_DROP, COMBINED_RECORD, COMBINED_SIZE_RATIO, COMBINED_SPEEDUP
-from compresskit.harness.variant import Study
+from compresskit.harness.targets import (COMBINED_INT8_BUDGET, COMBINED_MAP_DROP, COMBINED_RECORD,
+                                         COMBINED_SIZE_RATIO, COMBINED_SPEEDUP)
+from compresskit.harness.variant import Study, artifact_dir
 from compresskit.quantize.ort import OrtQuantConfig
 from compresskit.runtimes import OnnxCore
 
@@ -61,35 +67,26 @@ ROUTES: dict[str, tuple[Stage, ...]] = {
         Stage(TEACHER_ORT, "teacher", "fp32 teacher (ONNX Runtime)"),
         Stage("combined/teacher/bnhead", "BN head", "GroupNorm head replaced by a BatchNorm head (lesson 03)"),
         Stage("combined/teacher/prune-kd", "pruned + KD", "half the channels pruned, fine-tuned with distillation"),
-        Stage(FINAL_TEACHER, "int8", "static int8, ONNX Runtime QDQ"),
+        Stage(FINAL_TEACHER, "int8", "static int8, fastest runtime within budget"),
     ),
     "small design -> distil -> int8": (
         Stage(TEACHER_ORT, "teacher", "fp32 teacher (ONNX Runtime)"),
         Stage("combined/student/small", "small design", "the student design, trained without distillation"),
         Stage("combined/student/kd", "+ KD", "same design and budget, logit + feature distillation"),
-        Stage(FINAL_STUDENT, "int8", "static int8, ONNX Runtime QDQ"),
+        Stage(FINAL_STUDENT, "int8", "static int8, fastest runtime within budget"),
     ),
 }
 
 
-def _ort_record(study: Study, detector: nn.Module, calibration_set, record_id: str, variant: str, model: str,
-                int8: bool, config: dict | None = None, quantized=None):
-    """``detector`` as an ONNX Runtime record against the teacher's fp32 core: its fp32 core, or its int8 one.
-
-    Returns ``(record, quantized)``; pass ``quantized`` back to measure the other precision without a second
-    export. The fp32 core comes from the same fixed-shape export as the int8 one; an fp32-only stage calibrates on
-    a few images only, since its int8 file is not used.
-    """
-    if quantized is None:
-        images = CALIBRATION_IMAGES if int8 else FP32_ONLY_CALIBRATION
-        quantized = quantize_for_study(study, detector, calibration_set, record_id.replace("combined/", ""),
-                                       OrtQuantConfig(calibration_images=images))
-    path = quantized.int8_path if int8 else quantized.fp32_path
-    extra = quantized.as_dict() if int8 else {}
-    record = study.measure(detector, record_id, technique="combined", runtime="onnxruntime", baseline=TEACHER_ORT,
-                           core=OnnxCore(path, threads=study.threads), model=model, variant=variant,
-                           config={**(config or {}), **extra})
-    return record, quantized
+def _ort_fp32_record(study: Study, detector: nn.Module, calibration_set, record_id: str, variant: str, model: str,
+                     config: dict | None = None) -> dict:
+    """``detector``'s fp32 core in ONNX Runtime against the teacher's: the fixed-shape export the int8 paths also
+    start from (written by the ONNX quantizer, calibrated on a few images only: its int8 file is not used)."""
+    quantized = quantize_for_study(study, detector, calibration_set, record_id.replace("combined/", ""),
+                                   OrtQuantConfig(calibration_images=FP32_ONLY_CALIBRATION))
+    return study.measure(detector, record_id, technique="combined", runtime="onnxruntime", baseline=TEACHER_ORT,
+                         core=OnnxCore(quantized.fp32_path, threads=study.threads), model=model, variant=variant,
+                         config=config)
 
 
 def combined_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
@@ -123,20 +120,18 @@ def combined_study(profile: str | None = None, val_images: int | None = None, ru
                   variant="the teacher, QDQ int8 core", config=quantized.as_dict())
 
     source = load_checkpoint(shipped_checkpoint(SOURCE))[0]
-    _ort_record(study, source, calibration_set, "combined/teacher/bnhead", "BatchNorm head, fp32 core",
-                "teacher", int8=False, config={"checkpoint": SOURCE})
+    _ort_fp32_record(study, source, calibration_set, "combined/teacher/bnhead", "BatchNorm head, fp32 core",
+                     "teacher", config={"checkpoint": SOURCE})
     pruned, _, meta = load_checkpoint(shipped_checkpoint(PRUNED_KD))  # shipped: no training in the lesson
     trained = {"checkpoint": PRUNED_KD, "prune_config": meta.get("prune_config"), "kd_config": meta.get("kd_config"),
                "train_config": meta.get("train_config"), "trained_on": meta.get("trained_on")}
     study.measure(pruned, "combined/teacher/prune-kd/eager", technique="combined", baseline=TEACHER_EAGER,
                   model="teacher", variant="BN head, pruned 50%, distilled fine-tune; fp32 eager",
                   train_seconds=meta.get("train_seconds"), config=trained)
-    _, quantized = _ort_record(study, pruned, calibration_set, "combined/teacher/prune-kd", "BN head, pruned 50%, "
-                               "distilled fine-tune; fp32 core", "teacher", int8=False, config=trained,
-                               quantized=quantize_for_study(study, pruned, calibration_set, "teacher/prune-kd",
-                                                            OrtQuantConfig(calibration_images=CALIBRATION_IMAGES)))
-    _ort_record(study, pruned, calibration_set, FINAL_TEACHER, "BN head, pruned 50%, distilled fine-tune; QDQ "
-                "int8 core", "teacher", int8=True, config=trained, quantized=quantized)
+    _ort_fp32_record(study, pruned, calibration_set, "combined/teacher/prune-kd", "BN head, pruned 50%, distilled "
+                     "fine-tune; fp32 core", "teacher", config=trained)
+    _auto_int8(study, pruned, calibration_set, "teacher/prune-kd", FINAL_TEACHER, "teacher",
+               "BN head, pruned 50%, distilled fine-tune; ", trained)
 
     architecture = student_architecture(teacher.label_map)
     for name, record_id, variant in ((STUDENT_CONTROL, "combined/student/small", "student, no distillation"),
@@ -144,15 +139,30 @@ def combined_study(profile: str | None = None, val_images: int | None = None, ru
         student, student_meta, _ = load_trained(name, architecture)
         config = {"checkpoint": name, "kd_config": student_meta.get("kd_config"),
                   "train_config": student_meta.get("train_config")}
-        final = name == STUDENT_KD  # the distilled student goes on to int8: calibrate it fully
-        quantized = quantize_for_study(study, student, calibration_set, record_id.replace("combined/", ""),
-                                       OrtQuantConfig(calibration_images=CALIBRATION_IMAGES if final
-                                                      else FP32_ONLY_CALIBRATION))
-        _ort_record(study, student, calibration_set, record_id, f"{variant}; fp32 core", "student", int8=False,
-                    config=config, quantized=quantized)
-    _ort_record(study, student, calibration_set, FINAL_STUDENT, "student, logit + feature distillation; QDQ int8 "
-                "core", "student", int8=True, config=config, quantized=quantized)
+        _ort_fp32_record(study, student, calibration_set, record_id, f"{variant}; fp32 core", "student",
+                         config=config)
+    _auto_int8(study, student, calibration_set, "student/kd", FINAL_STUDENT, "student",
+               "student, logit + feature distillation; ", config)
     return study
+
+
+def _auto_int8(study: Study, detector: nn.Module, calibration_set, name: str, stage_id: str, model: str,
+               variant: str, config: dict) -> dict:
+    """A route's int8 stage: every int8 runtime's core of ``detector`` against the teacher's ONNX Runtime fp32
+    core, and the fastest within :data:`COMBINED_INT8_BUDGET` points as record ``stage_id`` (see the module
+    docstring). When none stays within the budget, the stage is the candidate that lost least, and its record says
+    that no runtime met the budget."""
+    choice, picked = measure_auto(study, detector, calibration_set,
+                                  (study.artifacts or artifact_dir()) / f"{LESSON}-{name.replace('/', '-')}",
+                                  TEACHER_ORT, f"combined/{name}/auto", COMBINED_INT8_BUDGET, chosen_id=stage_id,
+                                  calibration_images=CALIBRATION_IMAGES, technique="combined", model=model,
+                                  variant=variant, config=config)
+    if picked is None:
+        candidate = min(choice.candidates, key=lambda candidate: candidate.map_drop_points)
+        picked = study.records_by_id[candidate.record]
+        picked["id"] = stage_id
+        picked["config"] = {**picked["config"], "chosen": True, "auto": choice.as_dict()}
+    return picked
 
 
 def stage_rows(document) -> list[dict]:
@@ -169,7 +179,10 @@ def stage_rows(document) -> list[dict]:
                 continue
             baseline = by_id.get(record.get("baseline") or "")
             ratios = compare(record, baseline) if baseline is not None and stage.record != TEACHER_ORT else {}
-            rows.append({"route": route, "stage": stage.name, "action": stage.action, "record": stage.record,
+            action = stage.action
+            if (record.get("config") or {}).get("auto"):
+                action += f" ({record['runtime']})"
+            rows.append({"route": route, "stage": stage.name, "action": action, "record": stage.record,
                          "map": record.get("map"), "size_mb": record["size_bytes"] / 1e6,
                          "macs_g": record["macs"] / 1e9, "size_ratio": ratios.get("size_ratio", 1.0),
                          "speedup": ratios.get("latency_speedup", 1.0),

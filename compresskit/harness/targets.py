@@ -22,6 +22,9 @@ BACKBONE_MAP_GAP = 0.05  # at most 5 mAP points below the teacher (mAP in 0-1, a
 COMBINED_SIZE_RATIO = 10.0  # prune -> distil -> int8 teacher against the fp32 teacher of the same run
 COMBINED_SPEEDUP = 4.0
 COMBINED_MAP_DROP = 2.0  # mAP points
+# The budget of the pipelines' automatic int8 stage: the fastest int8 runtime whose mAP is at most this many points
+# below the fp32 teacher's (harness.combined); tighter than COMBINED_MAP_DROP, which the whole pipeline is held to.
+COMBINED_INT8_BUDGET = 1.0
 COMBINED_RECORD = "combined/teacher/prune-kd-int8"  # the record the combined targets read (harness.combined)
 
 _SLACK = 1e-9  # a value exactly at the threshold meets it despite float rounding
@@ -103,8 +106,9 @@ TARGETS: tuple[Target, ...] = (
            where=(("technique", "qat"),)),
     Target("combined-size", f"prune -> distil -> int8 teacher at least {COMBINED_SIZE_RATIO:g}x smaller than the "
                             "fp32 teacher", (COMBINED_RECORD,), "size_ratio", COMBINED_SIZE_RATIO),
-    Target("combined-speed", f"prune -> distil -> int8 teacher at least {COMBINED_SPEEDUP:g}x faster in ONNX "
-                             "Runtime (paired)", (COMBINED_RECORD,), "paired_speedup", COMBINED_SPEEDUP),
+    Target("combined-speed", f"prune -> distil -> int8 teacher at least {COMBINED_SPEEDUP:g}x faster than the "
+                             "fp32 teacher in ONNX Runtime (paired)", (COMBINED_RECORD,), "paired_speedup",
+           COMBINED_SPEEDUP),
     Target("combined-accuracy", f"prune -> distil -> int8 teacher at most {COMBINED_MAP_DROP:g} mAP points below "
                                 "the fp32 teacher", (COMBINED_RECORD,), "map_drop_points", COMBINED_MAP_DROP),
 )
