@@ -23,10 +23,12 @@ quarter of the int8 core's time. Introduced in ``03_quantization.ipynb``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -220,6 +222,22 @@ def quantized_conv_count(graph_module: torch.fx.GraphModule) -> dict[str, int]:
     return {"convs": len(convs), "quantized_convs": quantized, "float_convs": len(convs) - quantized}
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The process's file descriptor 2 sent to the null device for the block: the profiler's C++ library writes
+    start/stop lines there (and, on a CPU-only machine, an "ERROR" that no GPU was found), which no setting turns
+    off. Python exceptions still propagate; only native writes during the block are dropped."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def lowered_conv_ops(fn: Callable, batch: torch.Tensor) -> dict[str, int]:
     """The convolution kernels one call of ``fn(batch)`` really runs, from the torch profiler.
 
@@ -228,7 +246,7 @@ def lowered_conv_ops(fn: Callable, batch: torch.Tensor) -> dict[str, int]:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as profiler:
+    with torch.no_grad(), _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as profiler:
         fn(batch)
     counts = Counter(event.name for event in profiler.events() if "conv" in event.name.lower())
     return dict(sorted(counts.items()))
