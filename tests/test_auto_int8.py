@@ -23,8 +23,9 @@ def test_the_fastest_within_the_budget_wins_and_the_reason_gives_every_candidate
     assert choice.picked == "torch-compile"  # openvino is faster but loses 1.5 points
     assert [candidate.runtime for candidate in choice.candidates] == ["onnxruntime", "openvino", "torch-compile"]
     reason = choice.reason()
-    assert reason.startswith("torch-compile is the fastest int8 runtime within 1 mAP points (x2.60")
-    assert "openvino x3.40" in reason and "(over budget)" in reason and "onnxruntime x2.10" in reason
+    assert reason.startswith("torch-compile is the fastest int8 runtime within 1 mAP points of q/ort-fp32 (x2.60")
+    assert "0.40 mAP points lost" in reason and "openvino x3.40" in reason and "(over budget)" in reason
+    assert "onnxruntime x2.10" in reason
     assert choose_int8(records, YARDSTICK, max_map_drop_points=2.0).picked == "openvino"
 
 
@@ -33,8 +34,18 @@ def test_a_tie_in_speed_goes_to_the_smaller_drop_and_no_candidate_within_the_bud
     assert choose_int8(tied, YARDSTICK, 1.0).picked == "openvino"
     none = choose_int8(tied, YARDSTICK, 0.1)
     assert none.picked is None and none.picked_candidate is None
-    assert none.reason().startswith("no int8 runtime stayed within 0.1 mAP points")
+    assert none.reason().startswith("no int8 runtime stayed within 0.1 mAP points of q/ort-fp32")
     assert none.as_dict()["picked"] is None and len(none.as_dict()["candidates"]) == 2
+
+
+def test_the_budget_can_be_held_against_another_record_than_the_speed_yardstick():
+    # a small detector timed against the teacher's core, its int8 cost held against its own fp32 core
+    own_fp32 = {"id": "q/small-fp32", "runtime": "onnxruntime", "map": 0.60}
+    records = [int8("onnxruntime", 4.0, 0.595), int8("openvino", 4.2, 0.601)]
+    assert choose_int8(records, YARDSTICK, 1.0).picked is None  # 20 points below the teacher
+    choice = choose_int8(records, YARDSTICK, 1.0, accuracy_reference=own_fp32)
+    assert choice.picked == "openvino" and choice.as_dict()["accuracy_reference"] == "q/small-fp32"
+    assert "0.10 mAP points gained" in choice.reason() and "of q/small-fp32" in choice.reason()
 
 
 @pytest.mark.parametrize("budget", [0, -1, 100.5, float("nan"), "1"])
@@ -57,4 +68,5 @@ def test_the_pick_is_marked_in_its_record_and_every_int8_runtime_is_a_candidate(
     assert record["config"]["chosen"] is True and record["config"]["auto"]["picked"] == "openvino"
     assert int8_runtimes() == ("onnxruntime", "openvino", "torch-compile")
     with pytest.raises(ConfigError, match="unknown runtime"):
-        register_int8_path("tensorrt", lambda *args: None)
+        register_int8_path("tensorrt", "trt", lambda *args: None)
+    assert int8_runtimes(any_shape=True) == ("onnxruntime", "openvino")  # PT2E runs its one export shape only

@@ -25,7 +25,8 @@ from compresskit import cli, settings
 from compresskit.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("data", "train", "prune", "distill", "quantize", "evaluate", "bench", "study", "reproduce", "figures")
+COMMANDS = ("data", "train", "prune", "distill", "quantize", "search", "evaluate", "bench", "study", "reproduce",
+            "figures")
 
 
 def _stub_module(monkeypatch, name: str, **attributes) -> types.ModuleType:
@@ -431,7 +432,7 @@ def test_quantize_runtime_choices_come_from_the_runtime_registry(capsys):
 
     action = next(action for action in dict(_subparsers(cli.build_parser()))["compresskit quantize"]._actions
                   if "--runtime" in action.option_strings)
-    assert tuple(action.choices) == (*runtime_names(), "torchao")
+    assert tuple(action.choices) == (*runtime_names(), "torchao", "auto")
     # a registered runtime without an int8 path: one message before anything is loaded, exit 2
     assert main(["quantize", "--runtime", "torch-eager"]) == 2
     assert "no int8 path for runtime 'torch-eager'" in capsys.readouterr().err

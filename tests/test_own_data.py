@@ -204,3 +204,25 @@ def test_a_tiny_val_split_is_warned_with_the_difference_it_can_resolve(tmp_path,
     assert val["images"] < 25
     assert f"val has only {val['images']} images ({val['boxes']} boxes)" in out
     assert f"about {100 / val['boxes']:.1f} mAP points" in out
+
+
+@pytest.mark.slow
+def test_study_with_auto_measures_each_int8_runtime_and_marks_the_pick(fine_tuned, tmp_path, capsys):
+    checkpoint, data = fine_tuned
+    out = tmp_path / "reports"
+    arguments = ["study", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
+                 "--finetune-steps", "0", "--runs", "3", "--calibration-images", "4", "--val-images", "4",
+                 "--runtime", "auto", "--max-drop", "100"]
+    assert main(arguments) == 0
+    records = {record["id"]: record for record in read_results(out)["records"]}
+    # own images come in many sizes: only runtimes whose int8 core runs any size are candidates (not PT2E)
+    for prefix in ("custom/student/", "custom/student/structured/"):
+        candidates = {f"{prefix}int8/ort-int8", f"{prefix}int8/ov-int8"}
+        assert candidates <= set(records) and f"{prefix}ort-int8" not in records
+        chosen = [records[i] for i in candidates if records[i]["config"].get("chosen")]
+        assert len(chosen) == 1 and chosen[0]["config"]["auto"]["picked"] == chosen[0]["runtime"]
+        fastest = max(chosen[0]["config"]["auto"]["candidates"], key=lambda candidate: candidate["speedup"])
+        assert chosen[0]["runtime"] == fastest["runtime"]  # a 100-point budget keeps every candidate
+    assert records["custom/student/int8/ov-int8"]["baseline"] == "custom/student/ort-fp32"
+    assert main(arguments[:-4] + ["--runtime", "torch-compile"]) == 2  # its one export shape
+    assert "runs images of any size" in capsys.readouterr().err

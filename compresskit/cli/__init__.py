@@ -21,6 +21,7 @@ from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_emb
                                       _evaluate, _figures, _prune, _reproduce, _study, _train, format_metrics,
                                       is_reference_folder)
 from compresskit.cli.quantize import add_quantize_command
+from compresskit.cli.search import add_search_command
 from compresskit.errors import CompressKitError
 
 __all__ = ["LazyChoices", "build_parser", "file_stem", "format_metrics", "is_reference_folder", "main",
@@ -176,6 +177,7 @@ def _add_model_commands(commands: Any) -> None:
                          help="cap iterations per epoch for a smoke run (default: no cap)")
 
     add_quantize_command(commands, _command)
+    add_search_command(commands, _command)
 
     evaluate = _command(commands, "evaluate", "COCO mAP (0-1), params and MACs of a detector", _evaluate,
                         description="COCO mAP, params and MACs of a detector on a val split. mAP is printed as "
@@ -214,6 +216,13 @@ def _add_study_commands(commands: Any) -> None:
     study.add_argument("--calibration-images", type=positive_int, default=32, help="int8 calibration images")
     study.add_argument("--val-images", type=positive_int, help="evaluate on the first N val images (default: all)")
     study.add_argument("--runs", type=positive_int, default=30, help="timed latency pairs per record")
+    study.add_argument("--runtime", default="onnxruntime", metavar="RUNTIME",
+                       help="the int8 runtime: onnxruntime (QDQ), openvino (NNCF), or auto: each of them timed "
+                            "against the ONNX Runtime fp32 detector, the fastest within --max-drop mAP points "
+                            "marked chosen in its record (default: onnxruntime)")
+    study.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                       help="with --runtime auto: the mAP points int8 may lose against the fp32 detector "
+                            "(0-100 scale, above 0; default: 1.0)")
     study.add_argument("--restart", action="store_true",
                        help="measure every variant again instead of resuming; needed to replace a study in OUT "
                             "that was made with other settings (default: resume, keeping finished records)")

@@ -177,7 +177,7 @@ def _study(args: argparse.Namespace) -> int:
 
     config = DatasetStudyConfig(prune_ratio=args.ratio, finetune_steps=args.finetune_steps,
                                 calibration_images=args.calibration_images, val_images=args.val_images,
-                                runs=args.runs)
+                                runs=args.runs, int8_runtime=args.runtime, max_map_drop=args.max_drop)
     dataset_study(args.checkpoint, args.data, args.out, config, progress=True, restart=args.restart)
     print(f"results written to {args.out / 'results.json'}; figures in {args.out / 'figures'}")
     return 0

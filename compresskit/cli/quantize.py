@@ -385,7 +385,8 @@ def auto_command(loaded: "Loaded", out, *, checkpoint=None, calibration_images: 
     ``max_drop_points``)."""
     from compresskit.data.files import atomic_write_bytes, atomic_write_json
     from compresskit.harness import Study, train_split, val_loader
-    from compresskit.harness.auto_int8 import check_budget, choose_int8, mark_choice, measure_int8_candidates
+    from compresskit.harness.auto_int8 import (Int8Settings, check_budget, choose_int8, mark_choice,
+                                               measure_int8_candidates)
     from compresskit.report import compare, write_records
 
     budget = check_budget(max_drop_points)
@@ -396,9 +397,10 @@ def auto_command(loaded: "Loaded", out, *, checkpoint=None, calibration_images: 
         "timing each against the ONNX Runtime fp32 core ...")
     yardstick = study.measure(detector, f"quantize/{preset}/ort-fp32", technique="baseline", runtime="onnxruntime",
                               variant="fp32 core, ONNX Runtime (the yardstick)")
+    settings = Int8Settings(calibration_images=calibration_images, threads=study.threads,
+                            any_shape=loaded.profile != "embedded")  # the embedded images share one size
     measured = measure_int8_candidates(study, detector, train_split(loaded, augment=False), out / preset,
-                                       yardstick["id"], f"quantize/{preset}/auto",
-                                       calibration_images=calibration_images, log=log)
+                                       yardstick["id"], f"quantize/{preset}/auto", settings=settings, log=log)
     choice = choose_int8([record for record, _ in measured], yardstick, budget)
     shipped = {}
     for record, build in measured:

@@ -46,6 +46,11 @@ class DatasetStudyConfig:
         val_images: evaluate on the first N val images only (None: the whole val split).
         runs: timed pairs per latency comparison (>= 30 for a reported number; fewer for a quick look).
         seed: fine-tune data order and calibration choice.
+        int8_runtime: ``onnxruntime`` (QDQ int8, records ``.../ort-int8``), ``auto`` (every int8 runtime whose
+            core runs images of any size, timed against the ONNX Runtime fp32 core; the fastest within
+            ``max_map_drop`` points is marked ``chosen``; records ``.../int8/<runtime>-int8``) or one such runtime
+            by name (e.g. ``openvino``).
+        max_map_drop: ``auto``'s budget in mAP points against the unpruned fp32 detector in ONNX Runtime.
     """
 
     prune_ratio: float = 0.5
@@ -56,8 +61,17 @@ class DatasetStudyConfig:
     val_images: int | None = None
     runs: int = 30
     seed: int = 0
+    int8_runtime: str = "onnxruntime"
+    max_map_drop: float = 1.0
 
     def __post_init__(self) -> None:
+        from compresskit.harness.auto_int8 import AUTO, check_budget, int8_runtimes
+
+        usable = int8_runtimes(any_shape=True)  # an own dataset's images come in many sizes
+        if self.int8_runtime != AUTO and self.int8_runtime not in usable:
+            raise ConfigError(f"int8_runtime must be auto or one of {', '.join(usable)} (runtimes whose int8 core "
+                              f"runs images of any size), got {self.int8_runtime!r}")
+        check_budget(self.max_map_drop)
         if not 0.0 < self.prune_ratio < 1.0:
             raise ConfigError(f"prune_ratio must be in (0, 1), got {self.prune_ratio!r}")
         for name in ("finetune_steps", "batch_size", "calibration_images", "runs"):
@@ -138,18 +152,19 @@ def _measure_variants(study: Study, detector, name: str, data_dir: Path, label_m
     ort_fp32 = study.measure(detector, f"{prefix}ort-fp32", technique="baseline", runtime="onnxruntime",
                              variant="ONNX Runtime fp32 core", config=shared)
     _measure_int8(study, detector, calibration_set, quant_config, f"{prefix}ort-int8", ort_fp32["id"],
-                  "static int8 (ONNX Runtime QDQ)", shared, out)
+                  "static int8", shared, out, config=config)
     # Pruning's fine-tune is extra training: an unpruned copy gets the same steps (the control), and the pruned
     # variants are compared with it, so a table never credits pruning with what more training did.
     base_eager, base_ort = base["id"], ort_fp32["id"]
-    pruned_ids = [f"{prefix}structured/{suffix}" for suffix in ("eager", "ort-fp32", "ort-int8")]
+    pruned_ids = [f"{prefix}structured/{suffix}" for suffix in ("eager", "ort-fp32")]
+    pruned_int8_ids = _int8_ids(config, f"{prefix}structured/")
     steps = config.finetune_steps
     budget = {"finetune_steps": steps, "finetune_batch_size": config.batch_size if steps else None}
     if steps:
         control_ids = [f"{prefix}finetuned/{suffix}" for suffix in ("eager", "ort-fp32")]
         # Needed again while a pruned variant is still to be timed against it (a kept run resumes in no time).
         control, control_seconds = _unless_kept(
-            study, control_ids + pruned_ids, detector,
+            study, control_ids + pruned_ids + pruned_int8_ids, detector,
             lambda: finetune(copy.deepcopy(detector), data_dir, label_map, config, progress=progress,
                              work_dir=out / "work" / f"control-{_settings_key(shared)}"))
         control_text = f"unpruned, the same {steps} fine-tuning steps (control)"
@@ -160,7 +175,7 @@ def _measure_variants(study: Study, detector, name: str, data_dir: Path, label_m
                                  baseline=ort_fp32["id"], variant=f"{control_text}, ONNX Runtime fp32",
                                  train_seconds=control_seconds, config={**shared, **budget})["id"]
     pruned, train_seconds = _unless_kept(
-        study, pruned_ids, detector,
+        study, pruned_ids + pruned_int8_ids, detector,
         lambda: prune_and_recover(detector, data_dir, label_map, config, progress=progress,
                                   work_dir=out / "work" / f"pruned-{_settings_key(shared)}"))
     pruned_text = f"{config.prune_ratio:.0%} channels pruned, {steps} fine-tuning steps"
@@ -169,9 +184,9 @@ def _measure_variants(study: Study, detector, name: str, data_dir: Path, label_m
     study.measure(pruned, pruned_ids[1], technique="structured_pruning",
                   runtime="onnxruntime", baseline=base_ort, variant=f"{pruned_text}, ONNX Runtime fp32",
                   config={**shared, **budget}, train_seconds=train_seconds)
-    _measure_int8(study, pruned, calibration_set, quant_config, pruned_ids[2],
-                  base_ort, f"{pruned_text}, then static int8 (ONNX Runtime QDQ)", {**shared, **budget}, out,
-                  technique="combined", train_seconds=train_seconds)
+    _measure_int8(study, pruned, calibration_set, quant_config, f"{prefix}structured/ort-int8",
+                  base_ort, f"{pruned_text}, then static int8", {**shared, **budget}, out,
+                  technique="combined", train_seconds=train_seconds, config=config)
 
 
 def _unless_kept(study: Study, record_ids: list[str], stand_in, make):
@@ -225,16 +240,41 @@ def _describe_difference(key: str, theirs, ours) -> str:
     return f"{key} {theirs!r} there, {ours!r} now"
 
 
+def _int8_ids(config: DatasetStudyConfig, prefix: str) -> list[str]:
+    """The int8 records' ids under ``prefix`` (``custom/<name>/`` or ``custom/<name>/structured/``)."""
+    from compresskit.harness.auto_int8 import AUTO, int8_path, int8_runtimes
+
+    if config.int8_runtime == "onnxruntime":
+        return [f"{prefix}ort-int8"]
+    runtimes = int8_runtimes(any_shape=True) if config.int8_runtime == AUTO else (config.int8_runtime,)
+    return [f"{prefix}int8/{int8_path(runtime).label}-int8" for runtime in runtimes]
+
+
 def _measure_int8(study: Study, detector, calibration_set, quant_config: OrtQuantConfig, record_id: str,
                   baseline: str, variant: str, shared: dict, out: Path, technique: str = "static_ptq",
-                  train_seconds: float | None = None) -> dict:
+                  train_seconds: float | None = None, config: DatasetStudyConfig | None = None) -> dict | None:
+    """``detector``'s int8 core(s) against ``baseline``: ONNX Runtime QDQ as ``record_id``, or, with
+    ``config.int8_runtime`` another runtime or ``auto``, each candidate as ``<prefix>int8/<label>-int8`` (the
+    prefix is ``record_id`` without its last part) and ``auto``'s pick marked in its record."""
+    if config is not None and config.int8_runtime != "onnxruntime":
+        from compresskit.harness.auto_int8 import AUTO, Int8Settings, int8_runtimes, measure_auto
+
+        prefix = record_id.rsplit("/", 1)[0]
+        runtimes = int8_runtimes(any_shape=True) if config.int8_runtime == AUTO else (config.int8_runtime,)
+        settings = Int8Settings(calibration_images=quant_config.calibration_images, seed=quant_config.seed,
+                                threads=study.threads, any_shape=True)
+        _, picked = measure_auto(study, detector, calibration_set, out / "artifacts" / record_id.replace("/", "-"),
+                                 baseline, f"{prefix}/int8", config.max_map_drop, runtimes=runtimes,
+                                 settings=settings, technique=technique, variant=f"{variant}, ",
+                                 config={**shared})
+        return picked
     if study.is_kept(record_id):
         return study.keep(record_id)  # no variant is timed against an int8 one: nothing to rebuild
     file_name = record_id.replace("/", "-") + ".onnx"
     quantized = quantize_core_onnx(detector, calibration_set, quant_config, out / "artifacts" / file_name)
     return study.measure(detector, record_id, technique=technique, runtime="onnxruntime", baseline=baseline,
                          core=OnnxCore(quantized.int8_path, threads=study.threads), train_seconds=train_seconds,
-                         variant=f"{variant}, {quantized.activations} activations, "
+                         variant=f"{variant} (ONNX Runtime QDQ), {quantized.activations} activations, "
                                  f"{quantized.calibration_images} calibration images",
                          config={**shared, "quantization": quantized.as_dict()})
 

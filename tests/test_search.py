@@ -1,0 +1,97 @@
+"""``compresskit search`` on the tiny dataset: a two-chain search with one-step fine-tunes writes the records, the
+front, the recipe, the summary and the chosen artifact; a rerun resumes instead of searching again; the recipe
+replays to the same variant; bad settings are one message. Mechanics, not accuracy: the budget here is wide."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compresskit.cli import main
+from compresskit.errors import ConfigError
+from compresskit.harness import search as search_module
+from compresskit.harness.search import Recipe, SearchConfig, part_ratios_for, search
+from compresskit.report import read_results
+
+TINY = dict(max_map_drop=100.0, time_budget_minutes=30, max_trials=2, runtimes=("onnxruntime", "openvino"),
+            proxy_steps=1, full_steps=2, batch_size=4, proxy_val_images=4, calibration_images=2, runs=3)
+
+
+@pytest.fixture
+def tiny_search(tiny_profile, monkeypatch):
+    monkeypatch.setattr(search_module, "MIN_VAL_IMAGES", 4)  # the tiny dataset has 8 val images
+    return tiny_profile
+
+
+@pytest.mark.slow
+def test_a_search_writes_its_front_recipe_summary_and_artifact_and_resumes(tiny_search, tmp_path, capsys):
+    out = tmp_path / "search"
+    result = search("student", out, SearchConfig(**TINY), log=None)
+    records = {record["id"]: record for record in read_results(out)["records"]}
+    chains = {record_id.split("/")[2] for record_id in records if record_id.startswith("search/student/t")}
+    assert chains == {"t000", "t001"}  # the first two enqueued chains
+    for chain in chains:
+        assert {f"search/student/{chain}/{name}" for name in ("ort-fp32", "ort-int8", "ov-int8")} <= set(records)
+    assert all(record["baseline"] == "search/student/ort-fp32" for record_id, record in records.items()
+               if record_id.startswith("search/student/t"))
+    chosen = [record for record in records.values() if (record.get("config") or {}).get("chosen")]
+    assert [record["id"] for record in chosen] == [result.chosen["id"]]
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["detector"] == "student" and recipe["full_steps"] == 2 and recipe["stages"]
+    assert (out / "front_latency.png").stat().st_size > 10_000
+    summary = (out / "summary.md").read_text()
+    assert "**Chosen**" in summary and result.chosen["id"] in summary
+    assert any((out / "chosen").iterdir())
+    assert not (out / "work").exists()
+    # The same command again: the finished trials and records are kept, nothing is measured again.
+    again = search("student", out, SearchConfig(**TINY), log=None)
+    assert again.chosen["id"] == result.chosen["id"]
+    assert {record["id"]: record["latency_ms"] for record in read_results(out)["records"]} == {
+        record_id: record["latency_ms"] for record_id, record in records.items()}
+    # Other settings are refused rather than mixed in.
+    with pytest.raises(ConfigError, match="other settings"):
+        search("student", out, SearchConfig(**{**TINY, "full_steps": 3}), log=None)
+    # The recipe replays to the same variant: same MACs and size, mAP within 0.2 points.
+    assert main(["search", "--replay", str(out / "recipe.json"), "--runs", "3", "--out", str(tmp_path / "replay")]) == 0
+    replayed = [record for record in read_results(tmp_path / "replay")["records"]
+                if record["id"] != "replay/student/ort-fp32"]
+    assert len(replayed) == 1 and replayed[0]["macs"] == result.chosen["macs"]
+    assert replayed[0]["size_bytes"] == pytest.approx(result.chosen["size_bytes"], rel=0.01)
+    assert abs(replayed[0]["map"] - result.chosen["map"]) <= 0.002
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"max_map_drop": 0}, "above 0"), ({"max_map_drop": 101}, "at most 100"), ({"objective": "energy"}, "objective"),
+    ({"runtimes": ("tensorrt",)}, "unknown int8 runtime"), ({"time_budget_minutes": 0}, "minutes"),
+    ({"proxy_steps": 5, "full_steps": 2}, "at least proxy_steps"),
+])
+def test_bad_settings_are_one_message(change, named):
+    with pytest.raises(ConfigError, match=named):
+        SearchConfig(**{**TINY, **change})
+
+
+def test_a_time_budget_too_small_for_one_chain_says_how_much_it_needs(tiny_search, tmp_path, capsys):
+    code = main(["search", "--preset", "student", "--time-budget", "0.01", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "one chain takes about" in err and "--time-budget" in err and "Traceback" not in err
+
+
+def test_a_val_split_too_small_for_the_budget_is_refused_with_its_size(tiny_profile, tmp_path, capsys):
+    code = main(["search", "--preset", "student", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has 8 images" in err and "at least 50" in err
+
+
+def test_part_ratios_spread_the_trunk_ratio_over_its_stages(student):
+    detector, _ = student
+    ratios = part_ratios_for(detector, trunk=0.3, fpn=0.0, head=0.2)
+    assert ratios["head"] == 0.2 and "fpn" not in ratios
+    assert {name for name, ratio in ratios.items() if ratio == 0.3} >= {"layer1", "layer4"}
+
+
+def test_a_file_that_is_not_a_recipe_is_one_message(tmp_path):
+    path = tmp_path / "recipe.json"
+    path.write_text("{\"part_ratios\": 3}")
+    with pytest.raises(ConfigError, match="not a recipe"):
+        Recipe.read(path)
