@@ -1,24 +1,26 @@
 """``compresskit search``: the fastest detector within an accuracy budget, across the techniques the kit teaches.
 
 A candidate is a chain: a starting detector (the given one, or for the teacher also its shipped BatchNorm-head
-twin, whose head quantizes whole), structured pruning with one ratio per part (trunk, FPN, head), a recovery
-fine-tune with or without distillation from the unpruned detector, then the fp32 core and an int8 core for every
-registered int8 runtime. Optuna proposes the chains (a multi-objective study: mAP points lost against the fp32
-detector, and latency, size or MACs) and keeps them in a SQLite file in the output folder, which is what makes a
-search resumable; ``--storage`` points several machines at one shared database instead.
+twin, whose head quantizes whole), structured pruning with one ratio per part group (trunk, FPN, head), a
+recovery fine-tune with or without distillation from the unpruned detector, then the fp32 core and an int8 core
+for every registered int8 runtime. Optuna proposes the chains and keeps its study in a SQLite file in the output
+folder, which is what makes a search resumable; ``--storage`` points several machines at one shared database.
 
 Why the strategy is sound, in short:
 
-- **Cheap proxies first** (successive halving, two rungs). Each chain is fine-tuned for a few steps and evaluated
-  on a val slice; a chain whose proxy loses more than the budget plus a margin is pruned there (the short
-  fine-tune under-recovers, so the margin errs towards keeping). Only the survivors get the full fine-tune, the
-  whole val split and the int8 cores: the expensive rung is spent where the budget can still be met.
-- **Seeds from what is known.** The first chains are enqueued by hand: uniform ratios around the point where a 2x
-  MACs cut lies (about 30 % of the channels), with and without distillation; Optuna's TPE sampler explores
-  from there.
+- **Cheap proxies first** (successive halving with two rungs). Each chain is fine-tuned for a few steps and scored
+  on a val slice; Optuna's median pruner stops a chain whose proxy loss is worse than the median of the chains
+  that went on (after the first few, which always go on). A few steps rank chains by how much they broke long
+  before they say how far each recovers, so the proxy is used to rank, never to judge the budget. Only the
+  survivors get the full fine-tune, the whole val split and the int8 cores.
+- **One number per chain for the sampler.** Optuna's TPE sampler minimises a chain's score: the objective of its
+  best variant within the budget, relative to the fp32 detector's (1.0 is no gain), or, when no variant is within
+  the budget, 1 plus a tenth of the excess points, so feasible chains always rank first.
+- **Seeds from what is known.** The first chains are enqueued by hand: int8 alone (the feasible floor), 30 %
+  everywhere (about a 2x MACs cut) with and without distillation, a lighter cut with distillation.
 - **Every number is a record.** Each measured variant is a results record paired with the fp32 detector's ONNX
-  Runtime core measured in the same run, so the front, the choice and the summary are drawn from records alone,
-  and a resumed search keeps the records it finished.
+  Runtime core measured in the same run; the front, the choice and the summary are drawn from the records
+  (never from a proxy), and a resumed search keeps the records it finished.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from compresskit.harness.variant import Study
 OBJECTIVES = ("latency", "size", "macs")
 PART_GROUPS = ("trunk", "fpn", "head")  # the parts a chain prunes at its own ratio; the trunk is every stage
 RATIOS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
-PROXY_MARGIN_POINTS = 2.0  # a proxy may lose this much more than the budget and still go on to the full rung
+PROXY_STARTUP_CHAINS = 3  # chains that always reach the full rung, so the median has something to compare with
 MIN_VAL_IMAGES = 50  # fewer val images cannot tell a 0.5-point difference from noise on the kit's datasets
 LESSON = "search"
 
@@ -297,10 +299,11 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
                                config.proxy_steps, progress=progress)
         proxy_drop = 100 * (proxy_reference - _proxy_map(proxy, proxy_val, loaded.label_map))
         trial.set_user_attr("proxy_drop_points", round(proxy_drop, 3))
-        if proxy_drop > config.max_map_drop + PROXY_MARGIN_POINTS:
+        trial.report(proxy_drop, step=0)  # the proxy rung: compared with the other chains' proxies
+        if trial.should_prune():
             if log is not None:
                 log(f"  pruned at the proxy rung: {proxy_drop:.2f} points lost on {config.proxy_val_images} val "
-                    f"images after {config.proxy_steps} steps")
+                    f"images after {config.proxy_steps} steps, worse than the median chain's")
             raise optuna.TrialPruned()
         detector, seconds = build_chain(starts[start], recipe, loaded.model, train_set,
                                         work / f"t{trial.number}-full", config.full_steps, progress=progress)
@@ -322,7 +325,8 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
         best = _best(records, yardstick, config)
         trial.set_user_attr("records", [record["id"] for record in records])
         trial.set_user_attr("best", best["id"])
-        return _values(best, yardstick, config)
+        trial.set_user_attr("map_drop_points", round(_values(best, yardstick, config)[0], 3))
+        return _score(best, yardstick, config)
 
     began = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -336,8 +340,9 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
             url, heartbeat_interval=60, grace_period=180,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     optuna_study = optuna.create_study(study_name=f"compresskit-search-{key}", storage=rdb, load_if_exists=True,
-                                       directions=["minimize", "minimize"],
-                                       sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=4))
+                                       direction="minimize",
+                                       sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=4),
+                                       pruner=optuna.pruners.MedianPruner(n_startup_trials=PROXY_STARTUP_CHAINS))
     if not optuna_study.trials:
         for seed in _seeds(list(starts)):
             optuna_study.enqueue_trial(seed)
@@ -370,12 +375,15 @@ def _proxy_map(detector: nn.Module, loader, label_map) -> float:
 
 
 def _seeds(starts: list[str]) -> list[dict]:
-    """The first chains, enqueued: 30 % everywhere (about a 2x MACs cut), with and without KD, from each start;
-    then a lighter and a heavier cut with KD from the last start (the BatchNorm head where there is one)."""
-    seeds = [{"start": start, "ratio_trunk": 0.3, "ratio_fpn": 0.3, "ratio_head": 0.3, "kd": kd}
-             for start in reversed(starts) for kd in (True, False)]
-    seeds += [{"start": starts[-1], "ratio_trunk": ratio, "ratio_fpn": ratio, "ratio_head": 0.2, "kd": True}
-              for ratio in (0.2, 0.5)]
+    """The first chains, enqueued: no pruning (int8 alone: the feasible floor), then 30 % everywhere (about a 2x
+    MACs cut) with and without KD, from the last start (the BatchNorm head where there is one); then a light cut
+    with KD and a lighter head, and the same from the other start."""
+    last = starts[-1]
+    seeds = [{"start": last, "ratio_trunk": 0.0, "ratio_fpn": 0.0, "ratio_head": 0.0, "kd": False}]
+    seeds += [{"start": last, "ratio_trunk": 0.3, "ratio_fpn": 0.3, "ratio_head": 0.3, "kd": kd}
+              for kd in (True, False)]
+    seeds += [{"start": start, "ratio_trunk": 0.2, "ratio_fpn": 0.2, "ratio_head": 0.0, "kd": True}
+              for start in reversed(starts)]
     return seeds
 
 
@@ -387,6 +395,16 @@ def _objective_value(record: dict, yardstick: dict, config: SearchConfig) -> flo
     if config.objective == "macs":
         return float(record["macs"])
     return 1.0 / compare(record, yardstick)["latency_speedup"]  # latency as a share of the yardstick's
+
+
+def _score(record: dict, yardstick: dict, config: SearchConfig) -> float:
+    """What Optuna minimises for a chain: the objective (relative to the yardstick's, so 1.0 is no gain) when the
+    chain's best variant is within the budget; above 1, growing with the excess points, when it is not. So every
+    feasible chain ranks before every infeasible one, and among infeasible ones the nearer is better."""
+    drop, value = _values(record, yardstick, config)
+    if drop <= config.max_map_drop:
+        return value / _objective_value(yardstick, yardstick, config)
+    return 1.0 + (drop - config.max_map_drop) / 10.0
 
 
 def _values(record: dict, yardstick: dict, config: SearchConfig) -> tuple[float, float]:
