@@ -96,3 +96,47 @@ def test_a_file_that_is_not_a_recipe_is_one_message(tmp_path):
     path.write_text("{\"part_ratios\": 3}")
     with pytest.raises(ConfigError, match="not a recipe"):
         Recipe.read(path)
+
+
+SEARCH_IN_ITS_OWN_PROCESS = """
+import os, runpy, sys
+runpy.run_path(os.environ["COMPRESSKIT_TEST_WARNING_POLICY"])  # the suite's deprecation policy (conftest.py)
+from compresskit import harness
+from compresskit.data import load_split
+from compresskit.harness import search
+
+data = sys.argv[1]
+harness.loading.profile_split = lambda split, profile, label_map, train_transforms=None: load_split(
+    split, data, train_transforms=train_transforms, label_map=label_map)
+search.MIN_VAL_IMAGES = 4
+config = search.SearchConfig(max_map_drop=100.0, time_budget_minutes=30, max_trials=2, runtimes=("onnxruntime",),
+                             proxy_steps=1, full_steps=2, batch_size=4, proxy_val_images=4, calibration_images=2,
+                             runs=3)
+search.search("student", sys.argv[2], config, storage=sys.argv[3], log=None)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_search_one_study_through_a_shared_storage(tiny_embedded, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    workers = [subprocess.Popen([sys.executable, "-c", SEARCH_IN_ITS_OWN_PROCESS, str(tiny_embedded),
+                                 str(tmp_path / f"worker{index}"), storage], stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "COMPRESSKIT_PROFILE": "embedded"})
+               for index in range(2)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+    [summary] = optuna.study.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    numbers = [trial.number for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert len(numbers) >= 2 and len(set(numbers)) == len(numbers)
+    # each chain was measured by one process only: the two shared the study's trials instead of repeating them
+    chains = [{record["id"].split("/")[2] for record in read_results(tmp_path / f"worker{index}")["records"]
+               if record["id"].startswith("search/student/t")} for index in range(2)]
+    assert len(chains[0] | chains[1]) >= 2 and not chains[0] & chains[1]

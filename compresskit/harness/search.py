@@ -305,6 +305,9 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
                 log(f"  pruned at the proxy rung: {proxy_drop:.2f} points lost on {config.proxy_val_images} val "
                     f"images after {config.proxy_steps} steps, worse than the median chain's")
             raise optuna.TrialPruned()
+        if log is not None:
+            log(f"  proxy rung: {proxy_drop:.2f} points lost on {config.proxy_val_images} val images after "
+                f"{config.proxy_steps} steps; full rung: {config.full_steps} steps, then every runtime")
         detector, seconds = build_chain(starts[start], recipe, loaded.model, train_set,
                                         work / f"t{trial.number}-full", config.full_steps, progress=progress)
         variant = (f"{start}, pruned {ratios}, {config.full_steps}-step fine-tune "
@@ -352,6 +355,11 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
         if trial.datetime_complete and trial.datetime_start:
             durations.append((trial.datetime_complete - trial.datetime_start).total_seconds())
         done = sum(1 for item in study_.trials if item.state.is_finished())
+        if log is not None and trial.state == optuna.trial.TrialState.COMPLETE:
+            best = study_.best_trial
+            log(f"  chain {trial.number}: score {trial.value:.3f} (best so far: chain {best.number}, "
+                f"{best.user_attrs.get('best')}, score {best.value:.3f}, {best.user_attrs.get('map_drop_points')} "
+                f"points lost); {done} chains done, {_time_left(began, config):.0f} min left")
         left = config.time_budget_minutes * 60 - (time.monotonic() - began)
         if left < (max(durations) if durations else estimate) or (config.max_trials and done >= config.max_trials):
             study_.stop()
