@@ -40,6 +40,31 @@ def test_first_record_is_the_baseline_and_later_ones_are_paired_with_it(small_st
     assert again["map"] == base["map"] and again["macs"] == base["macs"] and again["profile"] == "embedded"
 
 
+def test_a_baseline_that_ran_at_another_speed_in_the_pairs_marks_the_comparison_noisy(small_study, monkeypatch):
+    # The load changed between the baseline's own timing and the pairs: a tight interval is then no guarantee.
+    from compresskit.harness import variant
+    from compresskit.measure import Latency, PairedLatency
+
+    study, detector = small_study
+    base = study.measure(detector, "drift/base", technique="baseline")
+    alone = base["latency_ms"]["median"]
+
+    def pairs_at(factor: float):
+        def fake(baseline_fn, candidate_fn, inputs, **settings) -> PairedLatency:
+            timing = Latency(median_ms=alone * factor, p90_ms=alone * factor, runs=5, threads=2, batch=1)
+            return PairedLatency(speedup=2.0, low=1.98, high=2.02, pairs=5, threads=2, baseline=timing,
+                                 candidate=Latency(median_ms=alone * factor / 2, p90_ms=alone * factor / 2, runs=5,
+                                                   threads=2, batch=1))
+        return fake
+
+    monkeypatch.setattr(variant, "compare_latency", pairs_at(1.6))
+    drifted = study.measure(detector, "drift/slow", technique="baseline", baseline="drift/base", evaluate_map=False)
+    assert drifted["paired_latency"]["noisy"] is True and drifted["paired_latency"]["baseline_drift"] == 1.6
+    monkeypatch.setattr(variant, "compare_latency", pairs_at(1.1))
+    steady = study.measure(detector, "drift/steady", technique="baseline", baseline="drift/base", evaluate_map=False)
+    assert steady["paired_latency"]["noisy"] is False and steady["paired_latency"]["baseline_drift"] == 1.1
+
+
 def test_baseline_must_belong_to_the_same_study(small_study):
     study, detector = small_study
     with pytest.raises(ValueError, match="not a record of this study"):

@@ -74,6 +74,7 @@ def test_train_student_from_coco_weights(own_dataset, tmp_path, monkeypatch):
     assert isinstance(detector, SSD) and not detector.training
     assert label_map.category_ids == (0, 3, 7)
     assert meta["init"] == "coco-pretrained" and meta["torchvision_model"] == COCO_PRESETS["student"]
+    assert meta["weights_verified"] is False  # random values in torchvision's file name: a stand-in, said so
     assert sorted(meta["reinitialised"]) == sorted(_class_head_final_convs())
     assert meta["kept_tensors"] == len(detector.state_dict()) - len(meta["reinitialised"])
     assert 0.0 <= meta["val_metrics"]["map"] <= 1.0 and meta["preset"] == "student"
@@ -130,3 +131,58 @@ def test_torchvision_checkpoint_round_trip_and_tampered_name(tmp_path):
         torch.save(payload, tmp_path / "tampered.pt")
         with pytest.raises(CheckpointError, match="tampered.pt"):
             load_checkpoint(tmp_path / "tampered.pt")
+
+
+def test_cached_weights_are_verified_against_the_digest_in_their_official_name(tmp_path, monkeypatch):
+    from compresskit.models import coco_weights_verified
+
+    monkeypatch.setenv("COMPRESSKIT_WEIGHTS", str(tmp_path / "weights"))
+    assert coco_weights_verified("student") is None
+    _cache_student_weights(tmp_path / "weights")
+    assert coco_weights_verified("student") is False
+    # A file whose SHA-256 starts with the name's digest passes: rename the stand-in after its own digest.
+    import hashlib
+
+    [cached] = (tmp_path / "weights" / "checkpoints").iterdir()
+    digest = hashlib.sha256(cached.read_bytes()).hexdigest()[:8]
+    official = get_model_weights(COCO_PRESETS["student"]).DEFAULT.url.rsplit("/", 1)[1]
+    monkeypatch.setattr(type(get_model_weights(COCO_PRESETS["student"]).DEFAULT), "url",
+                        property(lambda self: f"https://example.invalid/{official.rsplit('-', 1)[0]}-{digest}.pth"),
+                        raising=False)
+    cached.rename(cached.with_name(f"{official.rsplit('-', 1)[0]}-{digest}.pth"))
+    assert coco_weights_verified("student") is True
+
+
+def test_a_resnet_detector_fine_tunes_with_its_trunk_frozen_as_torchvision_does(tmp_path):
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from compresskit.models import freeze_resnet_trunk_
+
+    torch.manual_seed(0)
+    model = build_coco_architecture("teacher", num_classes=4)  # RetinaNet ResNet-50 FPN v2, random values
+    body = model.backbone.body
+    before = {name: tensor.clone() for name, tensor in body.state_dict().items()}
+    assert freeze_resnet_trunk_(model) and not freeze_resnet_trunk_(build_coco_architecture("student", num_classes=4))
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in body.modules())
+    assert all(torch.equal(body.state_dict()[name], value) for name, value in before.items()
+               if not name.endswith("num_batches_tracked"))  # frozen with the values it had
+    trainable = {name.split(".")[0] for name, param in body.named_parameters() if param.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}
+    # One training step moves layer2 and leaves the stem, layer1 and every BatchNorm statistic where they were.
+    model.train()
+    images = [torch.rand(3, 128, 160)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 100.0]]), "labels": torch.tensor([1])}]
+    optimizer = torch.optim.SGD([param for param in model.parameters() if param.requires_grad], lr=0.1)
+    sum(model(images, targets).values()).backward()
+    optimizer.step()
+    after = body.state_dict()
+    assert torch.equal(after["conv1.weight"], before["conv1.weight"])
+    assert torch.equal(after["layer1.0.bn1.running_mean"], before["layer1.0.bn1.running_mean"])
+    assert torch.equal(after["layer3.0.bn1.running_var"], before["layer3.0.bn1.running_var"])
+    assert not torch.equal(after["layer2.0.conv1.weight"], before["layer2.0.conv1.weight"])
+    # The checkpoint says so, and loads back into the same frozen architecture, strictly.
+    path = save_torchvision_checkpoint(tmp_path / "teacher.pt", model, COCO_PRESETS["teacher"], 4,
+                                       LabelMap.contiguous([{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]))
+    loaded, _, _ = load_checkpoint(path)
+    assert isinstance(loaded.backbone.body.bn1, FrozenBatchNorm2d)
+    assert all(torch.equal(loaded.state_dict()[name], value) for name, value in model.state_dict().items())

@@ -262,6 +262,28 @@ def test_targets_take_the_worst_record_or_with_any_record_the_best():
     assert check_target(within, doc).text() == "missed (no record within 0.5 mAP points)"
 
 
+def test_a_target_for_one_kind_of_cpu_is_not_measured_on_the_other():
+    doc = document(record("x/base", map_value=0.80), record("x/a", technique="combined", baseline="x/base",
+                                                             map_value=0.80, speedup=5.0, runtime="onnxruntime"))
+    vnni = Target("vnni", "5x on VNNI", ("x/a",), "paired_speedup", 4.0, cpu="vnni")
+    avx2 = Target("avx2", "4x on AVX2 only", ("x/a",), "paired_speedup", 4.0, cpu="avx2-only")
+    doc["environment"]["isa"] = ["avx", "avx2", "avx512f", "avx512_vnni", "fma"]
+    assert check_target(vnni, doc).status == "met"
+    assert check_target(avx2, doc).text() == "not measured (this run was on a CPU with VNNI or AMX)"
+    doc["environment"]["isa"] = ["avx", "avx2", "fma"]
+    assert check_target(vnni, doc).text() == "not measured (this run was on an AVX2-only CPU)"
+    assert check_target(avx2, doc).status == "met"
+
+
+def test_the_reference_search_misses_its_targets_by_what_its_summary_says():
+    searched = json.loads((Path(__file__).resolve().parent.parent / "reports" / "search" / "results.json").read_text())
+    verdicts = {verdict.target.id: verdict.text() for verdict in check_targets(searched)}
+    assert verdicts["search-speed-vnni"] == "missed by 2.63x"  # the chosen ONNX Runtime int8 teacher: 2.37x
+    assert verdicts["search-size"] == "missed by 8.06x"
+    assert verdicts["search-pruning-macs"] == "missed by 1.00x"  # no pruned chain stayed within 1 point
+    assert verdicts["search-speed-avx2"].startswith("not measured")
+
+
 def test_every_target_names_a_known_measure():
     from compresskit.harness.targets import MEASURES
 

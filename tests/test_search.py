@@ -20,7 +20,7 @@ TINY = dict(max_map_drop=100.0, time_budget_minutes=30, max_trials=2, runtimes=(
 
 @pytest.fixture
 def tiny_search(tiny_profile, monkeypatch):
-    monkeypatch.setattr(search_module, "MIN_VAL_IMAGES", 4)  # the tiny dataset has 8 val images
+    monkeypatch.setattr(search_module, "RESOLUTION_POINTS", 100.0)  # the tiny dataset's 8 val images judge nothing
     return tiny_profile
 
 
@@ -60,6 +60,11 @@ def test_a_search_writes_its_front_recipe_summary_and_artifact_and_resumes(tiny_
     assert len(replayed) == 1 and replayed[0]["macs"] == result.chosen["macs"]
     assert replayed[0]["size_bytes"] == pytest.approx(result.chosen["size_bytes"], rel=0.01)
     assert abs(replayed[0]["map"] - result.chosen["map"]) <= 0.01
+    # `reproduce` re-measures the choice from the artifact it shipped: the same file gives the same detections.
+    study = search_module.reference_search_study(reference=out, runs=3)
+    [remeasured] = [record for record in study.records if record["id"] == result.chosen["id"]]
+    assert remeasured["map"] == result.chosen["map"] and remeasured["macs"] == result.chosen["macs"]
+    assert remeasured["baseline"] == "search/student/ort-fp32" and remeasured["config"]["chosen"]
 
 
 @pytest.mark.parametrize(("change", "named"), [
@@ -81,7 +86,8 @@ def test_a_time_budget_too_small_for_one_chain_says_how_much_it_needs(tiny_searc
 def test_a_val_split_too_small_for_the_budget_is_refused_with_its_size(tiny_profile, tmp_path, capsys):
     code = main(["search", "--preset", "student", "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
-    assert code == 2 and "has 8 images" in err and "at least 50" in err
+    assert code == 2 and "has 8 images" in err and "at least 200 val boxes" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_part_ratios_spread_the_trunk_ratio_over_its_stages(student):
@@ -108,7 +114,7 @@ from compresskit.harness import search
 data = sys.argv[1]
 harness.loading.profile_split = lambda split, profile, label_map, train_transforms=None: load_split(
     split, data, train_transforms=train_transforms, label_map=label_map)
-search.MIN_VAL_IMAGES = 4
+search.RESOLUTION_POINTS = 100.0
 config = search.SearchConfig(max_map_drop=100.0, time_budget_minutes=30, max_trials=2, runtimes=("onnxruntime",),
                              proxy_steps=1, full_steps=2, batch_size=4, proxy_val_images=4, calibration_images=2,
                              runs=3)
@@ -140,3 +146,72 @@ def test_two_processes_search_one_study_through_a_shared_storage(tiny_embedded, 
     chains = [{record["id"].split("/")[2] for record in read_results(tmp_path / f"worker{index}")["records"]
                if record["id"].startswith("search/student/t")} for index in range(2)]
     assert len(chains[0] | chains[1]) >= 2 and not chains[0] & chains[1]
+
+
+@pytest.fixture
+def own_fine_tuned(tmp_path, monkeypatch) -> tuple:
+    """A split example export (category ids 0, 3, 7) and a student fine-tuned on it for two steps."""
+    from compresskit.data.example_export import write_example_export
+    from compresskit.data.split import SplitConfig, split_dataset
+    from compresskit.engine import TrainConfig
+    from compresskit.engine.recipes import train_preset
+
+    monkeypatch.setattr(search_module, "RESOLUTION_POINTS", 100.0)  # 4 val images: mechanics only
+    annotations = write_example_export(tmp_path / "export", images=12)
+    split_dataset(annotations, tmp_path / "export" / "images", tmp_path / "split",
+                  SplitConfig(val_fraction=0.34, seed=0))
+    checkpoint = train_preset("student", tmp_path / "ft", data_dir=tmp_path / "split",
+                              config=TrainConfig(epochs=1, batch_size=4, warmup_iters=1, workers=0),
+                              max_iters_per_epoch=2, progress=False, init="shipped")
+    return checkpoint, tmp_path / "split"
+
+
+@pytest.mark.slow
+def test_a_search_on_your_own_data_reads_it_through_the_checkpoints_label_map_and_replays(own_fine_tuned, tmp_path):
+    checkpoint, data = own_fine_tuned
+    out = tmp_path / "search"
+    arguments = ["search", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), "--trials", "1",
+                 "--runtimes", "onnxruntime", "--proxy-steps", "1", "--full-steps", "1", "--runs", "3",
+                 "--max-map-drop", "100"]
+    assert main(arguments) == 0
+    records = {record["id"]: record for record in read_results(out)["records"]}
+    assert {"search/student/ort-fp32", "search/student/t000/ort-int8"} <= set(records)
+    assert {record["profile"] for record in records.values()} == {"custom"}
+    recipe = Recipe.read(out / "recipe.json")
+    assert recipe.data == str(data) and recipe.checkpoint == str(checkpoint)
+    assert main(["search", "--replay", str(out / "recipe.json"), "--runs", "3", "--out", str(tmp_path / "replay")]) == 0
+    replayed = [record for record in read_results(tmp_path / "replay")["records"] if "/ort-fp32" not in record["id"]]
+    assert len(replayed) == 1 and replayed[0]["profile"] == "custom"
+    # The same search on another dataset in the same folder is another search: refused, not mixed in.
+    annotations = data / "annotations" / "instances_val.json"
+    document = json.loads(annotations.read_text())
+    document["annotations"] = document["annotations"][1:]
+    annotations.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match="other settings"):
+        search("student", out, SearchConfig(**{**TINY, "runtimes": ("onnxruntime",), "max_trials": 1,
+                                                 "proxy_steps": 1, "full_steps": 1}),
+               checkpoint=checkpoint, data_dir=data, log=None)
+
+
+def test_a_search_on_your_own_data_needs_its_checkpoint_and_clean_data(own_fine_tuned, tmp_path, capsys):
+    checkpoint, data = own_fine_tuned
+    assert main(["search", "--data", str(data), "--out", str(tmp_path / "s")]) == 2
+    assert "pass --checkpoint FILE" in capsys.readouterr().err
+    annotations = data / "annotations" / "instances_val.json"
+    document = json.loads(annotations.read_text())
+    document["annotations"][0]["category_id"] = 42
+    annotations.write_text(json.dumps(document))
+    assert main(["search", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "42" in err and "instances_val.json" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_study_with_search_refuses_a_val_split_too_small_before_the_study_runs(own_fine_tuned, tmp_path, monkeypatch,
+                                                                            capsys):
+    checkpoint, data = own_fine_tuned
+    monkeypatch.setattr(search_module, "RESOLUTION_POINTS", 0.5)
+    code = main(["study", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "study"),
+                 "--search", "20"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has 4 images" in err and "--val-fraction" in err and not (tmp_path / "study").exists()

@@ -220,9 +220,12 @@ def _add_study_commands(commands: Any) -> None:
                        help="the int8 runtime: onnxruntime (QDQ), openvino (NNCF), or auto: each of them timed "
                             "against the ONNX Runtime fp32 detector, the fastest within --max-drop mAP points "
                             "marked chosen in its record (default: onnxruntime)")
-    study.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
-                       help="with --runtime auto: the mAP points int8 may lose against the fp32 detector "
-                            "(0-100 scale, above 0; default: 1.0)")
+    study.add_argument("--max-drop", "--max-map-drop", dest="max_drop", type=float, default=1.0, metavar="POINTS",
+                       help="with --runtime auto or --search: the mAP points a variant may lose against the fp32 "
+                            "detector (0-100 scale, above 0; default: 1.0)")
+    study.add_argument("--search", type=positive_float, metavar="MINUTES",
+                       help="after the study, run `compresskit search` on the same checkpoint and data for this "
+                            "many minutes, within --max-drop, into OUT/search (default: no search)")
     study.add_argument("--restart", action="store_true",
                        help="measure every variant again instead of resuming; needed to replace a study in OUT "
                             "that was made with other settings (default: resume, keeping finished records)")

@@ -178,8 +178,28 @@ def _study(args: argparse.Namespace) -> int:
     config = DatasetStudyConfig(prune_ratio=args.ratio, finetune_steps=args.finetune_steps,
                                 calibration_images=args.calibration_images, val_images=args.val_images,
                                 runs=args.runs, int8_runtime=args.runtime, max_map_drop=args.max_drop)
+    search_config = None
+    if args.search is not None:  # its settings and the val split are checked before the study spends its time
+        from compresskit.data import load_split, require_clean_layout
+        from compresskit.harness.search import SearchConfig, check_val_split
+
+        search_config = SearchConfig(max_map_drop=args.max_drop, time_budget_minutes=args.search, runs=args.runs,
+                                     calibration_images=args.calibration_images)
+        require_clean_layout(args.data)
+        check_val_split(load_split("val", args.data))
     dataset_study(args.checkpoint, args.data, args.out, config, progress=True, restart=args.restart)
     print(f"results written to {args.out / 'results.json'}; figures in {args.out / 'figures'}")
+    if search_config is None:
+        return 0
+    from compresskit.harness.search import search
+
+    result = search(args.checkpoint.stem, args.out / "search", search_config, checkpoint=args.checkpoint, data_dir=args.data,
+                    restart=args.restart)
+    print(f"search: front {result.files['front']}; summary {result.files['summary']}")
+    if result.chosen is None:
+        print("the search found no variant within the budget; see its summary", flush=True)
+        return 1
+    print(f"search chose {result.chosen['id']}; recipe {result.files['recipe']}")
     return 0
 
 

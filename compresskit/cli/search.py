@@ -29,6 +29,9 @@ def add_search_command(commands: Any, command: Callable[..., argparse.ArgumentPa
                      "chosen artifact in OUT/chosen/.")
     search.add_argument("--preset", default="teacher", help="the detector to compress (a preset)")
     search.add_argument("--checkpoint", type=Path, help="a checkpoint of that preset (default: the shipped one)")
+    search.add_argument("--data", type=Path, metavar="SPLIT",
+                        help="a dataset of your own (a `compresskit data split` folder) the checkpoint was "
+                             "fine-tuned on (default: the profile's data)")
     search.add_argument("--max-map-drop", type=_budget, default=1.0, metavar="POINTS",
                         help="the budget: mAP points (0-100 scale) below the fp32 detector, above 0")
     search.add_argument("--objective", choices=("latency", "size", "macs"), default="latency",
@@ -65,8 +68,8 @@ def _search(args: argparse.Namespace) -> int:
     config = SearchConfig(max_map_drop=args.max_map_drop, objective=args.objective,
                           time_budget_minutes=args.time_budget, max_trials=args.trials, runtimes=runtimes,
                           proxy_steps=args.proxy_steps, full_steps=args.full_steps, runs=args.runs)
-    result = search(args.preset, args.out, config, checkpoint=args.checkpoint, storage=args.storage,
-                    restart=args.restart)
+    result = search(args.preset, args.out, config, checkpoint=args.checkpoint, data_dir=args.data,
+                    storage=args.storage, restart=args.restart)
     print(f"front: {result.files['front']}; summary: {result.files['summary']}")
     if result.chosen is None:
         print("no variant within the budget; see the summary", flush=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import math
 import re
 import shutil
 import tempfile
@@ -69,6 +70,12 @@ class SplitConfig:
 SMALL_VAL_IMAGES = 25
 
 
+def map_resolution_points(boxes: int) -> float:
+    """The smallest mAP difference (0-100 scale) a val split of ``boxes`` boxes can show: one box found or missed
+    moves a category's AP by about one over that category's boxes, and so mAP by about one over all of them."""
+    return 100 / boxes if boxes else math.inf
+
+
 def small_val_warning(manifest: dict) -> str | None:
     """A warning when the val split is too small to tell detectors apart, with the size of the smallest mAP
     difference it can show; None when it is large enough.
@@ -80,7 +87,7 @@ def small_val_warning(manifest: dict) -> str | None:
     if val["images"] >= SMALL_VAL_IMAGES:
         return None
     boxes = val["boxes"]
-    resolution = f"about {100 / boxes:.1f} mAP points" if boxes else "nothing (it has no boxes)"
+    resolution = f"about {map_resolution_points(boxes):.1f} mAP points" if boxes else "nothing (it has no boxes)"
     return (f"warning: val has only {val['images']} images ({boxes} boxes): one box more or less found moves mAP by "
             f"{resolution}, so smaller differences between detectors are noise; a larger --val-fraction (or more "
             f"images) gives at least {SMALL_VAL_IMAGES} val images")

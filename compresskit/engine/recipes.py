@@ -18,8 +18,8 @@ from compresskit.engine.loop import TrainConfig, make_loader
 from compresskit.engine.shipping import EVAL_BATCH_SIZE, load_splits, train_and_ship
 from compresskit.errors import ConfigError
 from compresskit.measure import count_macs, count_params
-from compresskit.models import (COCO_PRESETS, EMBEDDED_PRESETS, DetectorSpec, build_detector, load_coco_pretrained,
-                                load_preset, transfer_weights_)
+from compresskit.models import (COCO_PRESETS, EMBEDDED_PRESETS, DetectorSpec, build_detector, coco_weights_verified,
+                                freeze_resnet_trunk_, load_coco_pretrained, load_preset, transfer_weights_)
 from compresskit.models.core import ExportableCore, core_input_size, example_batch
 from compresskit.settings import seed_everything
 
@@ -66,7 +66,10 @@ def _coco_pretrained_detector(name: str, label_map: LabelMap) -> tuple[nn.Module
     pretrained, _ = load_coco_pretrained(name)
     # COCO's category slots never carry over, even for a COCO subset: its labels are contiguous, not COCO's ids.
     transferred = transfer_weights_(model, pretrained, same_categories=False)
+    frozen_trunk = freeze_resnet_trunk_(model)  # after the copy: the frozen statistics are the pretrained ones
+    # False: the cached file is not torchvision's (a stand-in or a damaged copy), so what it learned means nothing.
     return model, model_name, {"init": "coco-pretrained", "torchvision_model": model_name,
+                               "weights_verified": bool(coco_weights_verified(name)), "frozen_trunk": frozen_trunk,
                                "kept_tensors": len(transferred["kept"]),
                                "reinitialised": transferred["reinitialised"]}
 

@@ -9,6 +9,7 @@ and :func:`load_trained` for a trained variant that may ship only its training r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
@@ -22,13 +23,15 @@ STUDY_PRESETS = ("teacher", "student")  # loaded for either profile; shipped var
 
 @dataclass
 class Loaded:
-    """A detector as loaded for a study: the model, its label map and training metadata, and the profile."""
+    """A detector as loaded for a study: the model, its label map and training metadata, and the profile
+    (``custom`` with ``data_dir``: a kit-layout dataset of your own, read through the detector's label map)."""
 
     name: str
     model: nn.Module
     label_map: Any
     meta: dict
     profile: str
+    data_dir: Path | None = None
 
 
 def _preset_of(name: str) -> str:
@@ -48,17 +51,29 @@ def _shipped_variants() -> tuple[str, ...]:
     return tuple(sorted(path.stem for path in folder.glob("*.pt") if path.stem not in STUDY_PRESETS))
 
 
-def load_for_study(name: str, profile: str | None = None, checkpoint=None) -> Loaded:
+def load_for_study(name: str, profile: str | None = None, checkpoint=None, data_dir=None) -> Loaded:
     """Detector ``name`` of ``profile`` (default ``COMPRESSKIT_PROFILE``), as a study loads it.
 
     ``name`` is a preset (``teacher``, ``student``: the shipped embedded checkpoint, or torchvision's
     COCO-pretrained detector for the coco profile) or a variant shipped in the package (``teacher_pruned``,
     ``teacher_bnhead``, ...: embedded profile only, with its own label map and training metadata). With
-    ``checkpoint``, that file is loaded instead, with the data and label map of ``name``'s preset.
+    ``checkpoint``, that file is loaded instead, with the data and label map of ``name``'s preset; with
+    ``checkpoint`` and ``data_dir`` (a ``compresskit data split`` folder), the file's own label map and that
+    dataset, checked first (profile ``custom``; ``name`` is then the checkpoint's preset, when it names one).
     """
     from compresskit.errors import ConfigError
     from compresskit.models import load_checkpoint, load_detector, shipped_checkpoint
 
+    if data_dir is not None:
+        from compresskit.data import require_clean_layout
+
+        if checkpoint is None:
+            raise ConfigError("a dataset of your own needs the checkpoint fine-tuned on it: pass --checkpoint FILE "
+                              "(compresskit train --data DIR writes one)")
+        require_clean_layout(data_dir)  # bad data stops here, with the check's messages, before anything is written
+        model, label_map, meta = load_checkpoint(checkpoint)
+        return Loaded(name=meta.get("preset") or name, model=model, label_map=label_map, meta=meta,
+                      profile="custom", data_dir=Path(data_dir))
     profile = profile or settings.profile()
     if checkpoint is not None:
         base = load_for_study(_preset_of(name), profile)
@@ -79,7 +94,7 @@ def load_for_study(name: str, profile: str | None = None, checkpoint=None) -> Lo
 def val_loader(loaded: Loaded, images: int | None = None, batch_size: int = 8):
     """The val split of ``loaded``'s profile, read with its label map; the first ``images`` only when given (a
     fixed slice, so lessons stay short)."""
-    dataset = profile_split("val", profile=loaded.profile, label_map=loaded.label_map)
+    dataset = _split(loaded, "val", augment=False)
     if images is not None:
         dataset = val_subset(dataset, images)
     return make_loader(dataset, batch_size=batch_size, train=False)
@@ -97,7 +112,15 @@ def require_embedded(loaded: Loaded, what: str) -> None:
 def train_split(loaded: Loaded, augment: bool = True):
     """The train split of ``loaded``'s profile, read with its label map: augmented for fine-tuning, plain
     (``augment=False``) for calibration."""
-    return profile_split("train", profile=loaded.profile, label_map=loaded.label_map, train_transforms=augment)
+    return _split(loaded, "train", augment)
+
+
+def _split(loaded: Loaded, split: str, augment: bool):
+    if loaded.data_dir is not None:
+        from compresskit.data import load_split
+
+        return load_split(split, loaded.data_dir, label_map=loaded.label_map, train_transforms=augment)
+    return profile_split(split, profile=loaded.profile, label_map=loaded.label_map, train_transforms=augment)
 
 
 def training_record(name: str) -> dict:

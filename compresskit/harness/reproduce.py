@@ -26,17 +26,28 @@ from compresskit.harness.pruning import pruning_study
 from compresskit.harness.quantization import quantization_study, sensitivity_study
 from compresskit.harness.summary import write_summary
 from compresskit.harness.reuse import ReuseCache
+from compresskit.harness.search import reference_search_study
 from compresskit.harness.variant import Study
 
 if TYPE_CHECKING:
     from compresskit.report import CheckOutcome
+
+
+def _reference_search(**settings) -> Study:
+    """The committed reference search's chosen variant, re-measured from the artifact it shipped."""
+    if REFERENCE_DIR is None:
+        raise CompressKitError("the search study re-measures the reference search committed with the repository "
+                               "(reports/search); run reproduce from a checkout, or leave the search study out "
+                               "(--only ...)")
+    return reference_search_study(reference=REFERENCE_DIR / "search", **settings)
+
 
 # name -> study function; each takes (profile, val_images, runs, progress, log, reuse) and returns a Study.
 STUDIES: dict[str, Callable[..., Study]] = {"baselines": baseline_study, "pruning": pruning_study,
                                             "quantization": quantization_study,
                                             "quantization_sensitivity": sensitivity_study,
                                             "distillation": distillation_study, "backbones": backbone_study,
-                                            "combined": combined_study}
+                                            "combined": combined_study, "search": _reference_search}
 DEFAULT_OUT = Path("runs") / "reproduce"
 PROGRESS_NAME = "reproduce-progress.json"  # studies an unfinished run has done (see reproduce)
 

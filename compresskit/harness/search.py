@@ -40,6 +40,7 @@ from typing import Callable
 
 from torch import nn
 
+from compresskit.data.split import map_resolution_points
 from compresskit.errors import ConfigError
 from compresskit.harness.auto_int8 import AUTO, Int8Settings, check_budget, int8_runtimes, measure_int8_candidates
 from compresskit.harness.loading import Loaded, load_for_study, train_split, val_loader
@@ -49,7 +50,7 @@ OBJECTIVES = ("latency", "size", "macs")
 PART_GROUPS = ("trunk", "fpn", "head")  # the parts a chain prunes at its own ratio; the trunk is every stage
 RATIOS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
 PROXY_STARTUP_CHAINS = 3  # chains that always reach the full rung, so the median has something to compare with
-MIN_VAL_IMAGES = 50  # fewer val images cannot tell a 0.5-point difference from noise on the kit's datasets
+RESOLUTION_POINTS = 0.5  # the val split must be able to show a mAP difference this small (see check_val_split)
 LESSON = "search"
 
 
@@ -128,6 +129,7 @@ class Recipe:
     runtime: str  # the runtime of the chosen variant ("onnxruntime" for the fp32 core, or an int8 runtime)
     int8: bool
     calibration_images: int
+    data: str | None = None  # the split folder of a dataset of your own (None: the profile's data)
     trial: int | None = None
     stages: list[dict] = field(default_factory=list)  # what each step cost and gained, from the records
 
@@ -204,6 +206,9 @@ class SearchResult:
 def _settings_key(loaded: Loaded, config: SearchConfig, checkpoint: Path | None) -> str:
     identity = {"detector": loaded.name, "checkpoint": None if checkpoint is None else _digest(checkpoint),
                 "profile": loaded.profile, **config.as_dict()}
+    if loaded.data_dir is not None:  # another dataset in the same folder is another search
+        identity["data"] = [_digest(loaded.data_dir / "annotations" / f"instances_{split}.json")
+                            for split in ("train", "val")]
     identity.pop("time_budget_minutes")  # more time for the same search is a resume, not another search
     identity.pop("max_trials")
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
@@ -213,11 +218,16 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def _check_val_split(size: int) -> None:
-    if size < MIN_VAL_IMAGES:
-        raise ConfigError(f"the val split has {size} images; telling a 0.5-point mAP difference from noise needs at "
-                          f"least {MIN_VAL_IMAGES}: add val images (compresskit data split --val-fraction) before "
-                          "searching")
+def check_val_split(dataset) -> None:
+    """Refuse a val split too small to judge a budget: one box found or missed must move mAP by less than
+    ``RESOLUTION_POINTS``, or a variant's loss is luck."""
+    boxes = sum(1 for annotation in dataset.coco.anns.values() if not annotation.get("iscrowd"))
+    needed = math.ceil(100 / RESOLUTION_POINTS)
+    if map_resolution_points(boxes) > RESOLUTION_POINTS:
+        raise ConfigError(f"the val split has {len(dataset)} images and {boxes} boxes: one box more or less found "
+                          f"moves its mAP by about {map_resolution_points(boxes):.1f} points, too coarse to judge a "
+                          f"{RESOLUTION_POINTS}-point difference. A search needs at least {needed} val boxes: split "
+                          "more images into val (compresskit data split --val-fraction) or label more")
 
 
 def _seconds_per_step(start: nn.Module, train_set, config: SearchConfig, work_dir: Path) -> float:
@@ -231,10 +241,11 @@ def _seconds_per_step(start: nn.Module, train_set, config: SearchConfig, work_di
 
 
 def search(name: str, out: Path | str, config: SearchConfig | None = None, *, checkpoint: Path | str | None = None,
-           profile: str | None = None, storage: str | None = None, restart: bool = False, progress: bool = False,
-           log: Callable[[str], None] | None = print) -> SearchResult:
-    """Search chains of ``name`` (a preset or shipped detector; ``checkpoint`` for a file of it) for the fastest
-    variant within ``config.max_map_drop`` mAP points of the fp32 detector, measured in this run.
+           data_dir: Path | str | None = None, profile: str | None = None, storage: str | None = None,
+           restart: bool = False, progress: bool = False, log: Callable[[str], None] | None = print) -> SearchResult:
+    """Search chains of ``name`` (a preset or shipped detector; ``checkpoint`` for a file of it, and ``data_dir``
+    for the split folder of a dataset of your own it was fine-tuned on) for the fastest variant within
+    ``config.max_map_drop`` mAP points of the fp32 detector, measured in this run.
 
     Writes into ``out``: ``results.json`` (every record, written as it is measured), ``search.db`` (Optuna's
     study, unless ``storage`` names another database), ``front_<objective>.png``, ``recipe.json``,
@@ -250,12 +261,14 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
     config = config or SearchConfig()
     out = Path(out)
     checkpoint = None if checkpoint is None else Path(checkpoint)
-    loaded = load_for_study(name, profile, checkpoint=checkpoint)
+    loaded = load_for_study(name, profile, checkpoint=checkpoint, data_dir=data_dir)
     full_val = val_loader(loaded)
-    _check_val_split(len(full_val.dataset))
+    check_val_split(full_val.dataset)
+    train_set, calibration_set = train_split(loaded), train_split(loaded, augment=False)
+    if config.calibration_images > len(calibration_set):  # a small export of your own: calibrate on all of it
+        config = dataclasses.replace(config, calibration_images=len(calibration_set))
     key = _settings_key(loaded, config, checkpoint)
     earlier = {} if restart else _earlier(out, key)
-    train_set, calibration_set = train_split(loaded), train_split(loaded, augment=False)
     with tempfile.TemporaryDirectory(prefix="compresskit-search-") as scratch:  # nothing in OUT before the checks
         step_seconds = _seconds_per_step(loaded.model, train_set, config, Path(scratch))
     # a chain: two fine-tunes, evaluations, the int8 cores and their timing; the fine-tunes dominate
@@ -289,7 +302,8 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
                         part_ratios=part_ratios_for(starts[start], ratios["trunk"], ratios["fpn"], ratios["head"]),
                         kd=kd, proxy_steps=config.proxy_steps, full_steps=config.full_steps,
                         batch_size=config.batch_size, lr=config.lr, seed=config.seed, runtime="onnxruntime",
-                        int8=False, calibration_images=config.calibration_images, trial=trial.number)
+                        int8=False, calibration_images=config.calibration_images,
+                        data=None if loaded.data_dir is None else str(loaded.data_dir), trial=trial.number)
         prefix = f"search/{loaded.name}/t{trial.number:03d}"
         if log is not None:
             log(f"chain {trial.number}: start {start}, ratios {ratios}, {'with' if kd else 'without'} KD "
@@ -331,7 +345,8 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
         return _score(best, yardstick, config)
 
     began = time.monotonic()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The kit logs each chain itself; Optuna's own lines (a failed trial's traceback among them) are not for users.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'search.db').resolve()}"
     # A chain whose process died (a laptop closed, a killed worker) stops beating; the next run queues it again.
@@ -459,7 +474,8 @@ def _finish(study: Study, yardstick: dict, config: SearchConfig, out: Path, load
         files["recipe"] = _write_json(out / "recipe.json", recipe.as_dict())
         files["artifact"] = _copy_artifact(chosen, out)
     files["front"] = _plot_front(records + [yardstick], yardstick, chosen, config, out)
-    files["summary"] = _write_summary(out, loaded, config, yardstick, records, chosen, recipe)
+    files["summary"] = _write_summary(out, loaded, config, yardstick, records, chosen, recipe,
+                                      document.get("environment"))
     if study.log is not None:
         front = pareto_frontier([(_objective_value(record, yardstick, config), -_values(record, yardstick, config)[0])
                                  for record in records])
@@ -548,15 +564,18 @@ def _plot_front(records: list[dict], yardstick: dict, chosen: dict | None, confi
 
 
 def _write_summary(out: Path, loaded: Loaded, config: SearchConfig, yardstick: dict, records: list[dict],
-                   chosen: dict | None, recipe: Recipe | None) -> Path:
-    """``summary.md``: the budget, the chosen chain step by step, and every variant measured."""
+                   chosen: dict | None, recipe: Recipe | None, environment: dict | None = None) -> Path:
+    """``summary.md``: the budget, the chosen chain step by step, every variant measured and, for the teacher,
+    the search's targets (met, missed by how much, or not measured on this kind of CPU)."""
     from compresskit.data.files import atomic_write_bytes
+    from compresskit.harness.targets import TARGETS, check_targets
     from compresskit.report import compare
 
+    tried = sorted({record["runtime"] for record in records if record["id"].endswith("-int8")})  # as measured
     lines = [f"# compresskit search: {loaded.name}", "",
              f"Budget: at most {config.max_map_drop:g} mAP points below the fp32 detector in ONNX Runtime "
              f"(mAP x100 {100 * yardstick['map']:.1f}, measured in this run); objective: {config.objective}; "
-             f"int8 runtimes: {', '.join(config.int8())}.", ""]
+             f"int8 runtimes: {', '.join(tried) or 'none'}.", ""]
     if chosen is None or recipe is None:
         lines += ["No variant stayed within the budget: raise --max-map-drop, allow more fine-tuning steps, or "
                   "search longer.", ""]
@@ -582,6 +601,13 @@ def _write_summary(out: Path, loaded: Loaded, config: SearchConfig, yardstick: d
         lines.append(f"| `{record['id']}`{mark} | {record['runtime']} | {100 * record['map']:.1f} | "
                      f"{record['macs'] / 1e9:.2f} | {record['size_bytes'] / 1e6:.2f} | "
                      f"{ratios['latency_speedup']:.2f}x | {ratios['map_drop_points']:.2f} |")
+    targets = [target for target in TARGETS if target.id.startswith("search-")]
+    verdicts = check_targets({"environment": environment or {}, "records": records + [yardstick]}, targets)
+    if any(verdict.status != "not measured" for verdict in verdicts):
+        cpu = (environment or {}).get("cpu", "this CPU")
+        lines += ["", f"Targets (on {cpu}, ISA {' '.join((environment or {}).get('isa', [])) or 'unknown'}):", ""]
+        lines += [f"- {verdict.target.description}: **{verdict.text()}**"
+                  + (f" (best: `{verdict.record}`)" if verdict.record else "") for verdict in verdicts]
     return atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
 
 
@@ -596,7 +622,7 @@ def replay(recipe_file: Path | str, out: Path | str, *, profile: str | None = No
 
     recipe = Recipe.read(recipe_file)
     out = Path(out)
-    loaded = load_for_study(recipe.detector, profile, checkpoint=recipe.checkpoint)
+    loaded = load_for_study(recipe.detector, profile, checkpoint=recipe.checkpoint, data_dir=recipe.data)
     start = (loaded.model if recipe.source == recipe.detector
              else load_checkpoint(shipped_checkpoint(recipe.source))[0])
     study = Study(lesson=LESSON, model=loaded.name, profile=loaded.profile, val_loader=val_loader(loaded),
@@ -624,3 +650,53 @@ def replay(recipe_file: Path | str, out: Path | str, *, profile: str | None = No
     write_records(study.records, reports_dir=out)
     shutil.rmtree(work, ignore_errors=True)
     return record
+
+
+def reference_search_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
+                           progress: bool = False, log: Callable[[str], None] | None = None, reuse=None,
+                           *, reference: Path | str) -> Study:
+    """Re-measure a search's chosen variant from the artifact it shipped, without rerunning the search.
+
+    Reads ``reference/recipe.json`` and the file(s) in ``reference/chosen/`` (``reproduce`` passes the committed
+    reference search, ``reports/search``), and measures the fp32 detector's ONNX Runtime core (the yardstick) and the chosen
+    core, read from its artifact by its runtime, against it in this run. The detector around the core (its resize
+    and box decoding; its MACs and parameters, which do not depend on weight values) is the recipe's start pruned
+    as the recipe says; the weights that compute are the artifact's. ``compresskit reproduce`` runs this as its
+    ``search`` study, so the reference choice is re-measured on every CPU that reproduces the kit.
+
+    Raises:
+        ConfigError: ``reference`` has no recipe or not exactly one artifact in ``chosen/``.
+    """
+    from compresskit.harness.loading import require_embedded
+    from compresskit.models import load_checkpoint, shipped_checkpoint
+    from compresskit.prune import StructuredConfig, prune_structured_
+    from compresskit.report import read_results
+    from compresskit.runtimes import get_runtime
+
+    reference = Path(reference)
+    recipe = Recipe.read(reference / "recipe.json")
+    artifacts = sorted(path for path in (reference / "chosen").glob("*") if path.suffix in (".onnx", ".xml", ".pt2"))
+    if len(artifacts) != 1:
+        raise ConfigError(f"{reference / 'chosen'} should hold the chosen variant's one artifact (an .onnx, an "
+                          f"OpenVINO .xml with its .bin, or a .pt2), found {[path.name for path in artifacts]}")
+    loaded = load_for_study(recipe.detector, profile)
+    require_embedded(loaded, "reference search's variants")
+    study = Study(lesson=LESSON, model=loaded.name, profile=loaded.profile, runs=runs, progress=progress, log=log,
+                  val_loader=val_loader(loaded, val_images), label_map=loaded.label_map, reuse=reuse)
+    yardstick = study.measure(loaded.model, f"search/{loaded.name}/ort-fp32", technique="baseline",
+                              runtime="onnxruntime", variant="the fp32 detector, ONNX Runtime (the yardstick)")
+    detector = copy.deepcopy(loaded.model if recipe.source == recipe.detector
+                             else load_checkpoint(shipped_checkpoint(recipe.source))[0])
+    if recipe.part_ratios:
+        prune_structured_(detector, StructuredConfig(ratio=0.0, part_ratios=dict(recipe.part_ratios)))
+    runtime = get_runtime(recipe.runtime)
+    core = runtime.core_from_artifact(artifacts[0], threads=study.threads)
+    label = "int8" if recipe.int8 else "fp32"
+    chosen = [record["id"] for record in read_results(reference)["records"]
+              if (record.get("config") or {}).get("chosen")]
+    record_id = chosen[0] if chosen else f"search/{loaded.name}/chosen"  # the search's own id for it
+    study.measure(detector.eval(), record_id, technique="combined", runtime=recipe.runtime, baseline=yardstick["id"],
+                  core=core, artifact=runtime.artifact(detector, core),
+                  variant=f"the reference search's choice ({recipe.source}, {label}), read from its artifact",
+                  config={"recipe": recipe.as_dict(), "chosen": True, "artifact": f"chosen/{artifacts[0].name}"})
+    return study

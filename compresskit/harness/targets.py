@@ -13,6 +13,7 @@ import dataclasses
 import fnmatch
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+from compresskit.measure.environment import VNNI_FLAGS
 from compresskit.report import compare, records_of
 
 # Every threshold of the lessons lives in :data:`TARGETS`; the ones a study or a figure also needs (to mark a row
@@ -26,6 +27,8 @@ COMBINED_MAP_DROP = 2.0  # mAP points
 # below the fp32 teacher's (harness.combined); tighter than COMBINED_MAP_DROP, which the whole pipeline is held to.
 COMBINED_INT8_BUDGET = 1.0
 COMBINED_RECORD = "combined/teacher/prune-kd-int8"  # the record the combined targets read (harness.combined)
+SEARCH_RECORDS = ("search/teacher/t*",)  # the teacher search's variants (harness.search), each against the yardstick
+SEARCH_FP32_RECORDS = ("search/teacher/t*/ort-fp32",)  # its pruned, fine-tuned fp32 cores: pruning without int8
 
 _SLACK = 1e-9  # a value exactly at the threshold meets it despite float rounding
 
@@ -55,6 +58,7 @@ MEASURES: dict[str, Measure] = {
     "map_gain_points": Measure(_map_gain, True, "points"),
     "paired_speedup": Measure(_paired_speedup, True, "x"),
     "size_ratio": Measure(lambda record, baseline: compare(record, baseline)["size_ratio"], True, "x"),
+    "macs_ratio": Measure(lambda record, baseline: compare(record, baseline)["macs_ratio"], True, "x"),
 }
 
 
@@ -65,7 +69,9 @@ class Target:
     ``records``: id patterns (``fnmatch``, ``*`` matches ``/`` too) and ``where``: field values a record must also
     have. ``measure`` (a :data:`MEASURES` key) is computed against each record's own baseline. By default every
     matched record must meet ``threshold`` and the worst decides; ``any_record``: one suffices and the best
-    decides. ``max_map_drop``: only records at most this many mAP points below their baseline count.
+    decides. ``max_map_drop``: only records at most this many mAP points below their baseline count. ``cpu``:
+    ``vnni`` (int8 dot-product instructions: AVX-512 VNNI, AVX-VNNI or AMX) or ``avx2-only``: the target holds for
+    that kind of CPU only, and a run on the other kind leaves it not measured.
     """
 
     id: str
@@ -76,6 +82,7 @@ class Target:
     where: tuple[tuple[str, str], ...] = ()
     any_record: bool = False
     max_map_drop: float | None = None
+    cpu: str | None = None
 
 
 TARGETS: tuple[Target, ...] = (
@@ -111,6 +118,26 @@ TARGETS: tuple[Target, ...] = (
            COMBINED_SPEEDUP),
     Target("combined-accuracy", f"prune -> distil -> int8 teacher at most {COMBINED_MAP_DROP:g} mAP points below "
                                 "the fp32 teacher", (COMBINED_RECORD,), "map_drop_points", COMBINED_MAP_DROP),
+    Target("search-speed-vnni", "search: a teacher variant within 1.0 mAP point at least 5.0x faster than the fp32 "
+                                "teacher in ONNX Runtime (paired), on a CPU with VNNI or AMX", SEARCH_RECORDS,
+           "paired_speedup", 5.0, any_record=True, max_map_drop=1.0, cpu="vnni"),
+    Target("search-speed-avx2", "search: a teacher variant within 1.0 mAP point at least 4.0x faster than the fp32 "
+                                "teacher in ONNX Runtime (paired), on an AVX2-only CPU", SEARCH_RECORDS,
+           "paired_speedup", 4.0, any_record=True, max_map_drop=1.0, cpu="avx2-only"),
+    Target("search-speed-half-point-vnni", "search: a teacher variant within 0.5 mAP point at least 3.5x faster "
+                                           "(paired), on a CPU with VNNI or AMX", SEARCH_RECORDS, "paired_speedup",
+           3.5, any_record=True, max_map_drop=0.5, cpu="vnni"),
+    Target("search-speed-half-point-avx2", "search: a teacher variant within 0.5 mAP point at least 2.8x faster "
+                                           "(paired), on an AVX2-only CPU", SEARCH_RECORDS, "paired_speedup", 2.8,
+           any_record=True, max_map_drop=0.5, cpu="avx2-only"),
+    Target("search-size", "search: a teacher variant within 1.0 mAP point at least 12x smaller than the fp32 "
+                          "teacher", SEARCH_RECORDS, "size_ratio", 12.0, any_record=True, max_map_drop=1.0),
+    Target("search-pruning-macs", "search: structured pruning alone (fp32) within 1.0 mAP point with at least 2x "
+                                  "fewer MACs", SEARCH_FP32_RECORDS, "macs_ratio", 2.0, any_record=True,
+           max_map_drop=1.0),
+    Target("search-pruning-speed", "search: structured pruning alone (fp32) within 1.0 mAP point at least 1.7x "
+                                   "faster (paired)", SEARCH_FP32_RECORDS, "paired_speedup", 1.7, any_record=True,
+           max_map_drop=1.0),
 )
 
 
@@ -162,6 +189,16 @@ def _measured(target: Target, records: Sequence[Mapping[str, Any]]) -> list[tupl
     return measured
 
 
+def cpu_kind(document: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str | None:
+    """``vnni`` or ``avx2-only`` from a results document's environment stamp (None: a bare list of records, or no
+    stamp)."""
+    environment = document.get("environment") if isinstance(document, Mapping) else None
+    isa = set((environment or {}).get("isa") or ())
+    if not isa:
+        return None
+    return "vnni" if isa & set(VNNI_FLAGS) else "avx2-only"  # int8 speed depends on these (docs/method.md)
+
+
 def check_target(target: Target, document: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Verdict:
     """Check one target on a results document (or a list of records).
 
@@ -169,6 +206,10 @@ def check_target(target: Target, document: Mapping[str, Any] | Sequence[Mapping[
         The :class:`Verdict`: ``not measured`` when no matched record has its baseline and value; otherwise the
         worst matched record (the best one with ``any_record``) decides.
     """
+    kind = cpu_kind(document)
+    if target.cpu is not None and kind is not None and kind != target.cpu:
+        measured_on = "a CPU with VNNI or AMX" if kind == "vnni" else "an AVX2-only CPU"
+        return Verdict(target, "not measured", note=f"this run was on {measured_on}")
     measured = _measured(target, records_of(document))
     if not measured:
         return Verdict(target, "not measured")

@@ -20,8 +20,8 @@ from torch import nn
 
 from compresskit.engine import METRIC_NAMES, evaluate
 from compresskit.harness.reuse import ReuseCache, dataset_identity, fingerprint
-from compresskit.measure import (compare_latency, count_macs, count_nonzero_params, count_params, measure_latency,
-                                 serialized_size)
+from compresskit.measure import (baseline_drifted, compare_latency, count_macs, count_nonzero_params, count_params,
+                                 measure_latency, serialized_size)
 from compresskit.models.core import EndToEndDetector, ExportableCore, core_input_size, example_batch
 from compresskit.report import make_record
 from compresskit.runtimes import Core, get_runtime
@@ -112,6 +112,7 @@ class Study:
     reuse: ReuseCache | None = field(default=None, repr=False)
     earlier: dict[str, dict] = field(default_factory=dict, repr=False)
     on_record: Callable[[dict], None] | None = field(default=None, repr=False)
+    _medians: dict[str, float] = field(default_factory=dict, repr=False)  # latency medians measured in this run
 
     def __post_init__(self) -> None:
         if self.runs is None:
@@ -193,6 +194,10 @@ class Study:
             comparison = compare_latency(self._runner(baseline), runner, [image], pairs=runs or self.runs,
                                          threads=self.threads, warmup=warmup)
             latency, paired = comparison.candidate, comparison.as_record(baseline)
+            alone = self._medians.get(baseline)  # the baseline's own median, when this run measured it
+            if alone:
+                paired["baseline_drift"] = round(comparison.baseline.median_ms / alone, 3)
+                paired["noisy"] = paired["noisy"] or baseline_drifted(comparison.baseline.median_ms, alone)
         record = make_record(
             id=record_id, lesson=self.lesson, technique=technique, model=model or self.model, runtime=runtime,
             profile=self.profile, metrics=metrics, variant=variant, baseline=baseline,
@@ -203,6 +208,7 @@ class Study:
             latency=latency.as_record(hw), paired_latency=paired, train_seconds=train_seconds, config=config)
         self.baseline = self.baseline or record_id
         self.runners[record_id] = runner
+        self._medians[record_id] = latency.median_ms
         self.records = [r for r in self.records if r["id"] != record_id] + [record]
         if self.on_record is not None:
             self.on_record(record)

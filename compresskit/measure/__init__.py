@@ -20,10 +20,11 @@ from compresskit.measure.counts import count_macs, count_nonzero_params, count_p
 from compresskit.measure.environment import ISA_FLAGS, environment_stamp
 from compresskit.measure.latency import (BOOTSTRAP_RESAMPLES, NOISY_P90_OVER_MEDIAN, PAIRED_FAR_FROM_ONE,
                                          PAIRED_MAX_RELATIVE_WIDTH, PAIRED_METHOD, Latency, PairedLatency,
-                                         compare_latency, interval_is_noisy, measure_latency)
+                                         baseline_drifted, compare_latency, interval_is_noisy,
+                                         measure_latency)
 from compresskit.measure.size import GZIP_LEVEL, SizeInfo, serialized_size
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "GZIP_LEVEL", "ISA_FLAGS", "Latency", "NOISY_P90_OVER_MEDIAN", "PAIRED_FAR_FROM_ONE",
            "PAIRED_MAX_RELATIVE_WIDTH", "PAIRED_METHOD", "PairedLatency", "SizeInfo", "compare_latency",
-           "count_macs", "count_nonzero_params", "count_params", "environment_stamp", "interval_is_noisy",
+           "baseline_drifted", "count_macs", "count_nonzero_params", "count_params", "environment_stamp", "interval_is_noisy",
            "measure_latency", "serialized_size"]

@@ -26,6 +26,9 @@ NOISY_P90_OVER_MEDIAN = 1.5
 PAIRED_FAR_FROM_ONE = 1.1
 # A paired interval wider than this fraction of the speed-up cannot support a claim either way.
 PAIRED_MAX_RELATIVE_WIDTH = 0.5
+# A baseline's median in the pairs against its own median measured earlier in the same run: beyond this factor
+# either way, the machine's load changed between the two, and a ratio taken under the new load is not trusted.
+BASELINE_DRIFT_MAX = 1.25
 BOOTSTRAP_RESAMPLES = 2000
 PAIRED_METHOD = "median of per-pair ratios, interleaved, 95% bootstrap interval"
 # Seconds, read before and after every timed call. A test swaps in a fake clock to check the statistics exactly.
@@ -79,6 +82,14 @@ def interval_is_noisy(*, speedup: float, low: float, high: float) -> bool:
     far_from_one = speedup >= PAIRED_FAR_FROM_ONE or speedup <= 1.0 / PAIRED_FAR_FROM_ONE
     straddles = low <= 1.0 <= high and far_from_one
     return straddles or (high - low) > PAIRED_MAX_RELATIVE_WIDTH * speedup
+
+
+def baseline_drifted(in_pairs_ms: float, alone_ms: float) -> bool:
+    """Whether a baseline timed in a paired comparison ran more than ``BASELINE_DRIFT_MAX`` times slower or faster
+    than when it was timed before in the same run: the load changed, and a tight interval can still be wrong (the
+    two sides of a pair need not suffer the same from a neighbour's load)."""
+    ratio = in_pairs_ms / alone_ms
+    return not 1.0 / BASELINE_DRIFT_MAX <= ratio <= BASELINE_DRIFT_MAX
 
 
 @dataclass(frozen=True)

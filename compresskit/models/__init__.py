@@ -5,10 +5,11 @@ from compresskit.models.checkpoints import (architecture_of, checkpoint_spec, lo
                                             load_preset, save_checkpoint, save_torchvision_checkpoint,
                                             shipped_checkpoint, transfer_weights_)
 from compresskit.models.presets import (COCO_PRESETS, EMBEDDED_PRESETS, DetectorSpec, build_coco_architecture,
-                                        build_detector, load_coco_pretrained)
+                                        build_detector, coco_weights_verified, freeze_resnet_trunk_,
+                                        load_coco_pretrained)
 from compresskit.models.trunks import RESNET_BASIC, feature_nodes
 
 __all__ = ["COCO_PRESETS", "EMBEDDED_PRESETS", "RESNET_BASIC", "DetectorSpec", "architecture_of",
-           "build_coco_architecture", "build_detector", "checkpoint_spec", "feature_nodes", "load_checkpoint",
+           "build_coco_architecture", "build_detector", "checkpoint_spec", "coco_weights_verified", "freeze_resnet_trunk_", "feature_nodes", "load_checkpoint",
            "load_coco_pretrained", "load_detector", "load_preset", "save_checkpoint", "save_torchvision_checkpoint",
            "shipped_checkpoint", "transfer_weights_"]

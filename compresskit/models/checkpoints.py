@@ -29,7 +29,8 @@ from compresskit.data.dataset import LabelMap
 from compresskit.data.files import atomic_write_bytes
 from compresskit.errors import CheckpointError, CompressKitError
 from compresskit.models.core import ExportableCore, example_batch
-from compresskit.models.presets import EMBEDDED_PRESETS, DetectorSpec, build_detector, load_coco_pretrained
+from compresskit.models.presets import (EMBEDDED_PRESETS, DetectorSpec, build_detector, freeze_resnet_trunk_,
+                                        load_coco_pretrained)
 
 # The attributes that fix each layer type's parameter shapes. FrozenBatchNorm2d has no num_features attribute:
 # its width is read from its weight buffer.
@@ -102,7 +103,12 @@ def save_torchvision_checkpoint(path: Path | str, model: nn.Module, model_name: 
     Returns:
         ``path``.
     """
-    payload = {"torchvision": {"model": model_name, "num_classes": int(num_classes)},
+    from torchvision.ops import FrozenBatchNorm2d
+
+    description = {"model": model_name, "num_classes": int(num_classes)}
+    if any(isinstance(module, FrozenBatchNorm2d) for module in model.modules()):
+        description["frozen_trunk"] = True  # rebuilt with freeze_resnet_trunk_, so its tensors load strictly
+    payload = {"torchvision": description,
                "label_map": label_map.to_json(), "meta": meta or {}, "state_dict": _stored_state(path, model, half)}
     return _write(path, payload)
 
@@ -284,7 +290,10 @@ def _build_torchvision(description: dict) -> nn.Module:
         raise ValueError(f"{name!r} is not a torchvision detection model; known are {known}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2 (background + one class), got {num_classes!r}")
-    return tv_models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes)
+    model = tv_models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes)
+    if description.get("frozen_trunk") is True:
+        freeze_resnet_trunk_(model)
+    return model
 
 
 def shipped_checkpoint(name: str) -> Path:

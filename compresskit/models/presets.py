@@ -139,6 +139,39 @@ def weights_dir() -> Path:
     return Path(os.environ.get("COMPRESSKIT_WEIGHTS", torch.hub.get_dir())).expanduser()
 
 
+# The trunk stages torchvision trains when it fine-tunes a COCO-pretrained ResNet detector (its
+# trainable_backbone_layers=3 default): the stem and layer1 keep their pretrained values.
+TRAINED_RESNET_STAGES = ("layer2", "layer3", "layer4")
+
+
+def freeze_resnet_trunk_(model: nn.Module) -> bool:
+    """Prepare a torchvision ResNet-trunk detector (RetinaNet, Faster R-CNN, FCOS) for fine-tuning from pretrained
+    weights, in place: the trunk's BatchNorm becomes FrozenBatchNorm2d (statistics and affine kept, as torchvision's
+    v1 detectors do whenever weights are loaded: a detection batch of a few images gives statistics too noisy to
+    learn from), and the stem and layer1 stop training (:data:`TRAINED_RESNET_STAGES`). Other trunks (SSDlite's
+    MobileNet, which torchvision trains whole) are left as they are.
+
+    Returns:
+        Whether the model has such a trunk (and was changed).
+    """
+    from torchvision.ops import FrozenBatchNorm2d
+
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    if body is None or not all(hasattr(body, stage) for stage in ("conv1", *TRAINED_RESNET_STAGES)):
+        return False
+    for parent in list(body.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+                for buffer in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, buffer).copy_(getattr(child, buffer).detach())
+                setattr(parent, child_name, frozen)
+    for name, param in body.named_parameters():
+        if not name.startswith(TRAINED_RESNET_STAGES):
+            param.requires_grad_(False)
+    return True
+
+
 def build_coco_architecture(name: str, **kwargs) -> nn.Module:
     """A coco-profile architecture with random weights (no download): shows params and MACs offline."""
     return get_model(COCO_PRESETS.get(name, name), weights=None, weights_backbone=None, **kwargs).eval()
@@ -160,19 +193,48 @@ def apply_coco_image_size_(model: nn.Module) -> nn.Module:
     return model
 
 
+def coco_weights_verified(name: str) -> bool | None:
+    """Whether the cached weights file of coco preset ``name`` is torchvision's own: its SHA-256 starts with the
+    digest prefix in the file's official name (``...-a79551df.pth``), the check torch hub makes on download.
+    None: nothing is cached. A file that fails is a stand-in (the test suite's random weights) or damaged: its
+    accuracy means nothing."""
+    import hashlib
+    import re
+
+    url_name = Path(get_model_weights(COCO_PRESETS.get(name, name)).DEFAULT.url).name
+    cached = weights_dir() / "checkpoints" / url_name
+    if not cached.is_file():
+        return None
+    prefix = re.search(r"-([0-9a-f]{8,})\.pth$", url_name)
+    digest = hashlib.sha256()
+    with cached.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return prefix is not None and digest.hexdigest().startswith(prefix.group(1))
+
+
 def load_coco_pretrained(name: str) -> tuple[nn.Module, LabelMap]:
     """A torchvision COCO-pretrained detector and its identity label map (labels are COCO category ids).
 
     The weights are fetched once into :func:`weights_dir`; without a network and without a cached file this raises
     one :class:`DownloadError` that says how to provide the weights.
     """
+    import contextlib
+    import io
+    import sys
+
+    from compresskit.settings import shown_path
+
     model_name = COCO_PRESETS.get(name, name)
     weights = get_model_weights(model_name).DEFAULT
     torch.hub.set_dir(str(weights_dir()))
+    cached = shown_path(weights_dir() / "checkpoints" / Path(weights.url).name)
+    if coco_weights_verified(name) is None:  # said in the kit's words: torch hub's own line names full paths
+        print(f"downloading torchvision's {model_name} weights into {cached} (once)", file=sys.stderr, flush=True)
     try:
-        model = get_model(model_name, weights=weights).eval()
+        with contextlib.redirect_stdout(io.StringIO()):  # torch hub's "Downloading: URL to PATH" line
+            model = get_model(model_name, weights=weights, progress=False).eval()
     except (urllib.error.URLError, OSError) as exc:
-        cached = weights_dir() / "checkpoints" / Path(weights.url).name
         raise DownloadError(f"torchvision weights for {model_name} are not cached at {cached} and could not be "
                             f"downloaded ({exc}). Connect to the internet once, or copy {Path(weights.url).name} "
                             "into that folder (set COMPRESSKIT_WEIGHTS to use another); the embedded profile "
