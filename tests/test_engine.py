@@ -159,6 +159,7 @@ def test_ship_checkpoint_records_the_metrics_of_the_reloaded_weights(tiny_embedd
     assert meta["preset"] == "tiny" and meta["command"] is None
     assert torch.__version__.startswith(meta["environment"]["torch"])
     assert meta["environment"]["isa"] == environment_stamp()["isa"]  # the CPU it was measured on
+    assert meta["input_size"] == {"min_size": [spec.image_size], "max_size": spec.image_size, "fixed_size": None}
     loader = make_loader(val_set, batch_size=8, train=False)
     assert len(predict(loaded, loader, label_map, progress=False)) > 0
     assert meta["val_metrics"] == evaluate(loaded, loader, label_map, progress=False)

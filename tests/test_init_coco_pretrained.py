@@ -75,6 +75,7 @@ def test_train_student_from_coco_weights(own_dataset, tmp_path, monkeypatch):
     assert label_map.category_ids == (0, 3, 7)
     assert meta["init"] == "coco-pretrained" and meta["torchvision_model"] == COCO_PRESETS["student"]
     assert meta["weights_verified"] is False  # random values in torchvision's file name: a stand-in, said so
+    assert meta["input_size"]["fixed_size"] == [320, 320] and meta["trained_on"]  # SSDlite's fixed input
     assert sorted(meta["reinitialised"]) == sorted(_class_head_final_convs())
     assert meta["kept_tensors"] == len(detector.state_dict()) - len(meta["reinitialised"])
     assert 0.0 <= meta["val_metrics"]["map"] <= 1.0 and meta["preset"] == "student"

@@ -187,6 +187,18 @@ def training_device_name() -> str:
     return str(environment_stamp()["cpu"])
 
 
+def input_size_of(model: nn.Module) -> dict | None:
+    """The size the detector's own transform resizes images to before its network (``min_size``: the shorter
+    side, ``max_size``: the cap on the longer, ``fixed_size``: SSD's fixed input), as a checkpoint records it (a
+    coco-profile detector's follows ``COMPRESSKIT_COCO_IMAGE_SIZE``); None for a model without one."""
+    transform = getattr(model, "transform", None)
+    if transform is None or not hasattr(transform, "min_size"):
+        return None
+    fixed = getattr(transform, "fixed_size", None)
+    return {"min_size": [int(size) for size in transform.min_size], "max_size": int(transform.max_size),
+            "fixed_size": None if fixed is None else [int(side) for side in fixed]}
+
+
 def ship_checkpoint(path: Path | str, model: nn.Module, spec: DetectorSpec | str, label_map: LabelMap, meta: dict,
                     val_set, *, half: bool = True, progress: bool = True) -> Path:
     """Write a trained detector as a checkpoint whose recorded mAPs are those of the weights as shipped.
@@ -203,8 +215,9 @@ def ship_checkpoint(path: Path | str, model: nn.Module, spec: DetectorSpec | str
             torchvision detector whose classifier is ``label_map``'s width (see
             :func:`~compresskit.models.save_torchvision_checkpoint`).
         label_map: its label <-> category-id mapping.
-        meta: JSON-able training metadata; copied, then ``trained_on`` (unless given), ``command``,
-            ``environment``, ``val_metrics`` and ``val_subset`` are added.
+        meta: JSON-able training metadata; copied, then ``trained_on`` (unless given: the GPU's or CPU's name),
+            ``command``, ``environment``, ``input_size`` (:func:`input_size_of`), ``val_metrics`` and
+            ``val_subset`` are added.
         val_set: the validation dataset.
         half: store fp16 weights (half the file; measured mAP moves by well under 0.001).
         progress: show progress bars.
@@ -214,7 +227,7 @@ def ship_checkpoint(path: Path | str, model: nn.Module, spec: DetectorSpec | str
     """
     path = Path(path)
     meta = {"trained_on": training_device_name(), **meta, "command": console_command(),
-            "environment": environment_stamp()}
+            "environment": environment_stamp(), "input_size": input_size_of(model)}
     _save(path, model, spec, label_map, meta, half)
     shipped, shipped_map, _ = load_checkpoint(path)
     full = make_loader(val_set, batch_size=EVAL_BATCH_SIZE, train=False)
