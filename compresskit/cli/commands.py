@@ -193,8 +193,8 @@ def _study(args: argparse.Namespace) -> int:
         return 0
     from compresskit.harness.search import search
 
-    result = search(args.checkpoint.stem, args.out / "search", search_config, checkpoint=args.checkpoint, data_dir=args.data,
-                    restart=args.restart)
+    result = search(args.checkpoint.stem, args.out / "search", search_config, checkpoint=args.checkpoint,
+                    data_dir=args.data, restart=args.restart)
     print(f"search: front {result.files['front']}; summary {result.files['summary']}")
     if result.chosen is None:
         print("the search found no variant within the budget; see its summary", flush=True)

@@ -658,11 +658,11 @@ def reference_search_study(profile: str | None = None, val_images: int | None = 
     """Re-measure a search's chosen variant from the artifact it shipped, without rerunning the search.
 
     Reads ``reference/recipe.json`` and the file(s) in ``reference/chosen/`` (``reproduce`` passes the committed
-    reference search, ``reports/search``), and measures the fp32 detector's ONNX Runtime core (the yardstick) and the chosen
-    core, read from its artifact by its runtime, against it in this run. The detector around the core (its resize
-    and box decoding; its MACs and parameters, which do not depend on weight values) is the recipe's start pruned
-    as the recipe says; the weights that compute are the artifact's. ``compresskit reproduce`` runs this as its
-    ``search`` study, so the reference choice is re-measured on every CPU that reproduces the kit.
+    reference search, ``reports/search``), and measures the fp32 detector's ONNX Runtime core (the yardstick) and
+    the chosen core, read from its artifact by its runtime, against it in this run. The detector around the core
+    (its resize and box decoding; its MACs and parameters, which do not depend on weight values) is the recipe's
+    start pruned as the recipe says; the weights that compute are the artifact's. ``compresskit reproduce`` runs
+    this as its ``search`` study, so the reference choice is re-measured on every CPU that reproduces the kit.
 
     Raises:
         ConfigError: ``reference`` has no recipe or not exactly one artifact in ``chosen/``.
