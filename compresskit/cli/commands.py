@@ -191,16 +191,11 @@ def _study(args: argparse.Namespace) -> int:
     print(f"results written to {args.out / 'results.json'}; figures in {args.out / 'figures'}")
     if search_config is None:
         return 0
+    from compresskit.cli.search import report_search
     from compresskit.harness.search import search
 
-    result = search(args.checkpoint.stem, args.out / "search", search_config, checkpoint=args.checkpoint,
-                    data_dir=args.data, restart=args.restart)
-    print(f"search: front {result.files['front']}; summary {result.files['summary']}")
-    if result.chosen is None:
-        print("the search found no variant within the budget; see its summary", flush=True)
-        return 1
-    print(f"search chose {result.chosen['id']}; recipe {result.files['recipe']}")
-    return 0
+    return report_search(search(args.checkpoint.stem, args.out / "search", search_config,
+                                checkpoint=args.checkpoint, data_dir=args.data, restart=args.restart))
 
 
 def is_reference_folder(out: Path, reference_dir: Path | None) -> bool:

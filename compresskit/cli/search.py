@@ -70,6 +70,12 @@ def _search(args: argparse.Namespace) -> int:
                           proxy_steps=args.proxy_steps, full_steps=args.full_steps, runs=args.runs)
     result = search(args.preset, args.out, config, checkpoint=args.checkpoint, data_dir=args.data,
                     storage=args.storage, restart=args.restart)
+    return report_search(result)
+
+
+def report_search(result) -> int:
+    """Print where a search's front, summary, recipe and artifact are; the exit status: 1 when no variant stayed
+    within the budget (``compresskit search`` and ``compresskit study --search`` end alike)."""
     print(f"front: {result.files['front']}; summary: {result.files['summary']}")
     if result.chosen is None:
         print("no variant within the budget; see the summary", flush=True)
