@@ -207,3 +207,16 @@ def test_reproduce_quantizes_an_identical_call_once_and_copies_its_files(small_s
     study.reuse = None  # without the run's cache: quantized again
     quantization.quantize_for_study(study, detector, calibration_set, "reuse-e", config)
     assert len(calls) == 4
+
+
+def test_a_study_without_coco_detectors_runs_on_the_embedded_profile_and_says_why():
+    from compresskit.harness import COCO_GAPS, study_profile
+
+    notes: list[str] = []
+    assert study_profile("distillation", "embedded", log=notes.append) == "embedded" and notes == []
+    assert study_profile("quantization", "coco", log=notes.append) == "coco" and notes == []
+    for study in ("distillation", "backbones", "combined"):
+        assert study_profile(study, "coco", log=notes.append) == "embedded"
+    assert len(notes) == 3 and all("runs on the embedded profile" in note and "On COCO today" in note
+                                   for note in notes)
+    assert set(COCO_GAPS) >= {"distillation", "backbones", "combined", "search"}

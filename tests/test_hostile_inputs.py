@@ -273,8 +273,8 @@ def test_a_failing_split_leaves_nothing_half_written(tmp_path, monkeypatch):
         placed.append(target)
         return original(source, target, mode)
 
-    original = split_module._place
-    monkeypatch.setattr(split_module, "_place", fail_on_the_third)
+    original = split_module.place_image
+    monkeypatch.setattr(split_module, "place_image", fail_on_the_third)
     before = tree(tmp_path)
     with pytest.raises(OSError, match="No space"):
         split_dataset(annotations, images, tmp_path / "out")

@@ -187,3 +187,26 @@ def test_a_resnet_detector_fine_tunes_with_its_trunk_frozen_as_torchvision_does(
     loaded, _, _ = load_checkpoint(path)
     assert isinstance(loaded.backbone.body.bn1, FrozenBatchNorm2d)
     assert all(torch.equal(loaded.state_dict()[name], value) for name, value in model.state_dict().items())
+
+
+def test_a_subset_of_cocos_own_categories_keeps_each_class_slot_of_the_pretrained_head():
+    from compresskit.models import carry_class_slots_, coco_slots
+
+    pretrained_labels = LabelMap.identity([{"id": 1, "name": "person"}, {"id": 3, "name": "car"},
+                                           {"id": 18, "name": "dog"}])
+    subset = LabelMap.contiguous([{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}])  # labels 1: person, 2: dog
+    assert coco_slots(subset, pretrained_labels) == [0, 1, 18]
+    renamed = LabelMap.contiguous([{"id": 18, "name": "wolf"}])  # a COCO id with another meaning: fresh slots
+    assert coco_slots(renamed, pretrained_labels) is None
+    assert coco_slots(LabelMap.contiguous([{"id": 95, "name": "dog"}]), pretrained_labels) is None
+
+    torch.manual_seed(0)
+    source = build_coco_architecture("student", num_classes=91)
+    target = build_coco_architecture("student", num_classes=3)
+    carried = carry_class_slots_(target, source, [0, 1, 18])
+    assert sorted(carried) == sorted(_class_head_final_convs())
+    name = "head.classification_head.module_list.0.1.weight"
+    anchors = target.state_dict()[name].shape[0] // 3
+    before = source.state_dict()[name].reshape(anchors, 91, *source.state_dict()[name].shape[1:])
+    after = target.state_dict()[name].reshape(anchors, 3, *before.shape[2:])
+    assert torch.equal(after[:, 2], before[:, 18]) and torch.equal(after[:, 1], before[:, 1])

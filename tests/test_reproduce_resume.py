@@ -68,3 +68,18 @@ def test_restart_starts_over_after_an_interrupted_run_with_other_settings(toy_st
     assert main(["reproduce", "--out", str(out), "--runs", "5", "--restart"]) == 0
     assert toy_studies == ["first", "second", "first", "second", "third"]
     assert {record["config"]["runs"] for record in read_results(out)["records"]} == {5}
+
+
+def test_reproduce_under_the_coco_profile_leaves_out_the_studies_without_coco_detectors(monkeypatch, tmp_path):
+    calls: list[str] = []
+    names = ("baselines", "distillation", "combined", "quantization")
+    monkeypatch.setattr(reproduce_module, "STUDIES", {name: _toy_study(name, calls, set()) for name in names})
+    monkeypatch.setattr(reproduce_module, "write_derived", lambda out, log=print: out)
+    lines: list[str] = []
+    reproduce_module.reproduce(tmp_path / "coco", profile="coco", runs=3, progress=False, log=lines.append)
+    assert calls == ["baselines", "quantization"]
+    left_out = [line for line in lines if "left out" in line]
+    assert len(left_out) == 2 and "distiller" in left_out[0] and "On COCO today" in left_out[1]
+    reproduce_module.reproduce(tmp_path / "named", studies=["distillation"], profile="coco", runs=3, progress=False,
+                               log=lines.append)
+    assert calls[-1] == "distillation"  # asked for by name, it runs (and the real study stops with its message)

@@ -17,9 +17,9 @@ from compresskit import settings
 from compresskit.cli.arguments import (CHECKPOINTS_OUT, PATH_ERRORS, PATH_OPTIONS, PRESETS, REPRODUCE_OUT, LazyChoices,
                                        file_stem, non_negative_int, open_fraction, part_ratio, positive_float,
                                        positive_int, pruning_ratio)
-from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_embedded, _data_split, _distill,
-                                      _evaluate, _figures, _prune, _reproduce, _study, _train, format_metrics,
-                                      is_reference_folder)
+from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_coco_split, _data_embedded, _data_split,
+                                      _distill, _evaluate, _figures, _prune, _reproduce, _study, _train,
+                                      format_metrics, is_reference_folder)
 from compresskit.cli.quantize import add_quantize_command
 from compresskit.cli.search import add_search_command
 from compresskit.errors import CompressKitError
@@ -72,6 +72,12 @@ def _add_data_commands(commands: Any) -> None:
                       help="replaces http://images.cocodataset.org in each image's coco_url (a mirror)")
     coco.add_argument("--coco-root", type=Path,
                       help="an existing local COCO 2017 install to copy from (default: download)")
+    coco_split = _command(data_commands, "coco-split", "the coco profile's pinned train and val subsets as one "
+                          "split folder (what train, prune, study and search take as --data)", _data_coco_split)
+    coco_split.add_argument("--out", type=Path, required=True, help="the split folder to write")
+    coco_split.add_argument("--coco-root", type=Path,
+                            help="an existing local COCO 2017 install to copy from (default: $COMPRESSKIT_COCO_ROOT, "
+                                 "else download)")
     check = _command(data_commands, "check", "validate a COCO-format dataset; list each problem and its fix",
                      _data_check, description="Validate a COCO-format dataset. Exit status 0: usable (warnings "
                                               "allowed); 1: errors, each listed with the record and the fix.")

@@ -30,6 +30,14 @@ def _data_coco(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_coco_split(args: argparse.Namespace) -> int:
+    from compresskit.data.coco_subset import write_profile_split
+
+    out = write_profile_split(args.out, coco_root=args.coco_root)
+    print(f"the coco profile's train and val subsets are a split folder in {out}; pass --data {out}")
+    return 0
+
+
 def _data_check(args: argparse.Namespace) -> int:
     from compresskit.data.check import main_check
 

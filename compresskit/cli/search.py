@@ -75,10 +75,11 @@ def _search(args: argparse.Namespace) -> int:
 
 def report_search(result) -> int:
     """Print where a search's front, summary, recipe and artifact are; the exit status: 1 when no variant stayed
-    within the budget (``compresskit search`` and ``compresskit study --search`` end alike)."""
+    within the budget ahead of the fp32 detector (``compresskit search`` and ``compresskit study --search`` end
+    alike)."""
     print(f"front: {result.files['front']}; summary: {result.files['summary']}")
     if result.chosen is None:
-        print("no variant within the budget; see the summary", flush=True)
+        print("no variant within the budget beats the fp32 detector; see the summary", flush=True)
         return 1
     print(f"chosen: {result.chosen['id']}; recipe: {result.files['recipe']}; artifact in {result.files['artifact']}")
     return 0

@@ -396,3 +396,36 @@ def build_coco_subset(out: Path, recipe: SubsetRecipe, *, annotations_url: str =
         shutil.rmtree(work, ignore_errors=True)
         raise
     return out / "manifest.json"
+
+
+def write_profile_split(out: Path | str, *, coco_root: Path | None = None, progress: bool = True) -> Path:
+    """The coco profile's pinned subsets (``profile_recipe("train2017")`` and ``("val2017")``, built or reused in
+    the data cache) as one split folder in the kit's layout, what ``train``, ``prune``, ``study`` and ``search``
+    take as ``--data``: ``annotations/instances_train.json`` and ``instances_val.json`` as the subsets hold them,
+    and ``train2017/`` and ``val2017/`` with the images hard-linked (copied where links are refused). Written in a
+    temporary sibling folder and moved into place when complete, replacing an earlier one. ``coco_root``: a local
+    COCO 2017 install to copy from (default ``COMPRESSKIT_COCO_ROOT``, else download). Returns ``out``.
+    """
+    from compresskit import settings
+    from compresskit.data.split import place_image
+
+    coco_root = coco_root if coco_root is not None else settings.coco_root()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp-"))
+    try:
+        for split, coco_split in (("train", "train2017"), ("val", "val2017")):
+            recipe = profile_recipe(coco_split)
+            subset = default_subset_dir(recipe)
+            build_coco_subset(subset, recipe, coco_root=coco_root, progress=progress)
+            (work / "annotations").mkdir(exist_ok=True)
+            shutil.copy2(subset / "annotations" / f"instances_{coco_split}.json",
+                         work / "annotations" / f"instances_{split}.json")
+            (work / coco_split).mkdir()
+            for image in sorted((subset / coco_split).iterdir()):
+                place_image(image, work / coco_split / image.name, "link")
+        _swap_into_place(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out

@@ -152,7 +152,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _place(source: Path, target: Path, mode: str) -> str:
+def place_image(source: Path, target: Path, mode: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     if mode == "link":
         try:
@@ -232,7 +232,7 @@ def split_dataset(annotation_file: Path | str, images_dir: Path | str, out: Path
             for image in chosen:
                 # confined(): the check refused unsafe names already; a name never leaves staging regardless.
                 source, target = confined(images_dir, image["file_name"]), confined(staging / split, image["file_name"])
-                placed[_place(source, target, config.images)] += 1
+                placed[place_image(source, target, config.images)] += 1
             documents[split] = {**{key: value for key, value in data.items()
                                    if key not in ("images", "annotations")},
                                 "images": [{**image, "file_name": f"{split}/{image['file_name']}"}

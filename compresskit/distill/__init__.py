@@ -13,12 +13,12 @@
 Introduced in ``04_distillation.ipynb``.
 """
 
-from compresskit.distill.fcos import METHODS, Distiller, KDConfig, check_label_maps, fpn_widths
+from compresskit.distill.fcos import METHODS, Distiller, KDConfig, check_label_maps, distillable, fpn_widths
 from compresskit.distill.losses import (article_kd_loss, giou_box_loss, gradient_scale, sigmoid_kd_loss,
                                         soft_targets_summary, softmax_kd_loss)
 from compresskit.distill.recipe import DISTILL_RECIPE, distill_student, distillation, kd_step_log
 from compresskit.distill.terms import FOREGROUND_FLOOR
 
 __all__ = ["DISTILL_RECIPE", "FOREGROUND_FLOOR", "METHODS", "Distiller", "KDConfig", "article_kd_loss",
-           "check_label_maps", "distill_student", "distillation", "fpn_widths", "giou_box_loss", "gradient_scale",
+           "check_label_maps", "distillable", "distill_student", "distillation", "fpn_widths", "giou_box_loss", "gradient_scale",
            "kd_step_log", "sigmoid_kd_loss", "soft_targets_summary", "softmax_kd_loss"]

@@ -73,6 +73,14 @@ class KDConfig:
         return self.method in ("feature", "both")
 
 
+def distillable(detector: nn.Module) -> bool:
+    """True for the detectors this distiller reads: torchvision FCOS (per-location class logits, centerness and
+    box distances; a RetinaNet or SSD head predicts per anchor, which another detector's anchors do not match)."""
+    from torchvision.models.detection import FCOS
+
+    return isinstance(detector, FCOS)
+
+
 def check_label_maps(student_label_map: LabelMap, teacher_label_map: LabelMap) -> None:
     """Raise :class:`ConfigError` unless both detectors give every category the same label (and name).
 

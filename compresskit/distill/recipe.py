@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from compresskit.distill.fcos import Distiller, KDConfig, check_label_maps
+from compresskit.distill.fcos import Distiller, KDConfig, check_label_maps, distillable
 from compresskit.engine import ExtraTraining, ExtraTrainingFactory, TrainConfig, load_splits, train_and_ship
 from compresskit.errors import ConfigError
 from compresskit.models import EMBEDDED_PRESETS, build_detector, load_preset
@@ -48,8 +48,15 @@ def distillation(teacher: nn.Module, config: KDConfig | None = None) -> ExtraTra
 
     Returns:
         ``factory(student) -> ExtraTraining``.
+
+    Raises:
+        ConfigError: ``teacher`` is not a detector the distiller reads (see :func:`distillable`), before any
+            training starts.
     """
     config = config or KDConfig()
+    if config.method != "none" and not distillable(teacher):
+        raise ConfigError(f"distillation pairs FCOS heads location by location, and the teacher is a "
+                          f"{type(teacher).__name__}; fine-tune without distillation (drop --kd)")
 
     def extra(student: nn.Module) -> ExtraTraining:
         distiller = Distiller(student, teacher, config) if config.method != "none" else None

@@ -18,8 +18,9 @@ from compresskit.engine.loop import TrainConfig, make_loader
 from compresskit.engine.shipping import EVAL_BATCH_SIZE, load_splits, train_and_ship
 from compresskit.errors import ConfigError
 from compresskit.measure import count_macs, count_params
-from compresskit.models import (COCO_PRESETS, EMBEDDED_PRESETS, DetectorSpec, build_detector, coco_weights_verified,
-                                freeze_resnet_trunk_, load_coco_pretrained, load_preset, transfer_weights_)
+from compresskit.models import (COCO_PRESETS, EMBEDDED_PRESETS, DetectorSpec, build_detector, carry_class_slots_,
+                                coco_slots, coco_weights_verified, freeze_resnet_trunk_, load_coco_pretrained,
+                                load_preset, transfer_weights_)
 from compresskit.models.core import ExportableCore, core_input_size, example_batch
 from compresskit.settings import seed_everything
 
@@ -63,13 +64,20 @@ def _coco_pretrained_detector(name: str, label_map: LabelMap) -> tuple[nn.Module
     model_name = COCO_PRESETS[name]
     # Built as load_checkpoint rebuilds it, so the shipped file loads strictly into the same architecture.
     model = get_model(model_name, weights=None, weights_backbone=None, num_classes=label_map.num_classes)
-    pretrained, _ = load_coco_pretrained(name)
-    # COCO's category slots never carry over, even for a COCO subset: its labels are contiguous, not COCO's ids.
+    pretrained, pretrained_labels = load_coco_pretrained(name)
     transferred = transfer_weights_(model, pretrained, same_categories=False)
+    # A subset of COCO's own categories (the coco profile's split) keeps what each class learned: its labels are
+    # contiguous, so each slot is copied from the pretrained slot of the same category id. Any other dataset's
+    # class slots start afresh.
+    slots = coco_slots(label_map, pretrained_labels)
+    carried = carry_class_slots_(model, pretrained, slots) if slots else []
+    transferred = {"kept": transferred["kept"] + carried,
+                   "reinitialised": [name for name in transferred["reinitialised"] if name not in carried]}
     frozen_trunk = freeze_resnet_trunk_(model)  # after the copy: the frozen statistics are the pretrained ones
     # False: the cached file is not torchvision's (a stand-in or a damaged copy), so what it learned means nothing.
     return model, model_name, {"init": "coco-pretrained", "torchvision_model": model_name,
                                "weights_verified": bool(coco_weights_verified(name)), "frozen_trunk": frozen_trunk,
+                               "class_slots": "carried over by COCO category" if carried else "restarted",
                                "kept_tensors": len(transferred["kept"]),
                                "reinitialised": transferred["reinitialised"]}
 

@@ -20,6 +20,7 @@ from compresskit.errors import CompressKitError
 from compresskit.harness.backbones import backbone_study
 from compresskit.harness.baselines import baseline_study
 from compresskit.harness.combined import combined_study
+from compresskit.harness.coverage import COCO_GAPS
 from compresskit.harness.distillation import distillation_study
 from compresskit.harness.figures import draw_figures
 from compresskit.harness.pruning import pruning_study
@@ -98,6 +99,13 @@ def reproduce(out: Path | str = DEFAULT_OUT, *, studies: list[str] | tuple[str, 
     if unknown:
         raise CompressKitError(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
     from compresskit.settings import profile as current_profile
+
+    if studies is None and (profile or current_profile()) != "embedded":
+        # Every study by default: those without detectors for this profile are left out, each saying why (asked
+        # for by name with --only, they stop with their own message instead).
+        for name in [name for name in names if name in COCO_GAPS]:
+            log(f"{name} study left out: {COCO_GAPS[name].reason()}")
+            names.remove(name)
 
     settings = {"studies": names, "profile": profile or current_profile(), "runs": runs, "val_images": val_images}
     progress_file = out / PROGRESS_NAME

@@ -155,10 +155,24 @@ def _trunk_parts(detector: nn.Module) -> list[str]:
     return [name for name in detector_parts(detector) if name not in ("fpn", "head")]
 
 
-def part_ratios_for(detector: nn.Module, trunk: float, fpn: float, head: float) -> dict[str, float]:
-    """The kit's per-part ratios (``StructuredConfig.part_ratios``) of a chain's three group ratios."""
+def part_groups(detector: nn.Module) -> tuple[str, ...]:
+    """The groups of :data:`PART_GROUPS` that ``detector`` has (an SSD has a trunk only: no FPN, and its head
+    is a list of prediction convs, which pruning leaves alone)."""
+    from compresskit.prune.structured import detector_parts
+
+    parts = set(detector_parts(detector))
+    return tuple(group for group in PART_GROUPS if group == "trunk" or group in parts)
+
+
+def part_ratios_for(detector: nn.Module, trunk: float, fpn: float = 0.0, head: float = 0.0) -> dict[str, float]:
+    """The kit's per-part ratios (``StructuredConfig.part_ratios``) of a chain's group ratios (a group the
+    detector lacks must be 0)."""
     ratios = {name: trunk for name in _trunk_parts(detector)}
-    ratios.update({"fpn": fpn, "head": head})
+    for group, ratio in (("fpn", fpn), ("head", head)):
+        if ratio > 0 and group not in part_groups(detector):
+            raise ConfigError(f"{type(detector).__name__} has no {group} to prune; its groups are "
+                              f"{', '.join(part_groups(detector))}")
+        ratios[group] = ratio
     return {name: ratio for name, ratio in ratios.items() if ratio > 0}
 
 
@@ -255,6 +269,7 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
     import optuna
 
     from compresskit.data.files import atomic_write_bytes
+    from compresskit.distill import distillable
     from compresskit.models import load_checkpoint, shipped_checkpoint
     from compresskit.report import read_results, write_records
 
@@ -292,11 +307,14 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
     proxy_val = val_loader(loaded, config.proxy_val_images)
     work = out / "work"
     proxy_reference = _proxy_map(loaded.model, proxy_val, loaded.label_map)
+    kd_choices = [False, True] if distillable(loaded.model) else [False]  # the kit distils FCOS heads only
+    groups = part_groups(loaded.model)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         start = trial.suggest_categorical("start", list(starts))
-        ratios = {group: trial.suggest_categorical(f"ratio_{group}", list(RATIOS)) for group in PART_GROUPS}
-        kd = trial.suggest_categorical("kd", [False, True])
+        ratios = {group: trial.suggest_categorical(f"ratio_{group}", list(RATIOS)) if group in groups else 0.0
+                  for group in PART_GROUPS}
+        kd = trial.suggest_categorical("kd", kd_choices)
         recipe = Recipe(detector=loaded.name, source=start,
                         checkpoint=None if checkpoint is None else str(checkpoint),
                         part_ratios=part_ratios_for(starts[start], ratios["trunk"], ratios["fpn"], ratios["head"]),
@@ -361,7 +379,7 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
                                        sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=4),
                                        pruner=optuna.pruners.MedianPruner(n_startup_trials=PROXY_STARTUP_CHAINS))
     if not optuna_study.trials:
-        for seed in _seeds(list(starts)):
+        for seed in _seeds(list(starts), kd=distillable(loaded.model), groups=groups):
             optuna_study.enqueue_trial(seed)
     durations: list[float] = []
 
@@ -396,17 +414,21 @@ def _proxy_map(detector: nn.Module, loader, label_map) -> float:
     return evaluate(detector.eval(), loader, label_map, progress=False)["map"]
 
 
-def _seeds(starts: list[str]) -> list[dict]:
+def _seeds(starts: list[str], kd: bool = True, groups: tuple[str, ...] = PART_GROUPS) -> list[dict]:
     """The first chains, enqueued: no pruning (int8 alone: the feasible floor), then 30 % everywhere (about a 2x
     MACs cut) with and without KD, from the last start (the BatchNorm head where there is one); then a light cut
-    with KD and a lighter head, and the same from the other start."""
+    with KD and a lighter head, and the same from the other start. Without ``kd`` (a detector the kit cannot
+    distil), the same chains without KD; only the ratios of ``groups`` (the detector's); each chain once."""
     last = starts[-1]
     seeds = [{"start": last, "ratio_trunk": 0.0, "ratio_fpn": 0.0, "ratio_head": 0.0, "kd": False}]
-    seeds += [{"start": last, "ratio_trunk": 0.3, "ratio_fpn": 0.3, "ratio_head": 0.3, "kd": kd}
-              for kd in (True, False)]
+    seeds += [{"start": last, "ratio_trunk": 0.3, "ratio_fpn": 0.3, "ratio_head": 0.3, "kd": with_kd}
+              for with_kd in (True, False)]
     seeds += [{"start": start, "ratio_trunk": 0.2, "ratio_fpn": 0.2, "ratio_head": 0.0, "kd": True}
               for start in reversed(starts)]
-    return seeds
+    kept = [{key: value for key, value in seed.items() if not key.startswith("ratio_") or key[6:] in groups}
+            | ({} if kd else {"kd": False}) for seed in seeds]
+    unique = {tuple(sorted(seed.items())): seed for seed in kept}
+    return list(unique.values())
 
 
 def _objective_value(record: dict, yardstick: dict, config: SearchConfig) -> float:
@@ -458,7 +480,11 @@ def _finish(study: Study, yardstick: dict, config: SearchConfig, out: Path, load
     from compresskit.report import pareto_frontier, write_records
 
     records = [record for record in document["records"] if record["id"].startswith(f"search/{loaded.name}/t")]
-    within = [record for record in records if _values(record, yardstick, config)[0] <= config.max_map_drop]
+    # A variant qualifies within the budget and ahead of the fp32 detector itself: one that is slower (or larger)
+    # than the yardstick is no answer, however little it loses.
+    baseline_value = _objective_value(yardstick, yardstick, config)
+    within = [record for record in records if _values(record, yardstick, config)[0] <= config.max_map_drop
+              and _objective_value(record, yardstick, config) < baseline_value]
     chosen = min(within, key=lambda record: _objective_value(record, yardstick, config), default=None)
     files: dict[str, Path] = {}
     recipe = None
@@ -480,7 +506,7 @@ def _finish(study: Study, yardstick: dict, config: SearchConfig, out: Path, load
         front = pareto_frontier([(_objective_value(record, yardstick, config), -_values(record, yardstick, config)[0])
                                  for record in records])
         study.log(f"{len(records)} variants measured, {len(front)} on the front; chosen: "
-                  f"{chosen['id'] if chosen else 'none within the budget'}")
+                  f"{chosen['id'] if chosen else 'none within the budget ahead of the fp32 detector'}")
     return SearchResult(study, chosen, recipe, files)
 
 
@@ -577,8 +603,8 @@ def _write_summary(out: Path, loaded: Loaded, config: SearchConfig, yardstick: d
              f"(mAP x100 {100 * yardstick['map']:.1f}, measured in this run); objective: {config.objective}; "
              f"int8 runtimes: {', '.join(tried) or 'none'}.", ""]
     if chosen is None or recipe is None:
-        lines += ["No variant stayed within the budget: raise --max-map-drop, allow more fine-tuning steps, or "
-                  "search longer.", ""]
+        lines += [f"No variant stayed within the budget with a better {config.objective} than the fp32 detector's: "
+                  "raise --max-map-drop, allow more fine-tuning steps, or search longer.", ""]
     else:
         ratios = compare(chosen, yardstick)
         lines += [f"**Chosen**: `{chosen['id']}` ({chosen['runtime']}): {ratios['latency_speedup']:.2f}x faster "

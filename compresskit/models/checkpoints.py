@@ -7,7 +7,8 @@ differ (a pruned model), and loads the tensors with ``weights_only=True``: a che
 pruned model needs no ``torch.save(model)``. Files without ``architecture`` (written before it existed) load as the
 spec's design. A torchvision detector fine-tuned from its COCO weights (``compresskit train --init
 coco-pretrained``) has no spec: its file holds ``torchvision`` (``{"model": name, "num_classes": K}``) instead, and
-loads as ``get_model(name, weights=None, num_classes=K)`` with the stored tensors.
+loads as ``get_model(name, weights=None, num_classes=K)``, reshaped to its ``architecture`` (a pruned one) and
+filled with the stored tensors.
 Introduced in ``01_baseline_detectors.ipynb``; pruned models in ``02_pruning.ipynb``.
 """
 
@@ -108,8 +109,8 @@ def save_torchvision_checkpoint(path: Path | str, model: nn.Module, model_name: 
     description = {"model": model_name, "num_classes": int(num_classes)}
     if any(isinstance(module, FrozenBatchNorm2d) for module in model.modules()):
         description["frozen_trunk"] = True  # rebuilt with freeze_resnet_trunk_, so its tensors load strictly
-    payload = {"torchvision": description,
-               "label_map": label_map.to_json(), "meta": meta or {}, "state_dict": _stored_state(path, model, half)}
+    payload = {"torchvision": description, "label_map": label_map.to_json(), "architecture": architecture_of(model),
+               "meta": meta or {}, "state_dict": _stored_state(path, model, half)}
     return _write(path, payload)
 
 
@@ -213,6 +214,18 @@ def _read(path: Path | str) -> dict:
     return payload
 
 
+def checkpoint_design(path: Path | str) -> DetectorSpec | str:
+    """What a checkpoint's detector is built from: the :class:`DetectorSpec` of the kit's FCOS, or the torchvision
+    model name of a torchvision detector (what :func:`~compresskit.engine.ship_checkpoint` takes back)."""
+    payload = _read(path)
+    if "spec" in payload:
+        return checkpoint_spec(path)
+    name = (payload.get("torchvision") or {}).get("model") if isinstance(payload.get("torchvision"), dict) else None
+    if not isinstance(name, str):
+        raise CheckpointError(f"{path} names no detector design; re-create it with compresskit train")
+    return name
+
+
 def checkpoint_spec(path: Path | str) -> DetectorSpec:
     """The :class:`DetectorSpec` stored in a checkpoint (safe load, no model built).
 
@@ -249,11 +262,17 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, LabelMap, dict]:
     payload = _read(path)
     torchvision_kind = "spec" not in payload
     try:
-        detector = _build_torchvision(payload["torchvision"]) if torchvision_kind else _build_embedded(payload)
+        if torchvision_kind:
+            detector = _build_torchvision(payload["torchvision"])
+            dry_run = _reshape_all_(detector, payload.get("architecture"))  # a pruned torchvision detector
+        else:
+            detector = build_detector(DetectorSpec.from_json(payload["spec"]))
+            _reshape_all_(detector, payload.get("architecture"))
+            dry_run = True  # always, for the kit's own designs: cheap at their size
         state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
         detector.load_state_dict(state, strict=True)
         detector.eval()
-        if not torchvision_kind:
+        if dry_run:
             with torch.inference_mode():  # catches channel counts that fit the tensors but not each other
                 ExportableCore(detector)(example_batch(DRY_RUN_SIZE))
         label_map = LabelMap.from_json(payload["label_map"])
@@ -265,15 +284,18 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, LabelMap, dict]:
     return detector, label_map, meta
 
 
-def _build_embedded(payload: dict) -> FCOS:
-    """The spec's FCOS, with every layer reshaped to its stored channel counts (empty tensors: loading fills them)."""
-    detector = build_detector(DetectorSpec.from_json(payload["spec"]))
-    for name, shape in (payload.get("architecture") or {}).items():
+def _reshape_all_(detector: nn.Module, architecture: dict | None) -> bool:
+    """Give every layer its stored channel counts (empty tensors: loading fills them); True when any changed
+    (a pruned detector). Files without ``architecture`` keep the design's counts."""
+    if architecture is not None and not isinstance(architecture, dict):
+        raise ValueError(f"the architecture entry must be a mapping, got {type(architecture).__name__}")
+    before = architecture_of(detector)
+    for name, shape in (architecture or {}).items():
         module = detector.get_submodule(name)
         if type(module) not in SHAPE_ATTRIBUTES:
             raise ValueError(f"{name} is a {type(module).__name__}, which has no stored channel counts")
         _reshape_(module, shape)
-    return detector
+    return architecture_of(detector) != before
 
 
 def _build_torchvision(description: dict) -> nn.Module:
@@ -333,6 +355,38 @@ def load_detector(name: str, profile: str | None = None) -> tuple[nn.Module, Lab
 # and RetinaNet, and the final conv of each level of SSDlite's classification head (its ``.0.`` block is a
 # depthwise conv + norm over features, the same for any category list).
 CLASS_SIZED = re.compile(r"cls_logits|^head\.classification_head\.module_list\.\d+\.1\.")
+
+
+def coco_slots(label_map: LabelMap, pretrained: LabelMap) -> list[int] | None:
+    """For each class slot of ``label_map`` (background first), the slot of the same category in a detector that
+    predicts ``pretrained``'s labels; None unless every category of ``label_map`` is one of ``pretrained``'s,
+    matched by id *and* name (a dataset of your own whose ids happen to be COCO's gets fresh slots)."""
+    known = dict(zip(pretrained.category_ids, zip(pretrained.labels, pretrained.names)))
+    slots = [0] * label_map.num_classes
+    for label, category_id, name in zip(label_map.labels, label_map.category_ids, label_map.names):
+        if known.get(category_id, (None, None))[1] != name:
+            return None
+        slots[label] = known[category_id][0]
+    return slots
+
+
+def carry_class_slots_(target: nn.Module, source: nn.Module, slots: list[int]) -> list[str]:
+    """Copy, in place, the class-sized tensors (:data:`CLASS_SIZED`) of ``source`` into ``target`` slot by slot:
+    target slot ``i`` takes source slot ``slots[i]`` for every anchor (the outputs are anchors x classes, anchor
+    by anchor, in torchvision's RetinaNet and SSD heads). Returns the names of the tensors copied."""
+    source_state, carried = source.state_dict(), []
+    index = torch.tensor(slots)
+    for name, value in target.state_dict().items():
+        if not CLASS_SIZED.search(name) or name not in source_state:
+            continue
+        origin = source_state[name]
+        anchors = value.shape[0] // len(slots)
+        if value.shape[0] != anchors * len(slots) or origin.shape[0] % anchors or origin.shape[1:] != value.shape[1:]:
+            continue  # not laid out as anchors x classes: it keeps its fresh start
+        per_anchor = origin.reshape(anchors, origin.shape[0] // anchors, *origin.shape[1:])
+        value.copy_(per_anchor.index_select(1, index).reshape(value.shape))
+        carried.append(name)
+    return carried
 
 
 def transfer_weights_(target: nn.Module, source: nn.Module, same_categories: bool) -> dict[str, list[str]]:

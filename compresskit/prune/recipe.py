@@ -14,7 +14,7 @@ from torch import nn
 
 from compresskit.data.dataset import LabelMap
 from compresskit.engine import ExtraTrainingFactory, TrainConfig, load_splits, train_and_ship
-from compresskit.models import checkpoint_spec, load_checkpoint, load_preset, shipped_checkpoint
+from compresskit.models import checkpoint_design, load_checkpoint, load_preset, shipped_checkpoint
 from compresskit.prune.structured import StructuredConfig, core_macs, prune_structured_
 
 SHIPPED_PRUNED = "teacher_pruned"
@@ -60,7 +60,7 @@ def prune_and_finetune(out_dir: Path | str, preset: str = "teacher", prune_confi
             "macs_before": core_macs(model, prune_config.image_size),
             "teacher_val_metrics": source_meta.get("val_metrics")}
     prune_structured_(model, prune_config)
-    return train_and_ship(model, checkpoint_spec(source), load_splits(data_dir, label_map=label_map), train_config,
+    return train_and_ship(model, checkpoint_design(source), load_splits(data_dir, label_map=label_map), train_config,
                           Path(out_dir) / f"{name}.pt", meta=meta, extra_training=extra_training,
                           deployed_head=True, measure_start=True,
                           trained_meta=lambda pruned: {"macs_after": core_macs(pruned, prune_config.image_size)},

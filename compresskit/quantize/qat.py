@@ -68,6 +68,25 @@ class QatConfig:
                            warmup_iters=self.warmup_iters, seed=self.seed, eval_every=0)
 
 
+def _loss_takes_levels(detector: nn.Module) -> bool:
+    """FCOS matches targets to locations level by level, so its loss also takes the anchor count of each level;
+    RetinaNet matches them to the flat anchor list by IoU. Any other detector: one message, before QAT starts."""
+    from torchvision.models.detection import FCOS, RetinaNet
+
+    if not isinstance(detector, (FCOS, RetinaNet)):
+        raise ConfigError(f"QAT fine-tunes FCOS and RetinaNet detectors; {type(detector).__name__} computes its "
+                          "loss another way (use post-training int8 for it)")
+    return isinstance(detector, FCOS)
+
+
+def detection_loss(detector: nn.Module, targets: list[dict], head_outputs: dict, anchors: list[torch.Tensor],
+                   anchors_per_level: list[int]) -> dict:
+    """``detector``'s own loss on head outputs computed outside it (the fake-quant core's)."""
+    if _loss_takes_levels(detector):
+        return detector.compute_loss(targets, head_outputs, anchors, anchors_per_level)
+    return detector.compute_loss(targets, head_outputs, anchors)
+
+
 class QatDetector(EndToEndDetector):
     """``detector``'s transform, anchors, loss and post-processing around a fake-quant core (see module doc).
 
@@ -116,7 +135,7 @@ class QatDetector(EndToEndDetector):
         empty_maps = [torch.empty(1, 0, h, w, dtype=image_list.tensors.dtype) for h, w in shapes]
         anchors = detector.anchor_generator(image_list, empty_maps)
         anchors = [a.to(image_list.tensors.device) for a in anchors]
-        return detector.compute_loss(targets, head_outputs, anchors, [h * w for h, w in shapes])
+        return detection_loss(detector, targets, head_outputs, anchors, [h * w for h, w in shapes])
 
     def run_core(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The fake-quant core on a batch of any size up to the exported image size (eval-mode detections)."""
@@ -143,7 +162,7 @@ def qat_finetune(detector: nn.Module, train_dataset, out_dir: Path | str, config
     """Fine-tune a fake-quant copy of ``detector``'s core with ``engine.fit``, then convert and lower it to int8.
 
     Args:
-        detector: a trained float single-stage torchvision detector (FCOS); untouched (its core is copied).
+        detector: a trained float torchvision FCOS or RetinaNet; untouched (its core is copied).
         train_dataset: the **train** split, with its training augmentation.
         out_dir: the fit's run folder (resumable checkpoint per epoch, like every kit training run).
         config: see :class:`QatConfig`.
@@ -156,6 +175,7 @@ def qat_finetune(detector: nn.Module, train_dataset, out_dir: Path | str, config
     config = config or QatConfig()
     reduce_range = needs_reduce_range() if config.reduce_range is None else config.reduce_range
     pt2e_config = Pt2eConfig(reduce_range=reduce_range, compile=config.compile)
+    _loss_takes_levels(detector)  # a detector QAT cannot train stops here, before the export
     # The largest batch the detector's transform can produce: its max size, padded to the stride it pads to.
     divisor = detector.transform.size_divisible
     input_size = math.ceil(detector.transform.max_size / divisor) * divisor
