@@ -1,11 +1,12 @@
-"""What the coco-profile lesson tests share: every lesson that reads the active profile runs to its end under
-``COMPRESSKIT_PROFILE=coco``, offline: a
-COCO-shaped local install, small subset recipes and torchvision weight files with random values (``offline_coco``).
+"""What the coco-profile lesson tests share: every lesson runs to its end under ``COMPRESSKIT_PROFILE=coco``,
+offline: a COCO-shaped local install, small subset recipes and torchvision weight files with random values
+(``offline_coco``).
 Every cell runs; a cell tagged ``accuracy-claim`` asserts what the real pretrained weights achieve, so only its
 AssertionError is tolerated here (random weights cannot meet it); any other error fails the test. Each record says
 the profile it was measured on: ``coco``, or ``embedded`` for a study whose detectors exist for the embedded data
-only (``harness.coverage``), which the lesson then says. Lesson 07 reads the export it writes, whatever the
-profile."""
+only (``harness.coverage``), which the lesson then says, or ``custom`` for lesson 07, which measures the export it
+writes whatever the profile (the coco profile's stand-in weights give its third init, ``coco-pretrained``, a
+file to start from)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ ACCURACY_CLAIM = "accuracy-claim"
 LESSONS = {"00_setup_and_data": (set(), 48), "01_baseline_detectors": ({"coco"}, 48),
            "02_pruning": ({"coco"}, 48), "03_quantization": ({"coco"}, 48), "04_distillation": (set(), 48),
            "05_lightweight_backbones": (set(), 48), "06_combined_pipeline": ({"embedded"}, 48),
+           "07_your_own_dataset": ({"custom"}, 48),  # its own export: the coco profile changes only its third init
            "08_compression_under_a_budget": (set(), 320)}  # 08's search writes into a scratch folder
 LEFT_FOR_EMBEDDED = {"04_distillation", "05_lightweight_backbones", "06_combined_pipeline"}  # harness.coverage
 
