@@ -104,6 +104,29 @@ def test_a_file_that_is_not_a_recipe_is_one_message(tmp_path):
         Recipe.read(path)
 
 
+def _open_the_search_storage_with_the_others(url, barrier):
+    barrier.wait()
+    search_module._open_storage(url)
+
+
+def test_workers_started_together_on_a_new_database_all_open_it(tmp_path):
+    # Two workers started at once on a new database race to create Optuna's tables; without a retry the loser dies
+    # on the schema's version row (about one start in two here, with four workers).
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(4):
+        url = f"sqlite:///{tmp_path / f'new{attempt}.db'}"
+        barrier = context.Barrier(4)
+        workers = [context.Process(target=_open_the_search_storage_with_the_others, args=(url, barrier))
+                   for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+
+
 SEARCH_IN_ITS_OWN_PROCESS = """
 import os, runpy, sys
 runpy.run_path(os.environ["COMPRESSKIT_TEST_WARNING_POLICY"])  # the suite's deprecation policy (conftest.py)

@@ -367,20 +367,15 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'search.db').resolve()}"
-    # A chain whose process died (a laptop closed, a killed worker) stops beating; the next run queues it again.
-    # Optuna marks heartbeats experimental: the kit relies on them knowingly, so their notice stays out of the output.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = optuna.storages.RDBStorage(
-            url, heartbeat_interval=60, grace_period=180,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    rdb = _open_storage(url)
     optuna_study = optuna.create_study(study_name=f"compresskit-search-{key}", storage=rdb, load_if_exists=True,
                                        direction="minimize",
                                        sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=4),
                                        pruner=optuna.pruners.MedianPruner(n_startup_trials=PROXY_STARTUP_CHAINS))
     if not optuna_study.trials:
         for seed in _seeds(list(starts), kd=distillable(loaded.model), groups=groups):
-            optuna_study.enqueue_trial(seed)
+            # Workers started together may both find the study empty; the second one's seeds are then skipped.
+            optuna_study.enqueue_trial(seed, skip_if_exists=True)
     durations: list[float] = []
 
     def stop_when_no_time(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -412,6 +407,29 @@ def _proxy_map(detector: nn.Module, loader, label_map) -> float:
     from compresskit.engine import evaluate
 
     return evaluate(detector.eval(), loader, label_map, progress=False)["map"]
+
+
+def _open_storage(url: str, attempts: int = 5):
+    """Optuna's database for the search. Workers started at the same moment on a new database race to create its
+    tables (one of them fails on the schema's version row); the loser opens it again once the winner is done."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            # A chain whose process died (a laptop closed, a killed worker) stops beating; the next run queues it
+            # again. Optuna marks heartbeats experimental: the kit relies on them knowingly, so their notice stays
+            # out of the output.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=60, grace_period=180,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _seeds(starts: list[str], kd: bool = True, groups: tuple[str, ...] = PART_GROUPS) -> list[dict]:
