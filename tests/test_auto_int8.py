@@ -70,3 +70,23 @@ def test_the_pick_is_marked_in_its_record_and_every_int8_runtime_is_a_candidate(
     with pytest.raises(ConfigError, match="unknown runtime"):
         register_int8_path("tensorrt", "trt", lambda *args: None)
     assert int8_runtimes(any_shape=True) == ("onnxruntime", "openvino")  # PT2E runs its one export shape only
+
+
+def test_parts_kept_in_float_leave_out_the_paths_that_cannot_and_each_path_that_can_keeps_them(student, tmp_path):
+    from compresskit.data import profile_split
+    from compresskit.harness.auto_int8 import Int8Settings, int8_path, measure_int8_candidates
+
+    assert int8_runtimes(keep_float=True) == ("onnxruntime", "openvino")  # the kit's PT2E quantizes every part
+    with pytest.raises(ConfigError, match="cannot keep /head/ in float"):
+        measure_int8_candidates(None, None, None, tmp_path / "x", "yardstick", "q", runtimes=["torch-compile"],
+                                settings=Int8Settings(keep_float=("/head/",)))
+    detector, label_map = student
+    calibration = profile_split("train", label_map=label_map)
+    for runtime in ("onnxruntime", "openvino"):
+        path = int8_path(runtime)
+        whole = path.build(detector, calibration, tmp_path / f"{runtime}-whole", Int8Settings(calibration_images=2))
+        headless = path.build(detector, calibration, tmp_path / f"{runtime}-head",
+                              Int8Settings(calibration_images=2, keep_float=("/head/",)))
+        # the head's weights stay fp32: the shipped core grows (its float convs hold four bytes a weight)
+        sizes = [sum(file.stat().st_size for file in build.files) for build in (whole, headless)]
+        assert sizes[1] > sizes[0] * 1.1, (runtime, sizes)

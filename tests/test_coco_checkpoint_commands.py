@@ -100,7 +100,7 @@ def test_an_ssd_has_only_a_trunk_to_prune_and_its_seeds_drop_distillation():
         part_ratios_for(ssd, trunk=0.3, fpn=0.2)
     seeds = _seeds(["student"], kd=False, groups=("trunk",))
     assert seeds and not any(seed["kd"] for seed in seeds)
-    assert all(set(seed) == {"start", "ratio_trunk", "kd"} for seed in seeds)
+    assert all(set(seed) == {"start", "ratio_trunk", "kd", "keep_float"} for seed in seeds)
     assert len({tuple(sorted(seed.items())) for seed in seeds}) == len(seeds)  # each chain once
     assert any(seed["kd"] for seed in _seeds(["teacher", "teacher_bnhead"]))  # FCOS keeps its distilled chains
 

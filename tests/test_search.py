@@ -35,6 +35,10 @@ def test_a_search_writes_its_front_recipe_summary_and_artifact_and_resumes(tiny_
         assert {f"search/student/{chain}/{name}" for name in ("ort-fp32", "ort-int8", "ov-int8")} <= set(records)
     assert all(record["baseline"] == "search/student/ort-fp32" for record_id, record in records.items()
                if record_id.startswith("search/student/t"))
+    # The first chain is int8 alone: its fp32 core is the detector itself, not fine-tuned, so it detects the same.
+    untouched = records["search/student/t000/ort-fp32"]
+    assert untouched["train_seconds"] == 0 and untouched["map"] == records["search/student/ort-fp32"]["map"]
+    assert records["search/student/t001/ort-fp32"]["train_seconds"] > 0  # pruned 30 %, then fine-tuned
     chosen = [record for record in records.values() if (record.get("config") or {}).get("chosen")]
     assert [record["id"] for record in chosen] == [result.chosen["id"]]
     recipe = json.loads((out / "recipe.json").read_text())
@@ -102,6 +106,24 @@ def test_a_file_that_is_not_a_recipe_is_one_message(tmp_path):
     path.write_text("{\"part_ratios\": 3}")
     with pytest.raises(ConfigError, match="not a recipe"):
         Recipe.read(path)
+
+
+def test_an_unpruned_chain_without_distillation_is_its_start_as_it_is_unless_an_older_recipe_fine_tuned_it(
+        student, tmp_path):
+    import torch
+
+    detector, _ = student
+    recipe = Recipe(detector="student", source="student", checkpoint=None, part_ratios={}, kd=False, proxy_steps=1,
+                    full_steps=4, batch_size=2, lr=0.01, seed=0, runtime="onnxruntime", int8=True,
+                    calibration_images=2, fine_tune_unpruned=False)
+    built, seconds = search_module.build_chain(detector, recipe, detector, None, tmp_path / "work", 4)
+    assert seconds == 0.0 and built is not detector and not (tmp_path / "work").exists()
+    assert all(torch.equal(value, detector.state_dict()[name]) for name, value in built.state_dict().items())
+    # A recipe written before the field existed fine-tuned its unpruned chain; read back, it still does.
+    older = {key: value for key, value in recipe.as_dict().items() if key not in ("fine_tune_unpruned", "keep_float")}
+    (tmp_path / "recipe.json").write_text(json.dumps(older))
+    read = Recipe.read(tmp_path / "recipe.json")
+    assert read.fine_tune_unpruned and read.keep_float == [] and search_module._fine_tuned(read)
 
 
 def _open_the_search_storage_with_the_others(url, barrier):

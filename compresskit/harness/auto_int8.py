@@ -56,43 +56,48 @@ class Int8Settings:
         seed: picks those images. threads: the inference threads of the cores.
         any_shape: the cores must run images of any size (own datasets: each image keeps its aspect ratio);
             paths whose core is fixed to one input shape are then left out.
+        keep_float: parts kept in float (kit part names or ONNX node-name prefixes, e.g. ``/head/``, as the
+            quantizers' ``exclude``); paths that cannot keep a part in float are then left out.
     """
 
     calibration_images: int = 64
     seed: int = 0
     threads: int = 2
     any_shape: bool = False
+    keep_float: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Int8Path:
     """A registered int8 path: ``build(detector, calibration split, output path without suffix, settings)`` ->
     :class:`Int8Build`; ``label`` names its records and files; ``any_shape`` says whether its core runs any
-    input size."""
+    input size; ``keeps_float`` whether it honours ``Int8Settings.keep_float``."""
 
     runtime: str
     label: str
     build: Callable[[nn.Module, Any, Path, Int8Settings], Int8Build]
     any_shape: bool
+    keeps_float: bool = True
 
 
 _INT8_PATHS: dict[str, Int8Path] = {}
 
 
 def register_int8_path(runtime: str, label: str, build: Callable[[nn.Module, Any, Path, Int8Settings], Int8Build],
-                       any_shape: bool = True) -> None:
+                       any_shape: bool = True, keeps_float: bool = True) -> None:
     """Make ``build`` the int8 path of registered runtime ``runtime`` (records ``.../<label>-int8``); ``auto``
     measures every registered path."""
     from compresskit.runtimes import get_runtime
 
     get_runtime(runtime)  # an unknown name: one message listing the registered runtimes
-    _INT8_PATHS[runtime] = Int8Path(runtime, label, build, any_shape)
+    _INT8_PATHS[runtime] = Int8Path(runtime, label, build, any_shape, keeps_float)
 
 
-def int8_runtimes(any_shape: bool = False) -> tuple[str, ...]:
-    """The runtimes that have an int8 path (with ``any_shape``: only those whose core runs any input size), in
-    registration order."""
-    return tuple(runtime for runtime, path in _INT8_PATHS.items() if path.any_shape or not any_shape)
+def int8_runtimes(any_shape: bool = False, keep_float: bool = False) -> tuple[str, ...]:
+    """The runtimes that have an int8 path, in registration order; with ``any_shape`` only those whose core runs
+    any input size, with ``keep_float`` only those that can keep parts in float."""
+    return tuple(runtime for runtime, path in _INT8_PATHS.items()
+                 if (path.any_shape or not any_shape) and (path.keeps_float or not keep_float))
 
 
 def int8_path(runtime: str) -> Int8Path:
@@ -108,7 +113,7 @@ def _onnxruntime(detector, calibration_set, out_stem: Path, settings: Int8Settin
     from compresskit.runtimes import OnnxCore
 
     config = OrtQuantConfig(calibration_images=settings.calibration_images, seed=settings.seed,
-                            fixed_shape=not settings.any_shape)
+                            fixed_shape=not settings.any_shape, exclude=settings.keep_float)
     quantized = quantize_core_onnx(detector, calibration_set, config,
                                    out_stem.with_name(out_stem.name + "-ort-int8.onnx"))
     return Int8Build("onnxruntime", "ort", OnnxCore(quantized.int8_path, threads=settings.threads),
@@ -120,7 +125,8 @@ def _openvino(detector, calibration_set, out_stem: Path, settings: Int8Settings)
     from compresskit.quantize.openvino import OpenVinoQuantConfig, quantize_core_openvino
     from compresskit.runtimes import OpenVinoCore
 
-    config = OpenVinoQuantConfig(calibration_images=settings.calibration_images, seed=settings.seed)
+    config = OpenVinoQuantConfig(calibration_images=settings.calibration_images, seed=settings.seed,
+                                 exclude=settings.keep_float)
     quantized = quantize_core_openvino(detector, calibration_set, config,
                                        out_stem.with_name(out_stem.name + "-ov-int8.xml"))
     core = OpenVinoCore(quantized.int8_path, threads=settings.threads)
@@ -143,8 +149,9 @@ def _torch_compile(detector, calibration_set, out_stem: Path, settings: Int8Sett
 
 register_int8_path("onnxruntime", "ort", _onnxruntime)
 register_int8_path("openvino", "ov", _openvino)
-# The PT2E graph is exported at one input shape (see quantize.pt2e.Pt2eCore): images of other sizes do not run.
-register_int8_path("torch-compile", "pt2e", _torch_compile, any_shape=False)
+# The PT2E graph is exported at one input shape (see quantize.pt2e.Pt2eCore): images of other sizes do not run;
+# and the kit's PT2E path quantizes every part the X86 Inductor quantizer annotates (no parts kept in float).
+register_int8_path("torch-compile", "pt2e", _torch_compile, any_shape=False, keeps_float=False)
 
 
 @dataclass(frozen=True)
@@ -248,8 +255,11 @@ def measure_int8_candidates(study, detector: nn.Module, calibration_set, out_ste
     without quantizing again (its build is then None). Returns ``(record, build)`` pairs in the order measured."""
     settings = settings or Int8Settings(threads=study.threads)
     measured = []
-    for runtime in runtimes or int8_runtimes(any_shape=settings.any_shape):
+    for runtime in runtimes or int8_runtimes(any_shape=settings.any_shape, keep_float=bool(settings.keep_float)):
         path = int8_path(runtime)
+        if settings.keep_float and not path.keeps_float:
+            raise ConfigError(f"the {runtime} int8 path cannot keep {', '.join(settings.keep_float)} in float; the "
+                              f"runtimes that can are {', '.join(int8_runtimes(keep_float=True))}")
         record_id = f"{record_prefix}/{path.label}-int8"
         if study.is_kept(record_id):
             measured.append((study.keep(record_id), None))

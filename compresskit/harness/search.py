@@ -49,6 +49,10 @@ from compresskit.harness.variant import Study
 OBJECTIVES = ("latency", "size", "macs")
 PART_GROUPS = ("trunk", "fpn", "head")  # the parts a chain prunes at its own ratio; the trunk is every stage
 RATIOS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
+# What a chain's int8 cores keep in float (ONNX node-name prefixes, as the quantizers' ``exclude``): nothing, or the
+# whole head (tower and prediction convs: the part whose outputs the boxes and scores come from directly). Every
+# detector the kit builds or loads has a ``head`` module, so the choice means the same for all of them.
+KEEP_FLOAT = {"none": (), "head": ("/head/",)}
 PROXY_STARTUP_CHAINS = 3  # chains that always reach the full rung, so the median has something to compare with
 RESOLUTION_POINTS = 0.5  # the val split must be able to show a mAP difference this small (see check_val_split)
 LESSON = "search"
@@ -131,6 +135,11 @@ class Recipe:
     calibration_images: int
     data: str | None = None  # the split folder of a dataset of your own (None: the profile's data)
     trial: int | None = None
+    keep_float: list[str] = field(default_factory=list)  # parts the int8 core keeps in float (``KEEP_FLOAT``)
+    # An unpruned chain without distillation has nothing to recover, so a search keeps it as it is (False). Recipes
+    # written before this field fine-tuned every chain; reading one without it keeps that, so its replay rebuilds
+    # the same detector.
+    fine_tune_unpruned: bool = True
     stages: list[dict] = field(default_factory=list)  # what each step cost and gained, from the records
 
     def as_dict(self) -> dict:
@@ -193,6 +202,8 @@ def build_chain(start: nn.Module, recipe: Recipe, teacher: nn.Module, train_set,
     from compresskit.prune import StructuredConfig, prune_structured_
 
     detector = copy.deepcopy(start)
+    if not recipe.part_ratios and not recipe.kd and not recipe.fine_tune_unpruned:
+        return detector.eval(), 0.0  # nothing pruned, nothing to distil: the start as it is
     if recipe.part_ratios:
         prune_structured_(detector, StructuredConfig(ratio=0.0, part_ratios=dict(recipe.part_ratios)))
     steps_per_epoch = max(1, -(-len(train_set) // recipe.batch_size))
@@ -315,17 +326,19 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
         ratios = {group: trial.suggest_categorical(f"ratio_{group}", list(RATIOS)) if group in groups else 0.0
                   for group in PART_GROUPS}
         kd = trial.suggest_categorical("kd", kd_choices)
+        keep_float = KEEP_FLOAT[trial.suggest_categorical("keep_float", list(KEEP_FLOAT))]
         recipe = Recipe(detector=loaded.name, source=start,
                         checkpoint=None if checkpoint is None else str(checkpoint),
                         part_ratios=part_ratios_for(starts[start], ratios["trunk"], ratios["fpn"], ratios["head"]),
                         kd=kd, proxy_steps=config.proxy_steps, full_steps=config.full_steps,
                         batch_size=config.batch_size, lr=config.lr, seed=config.seed, runtime="onnxruntime",
                         int8=False, calibration_images=config.calibration_images,
-                        data=None if loaded.data_dir is None else str(loaded.data_dir), trial=trial.number)
+                        data=None if loaded.data_dir is None else str(loaded.data_dir), trial=trial.number,
+                        keep_float=list(keep_float), fine_tune_unpruned=False)
         prefix = f"search/{loaded.name}/t{trial.number:03d}"
         if log is not None:
-            log(f"chain {trial.number}: start {start}, ratios {ratios}, {'with' if kd else 'without'} KD "
-                f"({_time_left(began, config):.0f} min left)")
+            log(f"chain {trial.number}: start {start}, ratios {ratios}, {'with' if kd else 'without'} KD, int8 "
+                f"keeping {', '.join(keep_float) or 'nothing'} in float ({_time_left(began, config):.0f} min left)")
         proxy, _ = build_chain(starts[start], recipe, loaded.model, train_set, work / f"t{trial.number}-proxy",
                                config.proxy_steps, progress=progress)
         proxy_drop = 100 * (proxy_reference - _proxy_map(proxy, proxy_val, loaded.label_map))
@@ -336,22 +349,27 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
                 log(f"  pruned at the proxy rung: {proxy_drop:.2f} points lost on {config.proxy_val_images} val "
                     f"images after {config.proxy_steps} steps, worse than the median chain's")
             raise optuna.TrialPruned()
-        if log is not None:
+        if log is not None and _fine_tuned(recipe):
             log(f"  proxy rung: {proxy_drop:.2f} points lost on {config.proxy_val_images} val images after "
                 f"{config.proxy_steps} steps; full rung: {config.full_steps} steps, then every runtime")
+        elif log is not None:
+            log("  nothing pruned, nothing to distil: no fine-tune; every runtime")
         detector, seconds = build_chain(starts[start], recipe, loaded.model, train_set,
                                         work / f"t{trial.number}-full", config.full_steps, progress=progress)
-        variant = (f"{start}, pruned {ratios}, {config.full_steps}-step fine-tune "
-                   f"{'with' if kd else 'without'} KD; ")
+        tuned = (f"{config.full_steps}-step fine-tune {'with' if kd else 'without'} KD" if _fine_tuned(recipe)
+                 else "not fine-tuned")
+        variant = f"{start}, pruned {ratios}, {tuned}; " + (f"int8 keeps {', '.join(keep_float)} in float; "
+                                                            if keep_float else "")
         common = {**shared, "recipe": recipe.as_dict()}
         records = [study.measure(detector, f"{prefix}/ort-fp32", technique="combined", runtime="onnxruntime",
                                  baseline=yardstick["id"], model=loaded.name, variant=f"{variant}fp32 core",
                                  train_seconds=seconds, config=common)]
         settings = Int8Settings(calibration_images=config.calibration_images, seed=config.seed,
-                                threads=study.threads, any_shape=loaded.profile != "embedded")
+                                threads=study.threads, any_shape=loaded.profile != "embedded", keep_float=keep_float)
+        usable = int8_runtimes(settings.any_shape, keep_float=bool(keep_float))
         for record, build in measure_int8_candidates(
                 study, detector, calibration_set, out / "artifacts" / f"t{trial.number:03d}", yardstick["id"], prefix,
-                runtimes=[runtime for runtime in config.int8() if runtime in int8_runtimes(settings.any_shape)],
+                runtimes=[runtime for runtime in config.int8() if runtime in usable],
                 settings=settings, technique="combined", model=loaded.name, variant=variant, config=common):
             if build is not None and not build.files:  # bytes (a torch.export program): kept to ship
                 atomic_write_bytes(out / "artifacts" / f"t{trial.number:03d}-{build.label}-int8.pt2", build.artifact)
@@ -432,18 +450,28 @@ def _open_storage(url: str, attempts: int = 5):
     raise AssertionError("unreachable")
 
 
+def _fine_tuned(recipe: Recipe) -> bool:
+    """Whether ``build_chain`` fine-tunes the recipe's chain."""
+    return bool(recipe.part_ratios) or recipe.kd or recipe.fine_tune_unpruned
+
+
 def _seeds(starts: list[str], kd: bool = True, groups: tuple[str, ...] = PART_GROUPS) -> list[dict]:
-    """The first chains, enqueued: no pruning (int8 alone: the feasible floor), then 30 % everywhere (about a 2x
-    MACs cut) with and without KD, from the last start (the BatchNorm head where there is one); then a light cut
-    with KD and a lighter head, and the same from the other start. Without ``kd`` (a detector the kit cannot
-    distil), the same chains without KD; only the ratios of ``groups`` (the detector's); each chain once."""
+    """The first chains, enqueued: no pruning (int8 alone, the feasible floor; not fine-tuned, so it costs the
+    int8 builds only), then 30 % everywhere (about a 2x MACs cut) with and without KD, from the last start (the
+    BatchNorm head where there is one); then int8 alone with the head kept in float, a light cut with KD and a
+    lighter head, and the same from the other start. Without ``kd`` (a detector the kit cannot distil), the same
+    chains without KD; only the ratios of ``groups`` (the detector's); each chain once; int8 keeps nothing in
+    float unless said."""
     last = starts[-1]
-    seeds = [{"start": last, "ratio_trunk": 0.0, "ratio_fpn": 0.0, "ratio_head": 0.0, "kd": False}]
+    unpruned = {"start": last, "ratio_trunk": 0.0, "ratio_fpn": 0.0, "ratio_head": 0.0, "kd": False}
+    seeds = [unpruned]
     seeds += [{"start": last, "ratio_trunk": 0.3, "ratio_fpn": 0.3, "ratio_head": 0.3, "kd": with_kd}
               for with_kd in (True, False)]
+    seeds.append({**unpruned, "keep_float": "head"})
     seeds += [{"start": start, "ratio_trunk": 0.2, "ratio_fpn": 0.2, "ratio_head": 0.0, "kd": True}
               for start in reversed(starts)]
-    kept = [{key: value for key, value in seed.items() if not key.startswith("ratio_") or key[6:] in groups}
+    kept = [{"keep_float": "none"} | {key: value for key, value in seed.items()
+                                       if not key.startswith("ratio_") or key[6:] in groups}
             | ({} if kd else {"kd": False}) for seed in seeds]
     unique = {tuple(sorted(seed.items())): seed for seed in kept}
     return list(unique.values())
@@ -540,8 +568,12 @@ def _stages(chosen: dict, yardstick: dict, study: Study) -> list[dict]:
 
     prefix = chosen["id"].rsplit("/", 1)[0]
     by_id = {record["id"]: record for record in study.records}
+    recipe = Recipe(**chosen["config"]["recipe"])
+    built = ("pruned + fine-tuned" if recipe.part_ratios else "fine-tuned" if _fine_tuned(recipe)
+             else "as it starts")
+    int8 = f"int8, {', '.join(recipe.keep_float)} kept in float" if recipe.keep_float else "int8"
     stages = []
-    for record_id, step in ((f"{prefix}/ort-fp32", "pruned + fine-tuned, fp32 core"), (chosen["id"], "int8")):
+    for record_id, step in ((f"{prefix}/ort-fp32", f"{built}, fp32 core"), (chosen["id"], int8)):
         record = by_id.get(record_id)
         if record is None or (step == "int8" and record_id == f"{prefix}/ort-fp32"):
             continue
@@ -631,8 +663,9 @@ def _write_summary(out: Path, loaded: Loaded, config: SearchConfig, yardstick: d
                   "`compresskit search --replay recipe.json`.", "",
                   f"1. start from `{recipe.source}`",
                   f"2. prune channels per part: {recipe.part_ratios or 'none'}",
-                  f"3. fine-tune {recipe.full_steps} steps (batch {recipe.batch_size}, lr {recipe.lr:g}) "
-                  f"{'with distillation from the unpruned detector' if recipe.kd else 'without distillation'}"]
+                  (f"3. fine-tune {recipe.full_steps} steps (batch {recipe.batch_size}, lr {recipe.lr:g}) "
+                   f"{'with distillation from the unpruned detector' if recipe.kd else 'without distillation'}"
+                   if _fine_tuned(recipe) else "3. no fine-tune: nothing pruned, nothing to recover")]
         for number, stage in enumerate(recipe.stages, start=4):
             lines.append(f"{number}. {stage['step']} ({stage['runtime']}): {stage['speedup']:.2f}x faster, "
                          f"{stage['size_ratio']:.1f}x smaller, {stage['map_drop_points']:.2f} points lost")
@@ -680,7 +713,8 @@ def replay(recipe_file: Path | str, out: Path | str, *, profile: str | None = No
     variant = f"replay of {Path(recipe_file).name}: "
     if recipe.int8:
         settings = Int8Settings(calibration_images=recipe.calibration_images, seed=recipe.seed,
-                                threads=study.threads, any_shape=loaded.profile != "embedded")
+                                threads=study.threads, any_shape=loaded.profile != "embedded",
+                                keep_float=tuple(recipe.keep_float))
         [(record, build)] = measure_int8_candidates(
             study, detector, train_split(loaded, augment=False), out / "artifacts" / "replay", yardstick["id"],
             f"replay/{loaded.name}", runtimes=[recipe.runtime], settings=settings, technique="combined",
