@@ -6,6 +6,8 @@ mechanics are what is tested."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -46,4 +48,33 @@ def offline_coco_environment(root: Path, images: int = 48) -> dict[str, str]:
     return {"COMPRESSKIT_PROFILE": "coco", "COMPRESSKIT_COCO_ROOT": str(source),
             "COMPRESSKIT_COCO_RECIPES": str(recipes), "COMPRESSKIT_WEIGHTS": str(root / "weights"),
             "COMPRESSKIT_DATA": str(root / "data"), "COMPRESSKIT_COCO_IMAGE_SIZE": "320",
+            "COMPRESSKIT_LATENCY_RUNS": "3"}
+
+
+def real_coco_sample() -> Path | None:
+    """The real COCO sample named by ``COMPRESSKIT_COCO_TINY`` (train2017 images with their original annotations),
+    or None when it is not set or holds no annotation file. Never copied into the repository."""
+    env = os.environ.get("COMPRESSKIT_COCO_TINY")
+    sample = Path(env) if env else None
+    return sample if sample is not None and (sample / "annotations" / "instances_train2017.json").is_file() else None
+
+
+def real_coco_environment(root: Path, sample: Path) -> dict[str, str]:
+    """The coco profile on the real sample: its images and annotations serve as both train2017 and val2017 (with
+    random weights nothing is learned, so nothing leaks: these runs check the code on real photos and real
+    annotations, with COCO's 80 categories and crowd regions, not accuracy)."""
+    document = json.loads((sample / "annotations" / "instances_train2017.json").read_text())
+    source = root / "coco-source"
+    (source / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (source / split).mkdir()
+        for image in document["images"]:
+            shutil.copyfile(sample / "train2017" / image["file_name"], source / split / image["file_name"])
+        (source / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
+    write_cached_weights(root / "weights")
+    images = len(document["images"])
+    recipes = write_recipes(root / "recipes", train_images=images, val_images=images)
+    return {"COMPRESSKIT_PROFILE": "coco", "COMPRESSKIT_COCO_ROOT": str(source),
+            "COMPRESSKIT_COCO_RECIPES": str(recipes), "COMPRESSKIT_WEIGHTS": str(root / "weights"),
+            "COMPRESSKIT_DATA": str(root / "data"), "COMPRESSKIT_COCO_IMAGE_SIZE": "128",
             "COMPRESSKIT_LATENCY_RUNS": "3"}

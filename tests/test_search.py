@@ -69,6 +69,15 @@ def test_a_search_writes_its_front_recipe_summary_and_artifact_and_resumes(tiny_
     [remeasured] = [record for record in study.records if record["id"] == result.chosen["id"]]
     assert remeasured["map"] == result.chosen["map"] and remeasured["macs"] == result.chosen["macs"]
     assert remeasured["baseline"] == "search/student/ort-fp32" and remeasured["config"]["chosen"]
+    # ... and the front's int8 variants faster than the choice (the budget ruled them out) from theirs (front/), each
+    # giving the detections the search measured.
+    shipped = {f"search/student/{path.stem.replace('-', '/', 1)}" for path in (out / "front").iterdir()
+               if path.suffix in (".onnx", ".xml", ".pt2")}
+    assert result.chosen["id"] not in shipped and all(record_id.endswith("-int8") for record_id in shipped)
+    assert all(records[record_id]["paired_latency"]["speedup"] > result.chosen["paired_latency"]["speedup"]
+               for record_id in shipped)
+    again_measured = {record["id"]: record for record in study.records}
+    assert all(again_measured[record_id]["map"] == records[record_id]["map"] for record_id in shipped)
 
 
 @pytest.mark.parametrize(("change", "named"), [

@@ -9,10 +9,11 @@ folder, which is what makes a search resumable; ``--storage`` points several mac
 Why the strategy is sound, in short:
 
 - **Cheap proxies first** (successive halving with two rungs). Each chain is fine-tuned for a few steps and scored
-  on a val slice; Optuna's median pruner stops a chain whose proxy loss is worse than the median of the chains
-  that went on (after the first few, which always go on). A few steps rank chains by how much they broke long
-  before they say how far each recovers, so the proxy is used to rank, never to judge the budget. Only the
-  survivors get the full fine-tune, the whole val split and the int8 cores.
+  on a val slice; Optuna's median pruner stops a chain whose proxy loss is worse than the median of the chains that
+  went on (after the first few, which always go on). A chain that prunes and distils nothing has no proxy rung: it
+  is not fine-tuned, and its zero loss in the median would stop every cut. A few steps rank chains by how much they
+  broke long before they say how far each recovers, so the proxy is used to rank, never to judge the budget. Only
+  the survivors get the full fine-tune, the whole val split and the int8 cores.
 - **One number per chain for the sampler.** Optuna's TPE sampler minimises a chain's score: the objective of its
   best variant within the budget, relative to the fp32 detector's (1.0 is no gain), or, when no variant is within
   the budget, 1 plus a tenth of the excess points, so feasible chains always rank first.
@@ -53,7 +54,7 @@ RATIOS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
 # whole head (tower and prediction convs: the part whose outputs the boxes and scores come from directly). Every
 # detector the kit builds or loads has a ``head`` module, so the choice means the same for all of them.
 KEEP_FLOAT = {"none": (), "head": ("/head/",)}
-PROXY_STARTUP_CHAINS = 3  # chains that always reach the full rung, so the median has something to compare with
+PROXY_STARTUP_CHAINS = 3  # fine-tuned chains that always reach the full rung: the median needs something to compare
 RESOLUTION_POINTS = 0.5  # the val split must be able to show a mAP difference this small (see check_val_split)
 LESSON = "search"
 
@@ -339,20 +340,23 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
         if log is not None:
             log(f"chain {trial.number}: start {start}, ratios {ratios}, {'with' if kd else 'without'} KD, int8 "
                 f"keeping {', '.join(keep_float) or 'nothing'} in float ({_time_left(began, config):.0f} min left)")
-        proxy, _ = build_chain(starts[start], recipe, loaded.model, train_set, work / f"t{trial.number}-proxy",
-                               config.proxy_steps, progress=progress)
-        proxy_drop = 100 * (proxy_reference - _proxy_map(proxy, proxy_val, loaded.label_map))
-        trial.set_user_attr("proxy_drop_points", round(proxy_drop, 3))
-        trial.report(proxy_drop, step=0)  # the proxy rung: compared with the other chains' proxies
-        if trial.should_prune():
+        if _fine_tuned(recipe):
+            proxy, _ = build_chain(starts[start], recipe, loaded.model, train_set, work / f"t{trial.number}-proxy",
+                                   config.proxy_steps, progress=progress)
+            proxy_drop = 100 * (proxy_reference - _proxy_map(proxy, proxy_val, loaded.label_map))
+            trial.set_user_attr("proxy_drop_points", round(proxy_drop, 3))
+            trial.report(proxy_drop, step=0)  # the proxy rung: compared with the other fine-tuned chains' proxies
+            if trial.should_prune():
+                if log is not None:
+                    log(f"  pruned at the proxy rung: {proxy_drop:.2f} points lost on {config.proxy_val_images} "
+                        f"val images after {config.proxy_steps} steps, worse than the median chain's")
+                raise optuna.TrialPruned()
             if log is not None:
-                log(f"  pruned at the proxy rung: {proxy_drop:.2f} points lost on {config.proxy_val_images} val "
-                    f"images after {config.proxy_steps} steps, worse than the median chain's")
-            raise optuna.TrialPruned()
-        if log is not None and _fine_tuned(recipe):
-            log(f"  proxy rung: {proxy_drop:.2f} points lost on {config.proxy_val_images} val images after "
-                f"{config.proxy_steps} steps; full rung: {config.full_steps} steps, then every runtime")
+                log(f"  proxy rung: {proxy_drop:.2f} points lost on {config.proxy_val_images} val images after "
+                    f"{config.proxy_steps} steps; full rung: {config.full_steps} steps, then every runtime")
         elif log is not None:
+            # No proxy rung and no report: a chain that was not fine-tuned loses nothing there, and counted in the
+            # median it would stop every cut that loses more than nothing.
             log("  nothing pruned, nothing to distil: no fine-tune; every runtime")
         detector, seconds = build_chain(starts[start], recipe, loaded.model, train_set,
                                         work / f"t{trial.number}-full", config.full_steps, progress=progress)
@@ -389,7 +393,8 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
     optuna_study = optuna.create_study(study_name=f"compresskit-search-{key}", storage=rdb, load_if_exists=True,
                                        direction="minimize",
                                        sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=4),
-                                       pruner=optuna.pruners.MedianPruner(n_startup_trials=PROXY_STARTUP_CHAINS))
+                                       pruner=optuna.pruners.MedianPruner(
+                                           n_startup_trials=0, n_min_trials=PROXY_STARTUP_CHAINS))
     if not optuna_study.trials:
         for seed in _seeds(list(starts), kd=distillable(loaded.model), groups=groups):
             # Workers started together may both find the study empty; the second one's seeds are then skipped.
@@ -523,7 +528,7 @@ def _earlier(out: Path, key: str) -> dict[str, dict]:
 def _finish(study: Study, yardstick: dict, config: SearchConfig, out: Path, loaded: Loaded,
             document: dict) -> SearchResult:
     """Mark the chosen record, and write the front, the recipe, the summary and the chosen artifact."""
-    from compresskit.report import pareto_frontier, write_records
+    from compresskit.report import write_records
 
     records = [record for record in document["records"] if record["id"].startswith(f"search/{loaded.name}/t")]
     # A variant qualifies within the budget and ahead of the fp32 detector itself: one that is slower (or larger)
@@ -544,13 +549,19 @@ def _finish(study: Study, yardstick: dict, config: SearchConfig, out: Path, load
                            "int8": chosen["id"].endswith("-int8")})
         recipe.stages = _stages(chosen, yardstick, study)
         files["recipe"] = _write_json(out / "recipe.json", recipe.as_dict())
-        files["artifact"] = _copy_artifact(chosen, out)
+        files["artifact"] = _copy_artifacts([chosen], out / "chosen")
+    # The front's int8 variants ahead of the chosen one on the objective (all of them when none was chosen) ship
+    # too: the variants the budget ruled out, which `reproduce` re-measures to show whether they still miss it on
+    # another CPU. The front's slower points and its fp32 cores (four times an int8 core) replay from their recipes.
+    ruled_out = [record for record in _front(records, yardstick, config) if record["id"].endswith("-int8")
+                 and (chosen is None or _objective_value(record, yardstick, config)
+                      < _objective_value(chosen, yardstick, config))]
+    files["front_artifacts"] = _copy_artifacts(ruled_out, out / "front")
     files["front"] = _plot_front(records + [yardstick], yardstick, chosen, config, out)
     files["summary"] = _write_summary(out, loaded, config, yardstick, records, chosen, recipe,
                                       document.get("environment"))
     if study.log is not None:
-        front = pareto_frontier([(_objective_value(record, yardstick, config), -_values(record, yardstick, config)[0])
-                                 for record in records])
+        front = _front(records, yardstick, config)
         study.log(f"{len(records)} variants measured, {len(front)} on the front; chosen: "
                   f"{chosen['id'] if chosen else 'none within the budget ahead of the fp32 detector'}")
     return SearchResult(study, chosen, recipe, files)
@@ -585,16 +596,25 @@ def _stages(chosen: dict, yardstick: dict, study: Study) -> list[dict]:
     return stages
 
 
-def _copy_artifact(chosen: dict, out: Path) -> Path:
-    """The chosen variant's shipped file(s) copied into ``out/chosen/`` (an IR's ``.xml`` with its ``.bin``)."""
-    trial, last = chosen["id"].split("/")[-2:]
-    folder = out / "artifacts"
-    sources = sorted(set(folder.glob(f"{trial}-{last}.*")) | set(folder.glob(f"*_{trial}_{last}.*")))
-    target = out / "chosen"
+def _front(records: list[dict], yardstick: dict, config: SearchConfig) -> list[dict]:
+    """The records on the Pareto front of the objective against the mAP lost."""
+    from compresskit.report import pareto_frontier
+
+    points = [(_objective_value(record, yardstick, config), -_values(record, yardstick, config)[0])
+              for record in records]
+    return [records[index] for index in pareto_frontier(points)]
+
+
+def _copy_artifacts(records: list[dict], target: Path) -> Path:
+    """The shipped file(s) of each of ``records`` (an IR's ``.xml`` with its ``.bin``), copied from the search's
+    ``artifacts/`` into ``target``, which holds nothing else afterwards."""
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    for source in sources:
-        shutil.copyfile(source, target / source.name)
+    folder = target.parent / "artifacts"
+    for record in records:
+        trial, last = record["id"].split("/")[-2:]
+        for source in sorted(set(folder.glob(f"{trial}-{last}.*")) | set(folder.glob(f"*_{trial}_{last}.*"))):
+            shutil.copyfile(source, target / source.name)
     return target
 
 
@@ -733,27 +753,26 @@ def replay(recipe_file: Path | str, out: Path | str, *, profile: str | None = No
 def reference_search_study(profile: str | None = None, val_images: int | None = None, runs: int | None = None,
                            progress: bool = False, log: Callable[[str], None] | None = None, reuse=None,
                            *, reference: Path | str) -> Study:
-    """Re-measure a search's chosen variant from the artifact it shipped, without rerunning the search.
+    """Re-measure a search's chosen variant, and the faster int8 variants of its front, from the files it shipped,
+    without rerunning the search.
 
-    Reads ``reference/recipe.json`` and the file(s) in ``reference/chosen/`` (``reproduce`` passes the committed
-    reference search, ``reports/search``), and measures the fp32 detector's ONNX Runtime core (the yardstick) and
-    the chosen core, read from its artifact by its runtime, against it in this run. The detector around the core
-    (its resize and box decoding; its MACs and parameters, which do not depend on weight values) is the recipe's
-    start pruned as the recipe says; the weights that compute are the artifact's. ``compresskit reproduce`` runs
-    this as its ``search`` study, so the reference choice is re-measured on every CPU that reproduces the kit.
+    Reads ``reference/recipe.json``, the file(s) in ``reference/chosen/`` (``reproduce`` passes the committed
+    reference search, ``reports/search``) and those in ``reference/front/`` (absent in searches written before it
+    existed), and measures the fp32 detector's ONNX Runtime core (the yardstick) and each variant's core, read from
+    its artifact by its runtime, against it in this run. The detector around a core (its resize and box decoding;
+    its MACs and parameters, which do not depend on weight values) is the variant's start pruned as its recipe says;
+    the weights that compute are the artifact's. ``compresskit reproduce`` runs this as its ``search`` study, so the
+    reference choice and front are re-measured on every CPU that reproduces the kit.
 
     Raises:
         ConfigError: ``reference`` has no recipe or not exactly one artifact in ``chosen/``.
     """
     from compresskit.harness.loading import require_embedded
-    from compresskit.models import load_checkpoint, shipped_checkpoint
-    from compresskit.prune import StructuredConfig, prune_structured_
     from compresskit.report import read_results
-    from compresskit.runtimes import get_runtime
 
     reference = Path(reference)
     recipe = Recipe.read(reference / "recipe.json")
-    artifacts = sorted(path for path in (reference / "chosen").glob("*") if path.suffix in (".onnx", ".xml", ".pt2"))
+    artifacts = _artifacts(reference / "chosen")
     if len(artifacts) != 1:
         raise ConfigError(f"{reference / 'chosen'} should hold the chosen variant's one artifact (an .onnx, an "
                           f"OpenVINO .xml with its .bin, or a .pt2), found {[path.name for path in artifacts]}")
@@ -763,18 +782,43 @@ def reference_search_study(profile: str | None = None, val_images: int | None = 
                   val_loader=val_loader(loaded, val_images), label_map=loaded.label_map, reuse=reuse)
     yardstick = study.measure(loaded.model, f"search/{loaded.name}/ort-fp32", technique="baseline",
                               runtime="onnxruntime", variant="the fp32 detector, ONNX Runtime (the yardstick)")
+    by_id = {record["id"]: record for record in read_results(reference)["records"]}
+    chosen = [record_id for record_id, record in by_id.items() if (record.get("config") or {}).get("chosen")]
+    record_id = chosen[0] if chosen else f"search/{loaded.name}/chosen"  # the search's own id for it
+    _measure_artifact(study, loaded, recipe, artifacts[0], record_id, yardstick, "the reference search's choice",
+                      {"chosen": True, "artifact": f"chosen/{artifacts[0].name}"})
+    for artifact in _artifacts(reference / "front"):
+        trial, _, last = artifact.stem.partition("-")  # t003-ort-int8.onnx -> search/<detector>/t003/ort-int8
+        front_id = f"search/{loaded.name}/{trial}/{last}"
+        if front_id == record_id or front_id not in by_id:
+            continue
+        record = by_id[front_id]
+        front_recipe = Recipe(**{**record["config"]["recipe"], "runtime": record["runtime"], "int8": True})
+        _measure_artifact(study, loaded, front_recipe, artifact, front_id, yardstick, "on the reference search's "
+                          "front", {"artifact": f"front/{artifact.name}"})
+    return study
+
+
+def _artifacts(folder: Path) -> list[Path]:
+    """The variant files in ``folder`` (an OpenVINO IR counts by its ``.xml``); none when it does not exist."""
+    return sorted(path for path in folder.glob("*") if path.suffix in (".onnx", ".xml", ".pt2"))
+
+
+def _measure_artifact(study: Study, loaded: Loaded, recipe: Recipe, artifact: Path, record_id: str, yardstick: dict,
+                      what: str, config: dict) -> dict:
+    """Measure the core in ``artifact`` (a variant of ``recipe``) against ``yardstick``, as record ``record_id``."""
+    from compresskit.models import load_checkpoint, shipped_checkpoint
+    from compresskit.prune import StructuredConfig, prune_structured_
+    from compresskit.runtimes import get_runtime
+
     detector = copy.deepcopy(loaded.model if recipe.source == recipe.detector
                              else load_checkpoint(shipped_checkpoint(recipe.source))[0])
     if recipe.part_ratios:
         prune_structured_(detector, StructuredConfig(ratio=0.0, part_ratios=dict(recipe.part_ratios)))
     runtime = get_runtime(recipe.runtime)
-    core = runtime.core_from_artifact(artifacts[0], threads=study.threads)
+    core = runtime.core_from_artifact(artifact, threads=study.threads)
     label = "int8" if recipe.int8 else "fp32"
-    chosen = [record["id"] for record in read_results(reference)["records"]
-              if (record.get("config") or {}).get("chosen")]
-    record_id = chosen[0] if chosen else f"search/{loaded.name}/chosen"  # the search's own id for it
-    study.measure(detector.eval(), record_id, technique="combined", runtime=recipe.runtime, baseline=yardstick["id"],
-                  core=core, artifact=runtime.artifact(detector, core),
-                  variant=f"the reference search's choice ({recipe.source}, {label}), read from its artifact",
-                  config={"recipe": recipe.as_dict(), "chosen": True, "artifact": f"chosen/{artifacts[0].name}"})
-    return study
+    return study.measure(detector.eval(), record_id, technique="combined", runtime=recipe.runtime,
+                         baseline=yardstick["id"], core=core, artifact=runtime.artifact(detector, core),
+                         variant=f"{what} ({recipe.source}, {label}), read from its artifact",
+                         config={"recipe": recipe.as_dict(), **config})
