@@ -278,7 +278,7 @@ def test_a_target_for_one_kind_of_cpu_is_not_measured_on_the_other():
 def test_the_reference_search_misses_its_targets_by_what_its_summary_says():
     searched = json.loads((Path(__file__).resolve().parent.parent / "reports" / "search" / "results.json").read_text())
     verdicts = {verdict.target.id: verdict.text() for verdict in check_targets(searched)}
-    assert verdicts["search-speed-vnni"] == "missed by 2.63x"  # the chosen ONNX Runtime int8 teacher: 2.37x
+    assert verdicts["search-speed-vnni"] == "missed by 2.44x"  # the chosen ONNX Runtime int8 teacher: 2.56x
     assert verdicts["search-size"] == "missed by 8.06x"
     assert verdicts["search-pruning-macs"] == "missed by 1.00x"  # no pruned chain stayed within 1 point
     assert verdicts["search-speed-avx2"].startswith("not measured")
