@@ -445,9 +445,12 @@ def _open_storage(url: str, attempts: int = 5):
             # out of the output.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     url, heartbeat_interval=60, grace_period=180,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+            if storage.engine.dialect.name == "sqlite":
+                _serialize_sqlite(storage.engine)
+            return storage
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
             if attempt == attempts - 1:
                 raise
@@ -458,6 +461,23 @@ def _open_storage(url: str, attempts: int = 5):
 def _fine_tuned(recipe: Recipe) -> bool:
     """Whether ``build_chain`` fine-tunes the recipe's chain."""
     return bool(recipe.part_ratios) or recipe.kd or recipe.fine_tune_unpruned
+
+
+def _serialize_sqlite(engine) -> None:
+    """Make every transaction on a SQLite study take the write lock when it begins. SQLite ignores the row locks
+    Optuna asks for, so two workers could both read a queued chain as waiting and both run it; with ``BEGIN
+    IMMEDIATE`` the second one reads it after the first took it (SQLAlchemy's recipe for serializable SQLite)."""
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, connection_record):
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN would come too late
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners would keep the driver's behaviour
 
 
 def _seeds(starts: list[str], kd: bool = True, groups: tuple[str, ...] = PART_GROUPS) -> list[dict]:
