@@ -82,5 +82,7 @@ def run_under_coco(lesson: str, offline_coco, tmp_path: Path, monkeypatch) -> No
         assert {record["profile"] for record in read_results(tmp_path / "reports")["records"]} == profiles
     if lesson in LEFT_FOR_EMBEDDED:  # the lesson said why its study left the coco profile
         assert "runs on the embedded profile" in _text_outputs(notebook)
+    if lesson == "04_distillation":  # its section 5 distilled the coco pair itself, through the teacher's boxes
+        assert "teacher: RetinaNet, student: SSD" in _text_outputs(notebook)
     if lesson == "08_compression_under_a_budget":  # its live search ran on the coco student
         assert "# compresskit search: student" in _text_outputs(notebook)

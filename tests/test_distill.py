@@ -12,7 +12,7 @@ import torch
 
 from compresskit.data import CATEGORIES, LabelMap, load_split
 from compresskit.data.dataset import collate_fn
-from compresskit.distill import (DISTILL_RECIPE, Distiller, KDConfig, article_kd_loss, check_label_maps,
+from compresskit.distill import (DISTILL_RECIPE, BoxDistiller, Distiller, KDConfig, article_kd_loss, check_label_maps,
                                  distill_student, distillation, fpn_widths, giou_box_loss, gradient_scale,
                                  kd_step_log, sigmoid_kd_loss, softmax_kd_loss)
 from compresskit.engine import TRAIN_RECIPES, TrainConfig, fit
@@ -289,3 +289,64 @@ def test_distillation_recovers_a_pruned_teacher_through_prune_and_finetune(tiny_
     assert {"kd_feature", "classification"} <= set(meta["history"][0]["losses"])
     # Pruning narrowed the FPN, so the adapters mapped narrower student levels to the teacher's width.
     assert set(fpn_widths(model).values()) == {TINY_TEACHER.fpn_channels // 2}
+
+
+# ------------------------------------------------------------------------------------------ box distillation
+class _FixedDetections(torch.nn.Module):
+    """A teacher that detects the same boxes in every image (and has a BatchNorm, to see it stay in eval mode)."""
+
+    def __init__(self, boxes: list[list[float]], labels: list[int], scores: list[float]) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(1)
+        self.detections = {"boxes": torch.tensor(boxes), "labels": torch.tensor(labels),
+                           "scores": torch.tensor(scores)}
+        self.calls = 0
+
+    def forward(self, images):
+        self.calls += 1
+        assert not self.training and not torch.is_grad_enabled()
+        return [dict(self.detections) for _ in images]
+
+
+def test_box_distiller_adds_the_teachers_confident_detections_that_no_label_covers():
+    teacher = _FixedDetections(boxes=[[10, 10, 50, 50],   # on the labelled box (IoU 0.83): the label stands
+                                      [60, 60, 90, 90],   # unlabelled and confident: added
+                                      [0, 0, 20, 90],     # unlabelled, below the score: dropped
+                                      [5, 5, 5, 30]],     # no width: dropped
+                               labels=[1, 2, 3, 2], scores=[0.9, 0.8, 0.3, 0.9])
+    distiller = BoxDistiller(teacher, score=0.5, overlap=0.5)
+    labelled = {"boxes": torch.tensor([[12.0, 12.0, 50.0, 50.0]]), "labels": torch.tensor([1]), "image_id": 7}
+    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64), "image_id": 8}
+    merged = distiller([torch.zeros(3, 100, 100)] * 2, [labelled, empty])
+    assert merged[0]["boxes"].tolist() == [[12, 12, 50, 50], [60, 60, 90, 90]]
+    assert merged[0]["labels"].tolist() == [1, 2]
+    assert merged[0]["image_id"] == 7 and merged[0]["labels"].dtype == torch.int64
+    assert merged[1]["boxes"].tolist() == [[10, 10, 50, 50], [60, 60, 90, 90]]  # nothing labelled: both confident
+    assert labelled["boxes"].shape == (1, 4)  # the batch's own targets are left as they were
+    assert distiller.history == [{"teacher_boxes_per_image": 1.5, "added_share": 0.75}]
+    assert not any(parameter.requires_grad for parameter in teacher.parameters())
+    none_confident = BoxDistiller(teacher, score=0.95)([torch.zeros(3, 100, 100)], [labelled])
+    assert none_confident[0] is labelled
+
+
+def test_box_distillation_trains_any_detector_and_keeps_the_teacher_frozen(tiny_embedded, tmp_path):
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    torch.manual_seed(0)  # an SSDlite student with a teacher that detects one fixed box: heads that share nothing
+    student = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=len(CATEGORIES) + 1)
+    teacher = _FixedDetections(boxes=[[1, 1, 30, 30]], labels=[1], scores=[0.9])
+    with pytest.raises(ConfigError, match="method 'boxes'"):
+        distillation(student, KDConfig(method="both"))  # a location-by-location method needs two FCOS detectors
+    extra = distillation(teacher, KDConfig(method="boxes"))(student)
+    assert extra.loss is None and extra.modules is None  # nothing beside the student trains
+    batches = []  # the targets each student forward was given
+    student.register_forward_pre_hook(lambda module, inputs: batches.append(inputs[1]))
+    fit(student, load_split("train", tiny_embedded), None, QUICK, tmp_path / "run", max_iters_per_epoch=2,
+        progress=False, log=lambda message: None, extra_targets=extra.targets)
+    assert teacher.calls == len(batches) == 2  # one teacher forward per step
+    record = extra.record()
+    assert record["method"] == "boxes" and [row["step"] for row in record["kd_steps"]] == [0, 1]
+    added = [sum(1 for target in batch for box in target["boxes"].tolist() if box == [1, 1, 30, 30])
+             for batch in batches]
+    assert added == [row["teacher_boxes_per_image"] * QUICK.batch_size for row in record["kd_steps"]]
+    assert sum(added) > 0

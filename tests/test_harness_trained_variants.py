@@ -42,6 +42,8 @@ def test_distillation_study_compares_students_with_the_control_and_pruned_with_t
     for method in ("none", "logit", "both"):
         _ship_copy("student", package_checkpoints, f"student_kd_{method}", kd_config={"method": method})
     _ship_copy("student", package_checkpoints, "student_kd_feature", checkpoint=False, val_metrics=recorded)
+    _ship_copy("student", package_checkpoints, "student_kd_boxes", checkpoint=False, val_metrics=recorded)
+    _ship_copy("student", package_checkpoints, "student_kd_boxes_control", checkpoint=False, val_metrics=recorded)
     _ship_copy("teacher_pruned", package_checkpoints, "teacher_pruned")
     _ship_copy("teacher_pruned", package_checkpoints, "teacher_pruned_kd", kd_config={"method": "both"})
 
@@ -49,10 +51,13 @@ def test_distillation_study_compares_students_with_the_control_and_pruned_with_t
     records = study.records_by_id
     teacher, control = records["distill/teacher/eager"], records["distill/student-none/eager"]
     assert teacher["technique"] == "baseline" and control["baseline"] == teacher["id"]
-    for method, technique in (("logit", "logit_kd"), ("feature", "feature_kd"), ("both", "kd")):
+    box_control = records["distill/student-boxes-control/eager"]  # trained beside the box-distilled student
+    assert (box_control["technique"], box_control["baseline"]) == ("baseline", teacher["id"])
+    for method, technique, paired in (("logit", "logit_kd", control), ("feature", "feature_kd", control),
+                                      ("both", "kd", control), ("boxes", "box_kd", box_control)):
         record = records[f"distill/student-{method}/eager"]
-        assert (record["technique"], record["baseline"], record["model"]) == (technique, control["id"], "student")
-        assert record["paired_latency"]["baseline"] == control["id"]
+        assert (record["technique"], record["baseline"], record["model"]) == (technique, paired["id"], "student")
+        assert record["paired_latency"]["baseline"] == paired["id"]
     shipped, unshipped = records["distill/student-logit/eager"], records["distill/student-feature/eager"]
     assert shipped["map"] == control["map"]  # the same weights, evaluated in this run
     assert {key: unshipped[key] for key in METRIC_NAMES} == recorded  # no checkpoint: the training record's mAP

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from compresskit import settings
 from compresskit.cli.arguments import (CHECKPOINTS_OUT, PATH_ERRORS, PATH_OPTIONS, PRESETS, REPRODUCE_OUT, LazyChoices,
-                                       file_stem, non_negative_int, open_fraction, part_ratio, positive_float,
+                                       file_stem, kd_method, non_negative_int, open_fraction, part_ratio, positive_float,
                                        positive_int, pruning_ratio)
 from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_coco_split, _data_embedded, _data_split,
                                       _distill, _evaluate, _figures, _prune, _reproduce, _study, _train,
@@ -154,19 +154,30 @@ def _add_model_commands(commands: Any) -> None:
     prune.add_argument("--max-iters", type=positive_int,
                        help="cap iterations per epoch for a smoke run (default: no cap)")
 
-    prune.add_argument("--kd", action="store_true",
-                       help="fine-tune with distillation from the unpruned detector (default: no distillation)")
+    # const is not a string, so argparse hands it over as it is: True means "the kit's default for this detector".
+    prune.add_argument("--kd", nargs="?", const=True, type=kd_method, metavar="METHOD",
+                       help="fine-tune with distillation from the unpruned detector: logit, feature, both (FCOS "
+                            "detectors) or boxes (any detector); --kd alone: both for FCOS, boxes for any other "
+                            "(default: no distillation)")
 
     distill = _command(commands, "distill", "train a student with knowledge distillation from a teacher", _distill,
-                       description="Train a fresh student (same initialisation and data order as its shipped "
-                                   "recipe) with logit and/or feature distillation from a shipped teacher, and write "
-                                   "the checkpoint with its per-step loss log. --method none is the equal-budget "
+                       description="Train a student (same initialisation and data order as its own recipe) with "
+                                   "distillation from a teacher, and write the checkpoint with its per-step log. "
+                                   "logit, feature and both pair FCOS heads location by location (the embedded "
+                                   "detectors); boxes adds the teacher's confident detections that no label covers "
+                                   "to each step's targets, between any two detectors with the same categories "
+                                   "(the coco profile's RetinaNet and SSDlite). --method none is the equal-budget "
                                    "control.")
-    distill.add_argument("--student", choices=PRESETS, default="student", help="preset trained from scratch")
+    distill.add_argument("--student", choices=PRESETS, default="student", help="preset trained")
+    distill.add_argument("--init", choices=("scratch", "shipped", "coco-pretrained"), default="scratch",
+                         help="where the student starts, as `train --init` (coco-pretrained needs --data)")
     distill.add_argument("--teacher", choices=PRESETS, default="teacher", help="shipped preset that teaches")
     distill.add_argument("--teacher-checkpoint", type=Path, help="teacher checkpoint (default: the shipped one)")
-    distill.add_argument("--method", choices=("none", "logit", "feature", "both"), default="both",
+    distill.add_argument("--method", choices=("none", "logit", "feature", "both", "boxes"), default="both",
                          help="what is distilled")
+    distill.add_argument("--box-score", type=positive_float,
+                         help="--method boxes: the lowest teacher score that becomes a target, at most 1 (default: "
+                              "KDConfig's)")
     distill.add_argument("--temperature", type=positive_float, help="distillation temperature (default: KDConfig's)")
     distill.add_argument("--logit-weight", type=positive_float, help="weight of the logit terms (default: KDConfig's)")
     distill.add_argument("--feature-weight", type=positive_float,

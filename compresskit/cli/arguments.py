@@ -81,6 +81,16 @@ def part_ratio(text: str) -> tuple[str, float]:
     return part, pruning_ratio(value)
 
 
+KD_METHODS = ("logit", "feature", "both", "boxes")
+
+
+def kd_method(text: str) -> str:
+    """argparse type: a distillation method (``prune --kd METHOD``; ``--kd`` alone leaves the choice to the kit)."""
+    if text not in KD_METHODS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(KD_METHODS)})")
+    return text
+
+
 def file_stem(text: str) -> str:
     """argparse type: a bare file name without suffix (no folder: that is what ``--out`` is for)."""
     if Path(text).name != text or text in ("", ".", ".."):

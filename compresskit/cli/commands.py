@@ -102,14 +102,14 @@ def _distill(args: argparse.Namespace) -> int:
     from compresskit.distill import DISTILL_RECIPE, KDConfig, distill_student
 
     overrides = {"temperature": args.temperature, "logit_weight": args.logit_weight,
-                 "feature_weight": args.feature_weight}
+                 "feature_weight": args.feature_weight, "box_score": args.box_score}
     kd_config = KDConfig(method=args.method, **{key: value for key, value in overrides.items() if value is not None})
     train_config = replace(DISTILL_RECIPE, epochs=args.epochs or DISTILL_RECIPE.epochs,
                            warmup_iters=DISTILL_RECIPE.warmup_iters if args.warmup_iters is None else args.warmup_iters)
     checkpoint = distill_student(args.out, method=args.method, student=args.student, teacher=args.teacher,
                                  kd_config=kd_config, train_config=train_config, data_dir=args.data,
                                  max_iters_per_epoch=args.max_iters, name=args.name,
-                                 teacher_checkpoint=args.teacher_checkpoint)
+                                 teacher_checkpoint=args.teacher_checkpoint, init=args.init)
     print(f"checkpoint written to {checkpoint}")
     return 0
 
@@ -124,12 +124,13 @@ def _prune(args: argparse.Namespace) -> int:
     train_config = replace(FINETUNE_RECIPE, epochs=args.epochs or FINETUNE_RECIPE.epochs)
     name, extra_training = args.name, None
     if args.kd:  # the same pruning and budget, recovered with KD from the unpruned detector it was pruned from
-        from compresskit.distill import KDConfig, distillation
+        from compresskit.distill import KDConfig, default_method, distillation
         from compresskit.models import load_preset
 
         name = args.name if args.name != "teacher_pruned" else "teacher_pruned_kd"
         teacher, _, _ = load_preset(args.preset, checkpoint=args.checkpoint)
-        extra_training = distillation(teacher, KDConfig())
+        method = default_method(teacher) if args.kd is True else args.kd
+        extra_training = distillation(teacher, KDConfig(method=method))
     checkpoint = prune_and_finetune(args.out, preset=args.preset, prune_config=prune_config,
                                     train_config=train_config, data_dir=args.data, name=name,
                                     max_iters_per_epoch=args.max_iters, checkpoint=args.checkpoint,

@@ -28,7 +28,8 @@ from compresskit.distill.terms import (box_loss, check_alignment, feature_loss, 
                                       location_weight)
 from compresskit.errors import CompressKitError, ConfigError
 
-METHODS = ("none", "logit", "feature", "both")
+METHODS = ("none", "logit", "feature", "both", "boxes")
+LOCATION_METHODS = ("logit", "feature", "both")  # what this module's Distiller reads; "boxes" is distill.boxes
 FOREGROUND_MODES = ("teacher", "uniform")
 DRY_RUN_SIZE = 256  # divisible by 128, the coarsest FPN stride, so every level has at least 2 x 2 cells
 
@@ -41,6 +42,9 @@ class KDConfig:
     (FPN features through adapters) or ``both``. ``foreground``: ``teacher`` weighs locations by the teacher's
     highest class probability (at least ``terms.FOREGROUND_FLOOR``), ``uniform`` weighs them alike.
     ``feature_mask`` weighs the feature term by the ground-truth boxes (background at the floor).
+    ``boxes`` distils through the teacher's detections instead, between any two detectors
+    (:class:`~compresskit.distill.boxes.BoxDistiller`): those scoring at least ``box_score`` that overlap no
+    ground-truth box by ``box_overlap`` IoU or more become extra targets.
     """
 
     method: str = "both"
@@ -51,6 +55,8 @@ class KDConfig:
     ctrness_weight: float = 1.0
     foreground: str = "teacher"
     feature_mask: bool = False
+    box_score: float = 0.5
+    box_overlap: float = 0.5
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -63,6 +69,10 @@ class KDConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0):
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("box_score", "box_overlap"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value <= 1):
+                raise ConfigError(f"{name} must be a number in (0, 1], got {value!r}")
 
     @property
     def distils_outputs(self) -> bool:
@@ -163,6 +173,9 @@ class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module, config: KDConfig | None = None) -> None:
         super().__init__()
         self.config = config or KDConfig()
+        if self.config.method not in LOCATION_METHODS:
+            raise ConfigError(f"the FCOS distiller distils {list(LOCATION_METHODS)}, not {self.config.method!r}; "
+                              "method 'boxes' is compresskit.distill.boxes.BoxDistiller (see distillation())")
         self.teacher = teacher.eval()
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)

@@ -13,16 +13,16 @@ The engine builds on ``data``, ``models`` and ``measure``. Introduced in ``01_ba
 
 from compresskit.engine.evaluation import (METRIC_NAMES, VAL_SUBSET_IMAGES, coco_metrics, evaluate,
                                            ground_truth_from_boxes, predict, val_subset)
-from compresskit.engine.loop import (ExtraLoss, TrainConfig, fit, is_main_process, make_loader, train_one_epoch,
-                                     warmup_cosine)
+from compresskit.engine.loop import (ExtraLoss, ExtraTargets, TrainConfig, fit, is_main_process, make_loader,
+                                     train_one_epoch, warmup_cosine)
 from compresskit.engine.norms import deployed_head_statistics, frozen_head_statistics
 from compresskit.engine.recipes import TRAIN_RECIPES, evaluate_preset, train_preset
 from compresskit.engine.shipping import (EVAL_BATCH_SIZE, ExtraTraining, ExtraTrainingFactory, Splits,
                                          console_command, load_splits, ship_checkpoint, train_and_ship,
                                          train_detector, training_device_name)
 
-__all__ = ["EVAL_BATCH_SIZE", "METRIC_NAMES", "TRAIN_RECIPES", "VAL_SUBSET_IMAGES", "ExtraLoss", "ExtraTraining",
-           "ExtraTrainingFactory", "Splits", "TrainConfig", "coco_metrics", "console_command",
+__all__ = ["EVAL_BATCH_SIZE", "METRIC_NAMES", "TRAIN_RECIPES", "VAL_SUBSET_IMAGES", "ExtraLoss", "ExtraTargets",
+           "ExtraTraining", "ExtraTrainingFactory", "Splits", "TrainConfig", "coco_metrics", "console_command",
            "deployed_head_statistics", "evaluate", "evaluate_preset", "fit", "frozen_head_statistics",
            "ground_truth_from_boxes", "is_main_process", "load_splits", "make_loader", "predict", "ship_checkpoint",
            "train_and_ship", "train_detector", "train_one_epoch", "train_preset", "training_device_name",

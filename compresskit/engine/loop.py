@@ -31,6 +31,8 @@ from compresskit.settings import seed_everything
 
 # extra_loss(model, images, targets) -> {name: scalar tensor}, added to the detector's own losses.
 ExtraLoss = Callable[[nn.Module, list, list], dict]
+# extra_targets(images, targets) -> targets, what the detector trains on this step (e.g. a teacher's boxes added).
+ExtraTargets = Callable[[list, list], list]
 
 
 @dataclass
@@ -62,13 +64,15 @@ def _epoch_bar(data_loader, epoch: int, progress: bool) -> tqdm:
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loader, device: torch.device | str,
                     epoch: int, scheduler=None, extra_loss: ExtraLoss | None = None, clip_grad_norm: float = 0.0,
                     scaler: torch.amp.GradScaler | None = None, max_iters: int | None = None,
-                    progress: bool = True) -> dict[str, float]:
+                    progress: bool = True, extra_targets: ExtraTargets | None = None) -> dict[str, float]:
     """One pass over ``data_loader``; returns the mean of each loss term.
 
     Args:
         extra_loss: called with ``(model, images, targets)`` after the detector's forward; its terms are added.
         scaler: a GradScaler enables mixed precision (only meaningful on a GPU).
         max_iters: stop early (tests and lessons use it to keep runs short).
+        extra_targets: called with ``(images, targets)`` before the detector's forward; the detector and
+            ``extra_loss`` train on what it returns.
     """
     model.train()
     totals: dict[str, float] = {}
@@ -77,6 +81,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loa
     for images, targets in bar:
         images = [image.to(device) for image in images]
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        if extra_targets is not None:
+            targets = extra_targets(images, targets)
         with torch.autocast(device_type="cuda", enabled=scaler is not None):
             losses = model(images, targets)
             if extra_loss is not None:
@@ -251,7 +257,7 @@ def _replay_loading(loader, epochs: int, max_iters: int | None) -> None:
 def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_dir: Path | str,
         extra_loss: ExtraLoss | None = None, max_iters_per_epoch: int | None = None,
         progress: bool = True, log: Callable[[str], None] = print,
-        extra_modules: nn.Module | None = None) -> dict:
+        extra_modules: nn.Module | None = None, extra_targets: ExtraTargets | None = None) -> dict:
     """Train ``model`` in place; checkpoint ``out_dir/last.pt`` atomically after every epoch and resume from it.
 
     Args:
@@ -266,6 +272,8 @@ def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_di
         extra_modules: trainable modules outside the detector that ``extra_loss`` uses (e.g. distillation
             adapters): optimised with the detector's parameters (same weight-decay split), moved to the device,
             in train mode while training, saved in ``last.pt`` and restored on resume.
+        extra_targets: ``(images, targets) -> targets``, what each step trains on instead of the batch's own
+            targets (e.g. box distillation adds a teacher's detections).
 
     Returns:
         ``{"history": [...], "train_seconds": float, "metrics": last evaluation or None, "resumed_after": the
@@ -330,7 +338,8 @@ def fit(model: nn.Module, train_dataset, val_loader, config: TrainConfig, out_di
             try:
                 losses = train_one_epoch(train_model, optimizer, loader, device, epoch, scheduler=scheduler,
                                          extra_loss=extra_loss, clip_grad_norm=config.clip_grad_norm,
-                                         scaler=scaler, max_iters=max_iters_per_epoch, progress=progress)
+                                         scaler=scaler, max_iters=max_iters_per_epoch, progress=progress,
+                                         extra_targets=extra_targets)
             except (MemoryError, RuntimeError) as error:
                 if not _is_out_of_memory(error):
                     raise

@@ -34,8 +34,10 @@ TRAIN_RECIPES: dict[str, TrainConfig] = {
 INITS = ("scratch", "shipped", "coco-pretrained")
 
 
-def _initial_detector(name: str, init: str, label_map: LabelMap) -> tuple[nn.Module, DetectorSpec | str, dict]:
-    """The detector ``init`` starts preset ``name`` from, for ``label_map``'s categories.
+def initial_detector(name: str, init: str, label_map: LabelMap) -> tuple[nn.Module, DetectorSpec | str, dict]:
+    """The detector ``init`` (one of :data:`INITS`, see :func:`train_preset`) starts preset ``name`` from, for
+    ``label_map``'s categories; call :func:`~compresskit.settings.seed_everything` first, the weights drawn afresh
+    follow it.
 
     Returns:
         ``(detector, its design for :func:`~compresskit.engine.ship_checkpoint`, init metadata)``.
@@ -147,7 +149,7 @@ def train_preset(name: str, out_dir: Path | str, data_dir: Path | str | None = N
         log("note: the shipped detectors learned the embedded dataset's synthetic shapes. On photographs they "
             "overfit early (training loss keeps falling while val mAP stalls); for real photos, fine-tune from "
             "--init coco-pretrained (torchvision's COCO weights, one download)")
-    model, design, init_meta = _initial_detector(name, init, splits.label_map)
+    model, design, init_meta = initial_detector(name, init, splits.label_map)
     return train_and_ship(model, design, splits, config, Path(out_dir) / f"{name}.pt",
                           meta={"preset": name, **init_meta}, max_iters_per_epoch=max_iters_per_epoch,
                           progress=progress)

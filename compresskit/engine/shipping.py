@@ -25,7 +25,7 @@ from compresskit.data import load_split
 from compresskit.data.dataset import LabelMap
 from compresskit.data.files import atomic_write_json
 from compresskit.engine.evaluation import VAL_SUBSET_IMAGES, evaluate, val_subset
-from compresskit.engine.loop import ExtraLoss, TrainConfig, fit, is_main_process, make_loader
+from compresskit.engine.loop import ExtraLoss, ExtraTargets, TrainConfig, fit, is_main_process, make_loader
 from compresskit.engine.norms import deployed_head_statistics
 from compresskit.measure import environment_stamp
 from compresskit.models import DetectorSpec, load_checkpoint, save_checkpoint, save_torchvision_checkpoint
@@ -61,12 +61,14 @@ class ExtraTraining:
         attach: ``attach(detector)`` opens what ``loss`` needs around the run (e.g. forward hooks that keep the
             detector's outputs); a context manager.
         record: metadata recorded once the run is over (e.g. the technique's config and a per-step log).
+        targets: ``fit``'s ``extra_targets``, ``(images, targets) -> targets``: what each step trains on.
     """
 
     loss: ExtraLoss | None = None
     modules: nn.Module | None = None
     attach: Callable[[nn.Module], ContextManager] | None = None
     record: Callable[[], dict] | None = None
+    targets: ExtraTargets | None = None
 
 
 # Called with the detector about to train (after any pruning or conversion), so what it builds fits that detector.
@@ -106,7 +108,7 @@ def train_detector(detector: nn.Module, data: Splits, config: TrainConfig, run_d
     with hooks, head:
         result = fit(detector, data.train, val_loader, config, run_dir, extra_loss=extra.loss,
                      extra_modules=extra.modules, max_iters_per_epoch=max_iters_per_epoch, progress=progress,
-                     log=log)
+                     log=log, extra_targets=extra.targets)
     return {**result, "extra_meta": extra.record() if extra.record is not None else {}}
 
 

@@ -38,15 +38,16 @@ class CocoGap:
         return f"The {study} study runs on the embedded profile: {self.reason()}"
 
 
-_DISTILLER_IS_FCOS = ("the kit's distiller pairs FCOS heads location by location, while the coco profile's "
-                      "detectors are a RetinaNet and an SSDlite, whose heads and anchors do not line up")
+_DISTILLER_IS_FCOS = ("the kit's location-by-location distiller (logits, features) pairs FCOS heads, while the coco "
+                      "profile's detectors are a RetinaNet and an SSDlite, whose heads and anchors do not line up")
 
 COCO_GAPS: dict[str, CocoGap] = {
     "distillation": CocoGap(
         detectors="FCOS students distilled from the FCOS teacher, and the pruned teacher recovered with and without "
                   "distillation",
         why=_DISTILLER_IS_FCOS,
-        on_coco="the loss terms of sections 1 and 2 are the same for any detector; no COCO pair is distilled"),
+        on_coco="the loss terms of sections 1 and 2 are the same for any detector, and section 5 distils the COCO "
+                "pair through the teacher's boxes (`compresskit distill --method boxes --init coco-pretrained`)"),
     "backbones": CocoGap(
         detectors="the teacher's FCOS design on seven torchvision trunks, each trained for 8 epochs",
         why="about 6.5 minutes each on one H100, over an hour each on two CPU cores; none was trained on COCO",
@@ -56,7 +57,9 @@ COCO_GAPS: dict[str, CocoGap] = {
         detectors="the BatchNorm-head teacher and its pruned, distilled recovery",
         why="the BatchNorm head converts the kit's FCOS head, and the recovery distils FCOS: " + _DISTILLER_IS_FCOS,
         on_coco="static int8 of the COCO teacher and student in every runtime (lesson 03, or "
-                "`COMPRESSKIT_PROFILE=coco compresskit quantize --preset student --runtime auto`)"),
+                "`COMPRESSKIT_PROFILE=coco compresskit quantize --preset student --runtime auto`); the prune -> "
+                "distil -> int8 route without the BatchNorm head is `compresskit prune --kd boxes` on a fine-tuned "
+                "COCO teacher (a GPU job, docs/coco.md), then `compresskit quantize --runtime auto` on its checkpoint"),
     "search": CocoGap(
         detectors="the chosen variant of the committed reference search",
         why="that search ran on the embedded teacher, and its artifact is that teacher's",

@@ -197,8 +197,9 @@ def starting_points(name: str) -> tuple[str, ...]:
 def build_chain(start: nn.Module, recipe: Recipe, teacher: nn.Module, train_set, work_dir: Path, steps: int,
                 progress: bool = False) -> tuple[nn.Module, float]:
     """A pruned copy of ``start`` fine-tuned ``steps`` steps (with distillation from ``teacher`` when the recipe
-    says so). Resumes from ``work_dir``. Returns the detector (eval mode) and the training seconds."""
-    from compresskit.distill import KDConfig, distillation
+    says so: ``distill.default_method``'s, logits and features for FCOS, boxes for any other detector). Resumes
+    from ``work_dir``. Returns the detector (eval mode) and the training seconds."""
+    from compresskit.distill import KDConfig, default_method, distillation
     from compresskit.engine import Splits, TrainConfig, train_detector
     from compresskit.prune import StructuredConfig, prune_structured_
 
@@ -211,7 +212,7 @@ def build_chain(start: nn.Module, recipe: Recipe, teacher: nn.Module, train_set,
     epochs = -(-steps // steps_per_epoch)
     train_config = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed,
                                warmup_iters=min(50, steps // 5), workers=0)
-    extra = distillation(copy.deepcopy(teacher), KDConfig()) if recipe.kd else None
+    extra = distillation(copy.deepcopy(teacher), KDConfig(method=default_method(teacher))) if recipe.kd else None
     result = train_detector(detector, Splits(train_set), train_config, work_dir, extra_training=extra,
                             deployed_head=True, max_iters_per_epoch=-(-steps // epochs), progress=progress,
                             log=lambda message: None)
@@ -281,7 +282,6 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
     import optuna
 
     from compresskit.data.files import atomic_write_bytes
-    from compresskit.distill import distillable
     from compresskit.models import load_checkpoint, shipped_checkpoint
     from compresskit.report import read_results, write_records
 
@@ -319,7 +319,7 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
     proxy_val = val_loader(loaded, config.proxy_val_images)
     work = out / "work"
     proxy_reference = _proxy_map(loaded.model, proxy_val, loaded.label_map)
-    kd_choices = [False, True] if distillable(loaded.model) else [False]  # the kit distils FCOS heads only
+    kd_choices = [False, True]  # FCOS distils location by location, any other detector through boxes
     groups = part_groups(loaded.model)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -396,7 +396,7 @@ def search(name: str, out: Path | str, config: SearchConfig | None = None, *, ch
                                        pruner=optuna.pruners.MedianPruner(
                                            n_startup_trials=0, n_min_trials=PROXY_STARTUP_CHAINS))
     if not optuna_study.trials:
-        for seed in _seeds(list(starts), kd=distillable(loaded.model), groups=groups):
+        for seed in _seeds(list(starts), groups=groups):
             # Workers started together may both find the study empty; the second one's seeds are then skipped.
             optuna_study.enqueue_trial(seed, skip_if_exists=True)
     durations: list[float] = []
@@ -484,8 +484,7 @@ def _seeds(starts: list[str], kd: bool = True, groups: tuple[str, ...] = PART_GR
     """The first chains, enqueued: no pruning (int8 alone, the feasible floor; not fine-tuned, so it costs the
     int8 builds only), then 30 % everywhere (about a 2x MACs cut) with and without KD, from the last start (the
     BatchNorm head where there is one); then int8 alone with the head kept in float, a light cut with KD and a
-    lighter head, and the same from the other start. Without ``kd`` (a detector the kit cannot distil), the same
-    chains without KD; only the ratios of ``groups`` (the detector's); each chain once; int8 keeps nothing in
+    lighter head, and the same from the other start. Without ``kd``, the same chains without KD; only the ratios of ``groups`` (the detector's); each chain once; int8 keeps nothing in
     float unless said."""
     last = starts[-1]
     unpruned = {"start": last, "ratio_trunk": 0.0, "ratio_fpn": 0.0, "ratio_head": 0.0, "kd": False}

@@ -6,7 +6,8 @@ open in pyplot): a notebook shows it as a cell's last expression, a script saves
 
 from compresskit.report.check import CheckOutcome, check_against_reference
 from compresskit.report.comparisons import compare, latency_median, latency_noisy
-from compresskit.report.detections import draw_boxes, predictions_vs_truth, sample_grid
+from compresskit.report.detections import (draw_boxes, labels_and_teacher_boxes, predictions_vs_truth,
+                                           sample_grid)
 from compresskit.report.distillation import (KD_TECHNIQUES, distillation_groups, plot_distillation,
                                              plot_gradient_scale, plot_kd_steps)
 from compresskit.report.figures import (MissingRecordsError, add_caption, calibration_sweeps, environment_caption,
@@ -29,10 +30,10 @@ __all__ = ["DEFAULT_COLUMNS", "EVERY_VARIANT_EXCLUDED", "KD_TECHNIQUES", "LATENC
            "RECORD_FIELDS", "RESULTS_NAME", "SCHEMA", "TABLE_COLUMNS", "TECHNIQUES", "CheckOutcome",
            "MissingRecordsError", "ResultsFileError", "StageTargets", "add_caption", "calibration_sweeps",
            "check_against_reference", "compare", "distillation_groups", "draw_boxes", "environment_caption",
-           "format_markdown_table", "format_records_table", "format_table", "labels_outside", "labels_overlapping",
-           "latency_median", "latency_noisy", "make_record", "metric_bars", "pareto_frontier", "place_labels",
-           "plot_calibration_sweep", "plot_curve", "plot_distillation", "plot_every_variant", "plot_gradient_scale",
-           "plot_iterative", "plot_kd_steps", "plot_macs_split", "plot_op_profile", "plot_pareto", "plot_ranked_bars", "plot_sensitivity", "plot_sparsity", "plot_stages",
-           "plot_tradeoffs", "plot_unstructured", "predictions_vs_truth", "read_results", "records_frame",
-           "records_of", "sample_grid", "short_label", "technique_colour", "training_curves", "unstructured_sweep",
-           "write_records"]
+           "format_markdown_table", "format_records_table", "format_table", "labels_and_teacher_boxes",
+           "labels_outside", "labels_overlapping", "latency_median", "latency_noisy", "make_record", "metric_bars",
+           "pareto_frontier", "place_labels", "plot_calibration_sweep", "plot_curve", "plot_distillation",
+           "plot_every_variant", "plot_gradient_scale", "plot_iterative", "plot_kd_steps", "plot_macs_split",
+           "plot_op_profile", "plot_pareto", "plot_ranked_bars", "plot_sensitivity", "plot_sparsity", "plot_stages",
+           "plot_tradeoffs", "plot_unstructured", "predictions_vs_truth", "read_results", "records_frame", "records_of",
+           "sample_grid", "short_label", "technique_colour", "training_curves", "unstructured_sweep", "write_records"]

@@ -70,3 +70,19 @@ def predictions_vs_truth(models: dict, dataset, indices: Sequence[int], label_ma
     figure.tight_layout()
     return figure
 
+
+
+def labels_and_teacher_boxes(images: Sequence[torch.Tensor], targets: Sequence[dict], trained_on: Sequence[dict],
+                             label_map: LabelMap, size: float = 3.0) -> Figure:
+    """One row per image: its labelled boxes, then the boxes box distillation added to them (the targets the
+    student trained on, ``trained_on``, beyond the labelled ones; ``compresskit.distill.BoxDistiller``)."""
+    figure = Figure(figsize=(2 * size, size * len(images)))
+    for row, (image, target, merged) in enumerate(zip(images, targets, trained_on)):
+        labelled = len(target["boxes"])
+        draw_boxes(figure.add_subplot(len(images), 2, 2 * row + 1), image, target["boxes"],
+                   target["labels"].tolist(), label_map, title=f"labelled: {labelled} boxes")
+        draw_boxes(figure.add_subplot(len(images), 2, 2 * row + 2), image, merged["boxes"][labelled:],
+                   merged["labels"][labelled:].tolist(), label_map,
+                   title=f"added by the teacher: {len(merged['boxes']) - labelled}")
+    figure.tight_layout()
+    return figure

@@ -14,14 +14,14 @@ from compresskit.report.tables import short_label
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-KD_TECHNIQUES = ("logit_kd", "feature_kd", "kd")
+KD_TECHNIQUES = ("logit_kd", "feature_kd", "kd", "box_kd")
 MIN_MAP_SPAN = 4.0  # mAP points the accuracy panel spans at least, so a fraction of a point does not look large
 
 
 def distillation_groups(document: Mapping[str, Any] | Sequence[Mapping[str, Any]]) \
         -> dict[str, list[Mapping[str, Any]]]:
-    """``{control id: [distilled records]}``: every ``logit_kd``/``feature_kd``/``kd`` record with an mAP whose
-    baseline (its no-KD control, trained with the same budget) is in the records with an mAP too."""
+    """``{control id: [distilled records]}``: every ``logit_kd``/``feature_kd``/``kd``/``box_kd`` record with an
+    mAP whose baseline (its no-KD control, trained with the same budget) is in the records with an mAP too."""
     by_id = {record["id"]: record for record in records_of(document)}
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for record in by_id.values():
@@ -45,7 +45,7 @@ def plot_distillation(document: Mapping[str, Any] | Sequence[Mapping[str, Any]],
         The matplotlib Figure.
 
     Raises:
-        MissingRecordsError: no ``logit_kd``/``feature_kd``/``kd`` record whose control is in the records.
+        MissingRecordsError: no ``logit_kd``/``feature_kd``/``kd``/``box_kd`` record whose control is in the records.
     """
     from matplotlib.figure import Figure
 

@@ -36,7 +36,7 @@ LATENCY_KEYS = ("median", "p90", "runs", "batch", "threads", "input")
 PAIRED_KEYS = ("baseline", "speedup", "interval", "pairs")
 TECHNIQUES = (
     "baseline", "unstructured_pruning", "structured_pruning", "dynamic_quant", "fp16", "static_ptq", "qat",
-    "logit_kd", "feature_kd", "kd", "backbone", "combined",
+    "logit_kd", "feature_kd", "kd", "backbone", "combined", "box_kd",  # appended: figures keep their colours
 )
 
 
