@@ -88,6 +88,9 @@ def test_distill_a_coco_pretrained_student_through_a_fine_tuned_detectors_boxes(
     command = ["distill", "--student", "student", "--init", "coco-pretrained", "--data", str(data),
                "--teacher", "student", "--teacher-checkpoint", str(checkpoint), "--epochs", "1", "--max-iters", "2",
                "--warmup-iters", "0", "--out", str(tmp_path)]
+    no_teacher = [argument for argument in command if argument not in ("--teacher-checkpoint", str(checkpoint))]
+    assert main([*no_teacher, "--method", "boxes"]) == 2  # the shipped teacher never saw the split's categories
+    assert "--teacher-checkpoint" in capsys.readouterr().err
     assert main([*command, "--method", "both"]) == 2  # SSDlite's head has no locations to pair
     assert "method 'boxes'" in capsys.readouterr().err and not list(tmp_path.glob("*.pt"))
     assert main([*command, "--method", "boxes", "--box-score", "0.05"]) == 0

@@ -135,7 +135,15 @@ def distill_student(out_dir: Path | str, method: str = "both", student: str = "s
     # student's initial weights. (fit seeds again, so the data order does not depend on it either.)
     teacher_model, teacher_label_map, teacher_meta = load_preset(teacher, checkpoint=teacher_checkpoint)
     if method != "none":
-        check_label_maps(splits.label_map, teacher_label_map)
+        try:
+            check_label_maps(splits.label_map, teacher_label_map)
+        except ConfigError as error:
+            if teacher_checkpoint is None:  # the shipped teachers know the embedded dataset's categories only
+                raise ConfigError(f"the shipped {teacher} was trained on other categories than {data_dir}'s: pass "
+                                  f"--teacher-checkpoint, a {teacher} fine-tuned on that data (`compresskit train "
+                                  f"--preset {teacher} --init coco-pretrained --data {data_dir}` writes one)"
+                                  ) from error
+            raise
     teacher_metrics = teacher_meta.get("val_metrics") or {}
     meta = {"preset": student, **init_meta, "teacher": teacher,
             "teacher_checkpoint": Path(teacher_checkpoint).name if teacher_checkpoint is not None else None,
