@@ -59,7 +59,7 @@ COCO_GAPS: dict[str, CocoGap] = {
         on_coco="static int8 of the COCO teacher and student in every runtime (lesson 03, or "
                 "`COMPRESSKIT_PROFILE=coco compresskit quantize --preset student --runtime auto`); the prune -> "
                 "distil -> int8 route without the BatchNorm head is `compresskit prune --kd boxes` on a fine-tuned "
-                "COCO teacher (a GPU job, docs/coco.md), then `compresskit quantize --runtime auto` on its checkpoint"),
+                "COCO teacher (a GPU job, docs/coco.md), then `compresskit study --checkpoint` on the result"),
     "search": CocoGap(
         detectors="the chosen variant of the committed reference search",
         why="that search ran on the embedded teacher, and its artifact is that teacher's",
