@@ -128,7 +128,7 @@ def test_an_ssd_has_only_a_trunk_to_prune_and_distils_through_boxes():
     assert set(part_ratios_for(ssd, trunk=0.3)) == {"features", "extra"}
     with pytest.raises(ConfigError, match="no fpn"):
         part_ratios_for(ssd, trunk=0.3, fpn=0.2)
-    assert default_method(ssd) == "boxes" and default_method(build_coco_architecture("teacher", num_classes=4)) == "boxes"
+    assert default_method(ssd) == default_method(build_coco_architecture("teacher", num_classes=4)) == "boxes"
     seeds = _seeds(["student"], kd=False, groups=("trunk",))
     assert seeds and not any(seed["kd"] for seed in seeds)
     assert any(seed["kd"] for seed in _seeds(["student"], groups=("trunk",)))

@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from compresskit import settings
 from compresskit.cli.arguments import (CHECKPOINTS_OUT, PATH_ERRORS, PATH_OPTIONS, PRESETS, REPRODUCE_OUT, LazyChoices,
-                                       file_stem, kd_method, non_negative_int, open_fraction, part_ratio, positive_float,
-                                       positive_int, pruning_ratio)
+                                       file_stem, kd_method, non_negative_int, open_fraction, part_ratio,
+                                       positive_float, positive_int, pruning_ratio)
 from compresskit.cli.commands import (_bench, _data_check, _data_coco, _data_coco_split, _data_embedded, _data_split,
                                       _distill, _evaluate, _figures, _prune, _reproduce, _study, _train,
                                       format_metrics, is_reference_folder)

@@ -25,6 +25,6 @@ from compresskit.distill.recipe import DISTILL_RECIPE, default_method, distill_s
 from compresskit.distill.terms import FOREGROUND_FLOOR
 
 __all__ = ["DISTILL_RECIPE", "FOREGROUND_FLOOR", "LOCATION_METHODS", "METHODS", "BoxDistiller", "Distiller",
-           "KDConfig", "article_kd_loss", "check_label_maps", "default_method", "distillable", "distill_student", "distillation",
-           "fpn_widths", "giou_box_loss", "gradient_scale", "kd_step_log", "sigmoid_kd_loss", "soft_targets_summary",
-           "softmax_kd_loss"]
+           "KDConfig", "article_kd_loss", "check_label_maps", "default_method", "distillable", "distill_student",
+           "distillation", "fpn_widths", "giou_box_loss", "gradient_scale", "kd_step_log", "sigmoid_kd_loss",
+           "soft_targets_summary", "softmax_kd_loss"]

@@ -18,7 +18,7 @@ from compresskit.harness.reuse import ReuseCache
 from compresskit.harness.variant import Study
 
 LESSON = "04_distillation"
-# method -> record technique; "none" is the equal-budget control every other student is compared with
+# method -> record technique of a distilled student (its no-KD control is a "baseline" record)
 KD_TECHNIQUES = {"logit": "logit_kd", "feature": "feature_kd", "both": "kd", "boxes": "box_kd"}
 # Each no-KD control (a training record) and the students distilled on the same budget beside it: the same
 # command and code, so only the distillation differs. Box distillation came later, with its own control.

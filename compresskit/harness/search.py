@@ -484,8 +484,8 @@ def _seeds(starts: list[str], kd: bool = True, groups: tuple[str, ...] = PART_GR
     """The first chains, enqueued: no pruning (int8 alone, the feasible floor; not fine-tuned, so it costs the
     int8 builds only), then 30 % everywhere (about a 2x MACs cut) with and without KD, from the last start (the
     BatchNorm head where there is one); then int8 alone with the head kept in float, a light cut with KD and a
-    lighter head, and the same from the other start. Without ``kd``, the same chains without KD; only the ratios of ``groups`` (the detector's); each chain once; int8 keeps nothing in
-    float unless said."""
+    lighter head, and the same from the other start. Without ``kd``, the same chains without KD; only the ratios of
+    ``groups`` (the detector's); each chain once; int8 keeps nothing in float unless said."""
     last = starts[-1]
     unpruned = {"start": last, "ratio_trunk": 0.0, "ratio_fpn": 0.0, "ratio_head": 0.0, "kd": False}
     seeds = [unpruned]
